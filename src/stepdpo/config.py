@@ -1,0 +1,109 @@
+"""Config plumbing: typed dataclasses feed YAML files, the CLI and Python callers alike.
+
+Each stage owns a dataclass whose fields carry ``metadata={"help": ...}`` (the
+TRL convention). A YAML file gives the defaults, command-line flags override
+them (parsed by ``tyro``), and Python callers build the dataclass directly.
+Unknown keys and wrong types are errors that name the file, line and key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+from typing import Any, Sequence, TypeVar
+
+import dacite
+import tyro
+import yaml
+
+from stepdpo.errors import ConfigError
+from stepdpo.records import atomic_write_text
+
+ConfigT = TypeVar("ConfigT")
+
+_STRICT = dacite.Config(strict=True, check_types=True, cast=[tuple])
+
+
+def _key_line(path: Path, dotted: str) -> int | None:
+    """Line (1-based) of a dotted key in a YAML file, for error messages."""
+    try:
+        node = yaml.compose(path.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError):
+        return None
+    for part in dotted.split("."):
+        if not isinstance(node, yaml.MappingNode):
+            return None
+        for key_node, value_node in node.value:
+            if key_node.value == part:
+                line = key_node.start_mark.line + 1
+                node = value_node
+                break
+        else:
+            return None
+    return line
+
+
+def config_from_dict(cls: type[ConfigT], data: dict[str, Any], source: str = "<dict>") -> ConfigT:
+    """Build a config dataclass strictly: unknown keys and wrong types raise ConfigError."""
+    path = Path(source)
+    try:
+        return dacite.from_dict(cls, data, config=_STRICT)
+    except dacite.UnexpectedDataError as err:
+        key = sorted(err.keys)[0]
+        line = _key_line(path, key) if path.exists() else None
+        where = f"{source}:{line}" if line else source
+        valid = ", ".join(f.name for f in dataclasses.fields(cls))  # type: ignore[arg-type]
+        raise ConfigError(f"{where}: unknown key '{key}' for {cls.__name__} (valid: {valid})") from None
+    except dacite.WrongTypeError as err:
+        line = _key_line(path, err.field_path) if path.exists() else None
+        where = f"{source}:{line}" if line else source
+        raise ConfigError(f"{where}: key '{err.field_path}' expects {getattr(err.field_type, '__name__', err.field_type)}, got {err.value!r}") from None
+    except dacite.DaciteError as err:
+        raise ConfigError(f"{source}: {err}") from None
+
+
+def load_config(cls: type[ConfigT], path: str | os.PathLike) -> ConfigT:
+    """Read a YAML file into a config dataclass."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark else str(path)
+        raise ConfigError(f"{where}: not valid YAML ({getattr(err, 'problem', err)})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of options at the top level")
+    return config_from_dict(cls, data, str(path))
+
+
+def config_to_dict(config: Any) -> dict[str, Any]:
+    return dataclasses.asdict(config)
+
+
+def save_config(config: Any, path: str | os.PathLike) -> None:
+    """Write the resolved config as YAML, atomically."""
+    atomic_write_text(path, yaml.safe_dump(config_to_dict(config), sort_keys=False, allow_unicode=True))
+
+
+def parse_cli(cls: type[ConfigT], argv: Sequence[str], prog: str, description: str | None = None) -> ConfigT:
+    """Parse ``[--config FILE.yaml] [--field value ...]`` into ``cls``; flags override the file."""
+    argv = list(argv)
+    defaults: ConfigT | None = None
+    for flag in ("--config", "-c"):
+        if flag in argv:
+            at = argv.index(flag)
+            if at + 1 >= len(argv):
+                raise ConfigError(f"{flag} needs a path to a YAML file")
+            defaults = load_config(cls, argv[at + 1])
+            del argv[at : at + 2]
+    return tyro.cli(
+        cls,
+        args=argv,
+        default=defaults,
+        prog=prog,
+        description=description,
+        config=(tyro.conf.FlagConversionOff,),
+    )

@@ -1,0 +1,86 @@
+"""The generation interface: given prompts, return n completions each.
+
+Every stage (sampling, rollouts, rectification, evaluation) talks to a
+:class:`Generator` and never knows which backend runs it. Prompts are complete
+texts (chat template and step priming already applied by
+:class:`stepdpo.steps.PromptFormat`); completions are the continuation only.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal, Protocol, runtime_checkable
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """How to sample. ``temperature == 0`` means greedy decoding."""
+
+    n: int = 1
+    temperature: float = 0.0
+    top_p: float = 1.0
+    top_k: int = 0
+    """0 disables top-k."""
+    max_new_tokens: int = 256
+    stop: tuple[str, ...] = ()
+    """Generation ends at the first of these strings; the stop string is not included."""
+    seed: int | None = None
+
+
+@dataclass
+class Completion:
+    text: str
+    num_tokens: int
+    """Generated tokens (after truncation at a stop string, when the backend can tell)."""
+    finish_reason: str = "length"
+    """'stop' (end of sequence or stop string), 'length' (max_new_tokens), or 'error: ...'."""
+
+
+@runtime_checkable
+class Generator(Protocol):
+    """Anything that can continue prompts."""
+
+    name: str
+    """A short description for provenance, e.g. 'hf:/path/to/model'."""
+
+    def generate(self, prompts: list[str], params: SamplingParams) -> list[list[Completion]]:
+        """Return, for each prompt in order, ``params.n`` completions."""
+        ...
+
+
+@dataclass
+class GeneratorConfig:
+    """Which backend generates, and its settings. Shared by every stage that samples."""
+
+    backend: Literal["hf", "vllm", "openai"] = field(default="hf", metadata={"help": "Generation backend: hf (transformers, CPU/GPU), vllm (GPU), openai (any OpenAI-compatible server)."})
+    model: str = field(default="smollm2-135m", metadata={"help": "Hugging Face id, local path, or 'smollm2-135m' (the embedded default)."})
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = field(default="auto", metadata={"help": "Weights/compute dtype; 'auto' = bfloat16 autocast where the CPU/GPU supports it, else float32."})
+    device: str = field(default="auto", metadata={"help": "'auto', 'cpu', 'cuda', 'cuda:1', ... (hf backend)."})
+    batch_size: int = field(default=32, metadata={"help": "Sequences per forward batch (hf backend)."})
+    prompt_style: Literal["chat", "plain"] = field(default="chat", metadata={"help": "chat: the model's chat template; plain: 'Question: ... Answer:' for base models."})
+    base_url: str = field(default="http://127.0.0.1:8000/v1", metadata={"help": "OpenAI-compatible server URL (openai backend)."})
+    api_key_env: str = field(default="OPENAI_API_KEY", metadata={"help": "Environment variable holding the API key (never logged or written)."})
+    max_concurrency: int = field(default=8, metadata={"help": "Requests in flight at once (openai backend)."})
+    request_timeout_s: float = field(default=120.0, metadata={"help": "Per-request timeout in seconds (openai backend)."})
+    max_retries: int = field(default=6, metadata={"help": "Retries on timeouts, 429 and 5xx (openai backend)."})
+    tensor_parallel_size: int = field(default=1, metadata={"help": "vLLM tensor parallelism."})
+    data_parallel_size: int = field(default=1, metadata={"help": "vLLM data parallelism (engine replicas)."})
+    gpu_memory_utilization: float = field(default=0.9, metadata={"help": "vLLM share of GPU memory."})
+    enable_prefix_caching: bool = field(default=True, metadata={"help": "vLLM prefix caching (rollouts share long prefixes)."})
+
+
+def build_generator(config: GeneratorConfig) -> Generator:
+    """Instantiate the configured backend (imported lazily: vllm is an optional extra)."""
+    if config.backend == "hf":
+        from stepdpo.generation.hf import HFGenerator
+
+        return HFGenerator(config)
+    if config.backend == "vllm":
+        from stepdpo.generation.vllm import VLLMGenerator
+
+        return VLLMGenerator(config)
+    if config.backend == "openai":
+        from stepdpo.generation.openai import OpenAIGenerator
+
+        return OpenAIGenerator(config)
+    raise ValueError(f"unknown generation backend {config.backend!r}")

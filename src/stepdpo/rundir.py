@@ -1,0 +1,100 @@
+"""The run-directory layout every stage shares.
+
+    RUN/
+      config.yaml              the resolved config of the last `stepdpo run`
+      problems/<name>.jsonl    problems each stage was given (train / test)
+      sft/model/               the SFT checkpoint (when the run starts with SFT)
+      samples.jsonl            stepdpo sample
+      located.jsonl            stepdpo locate
+      rectified.jsonl          stepdpo rectify
+      pairs/                   stepdpo pairs: step_pairs.{jsonl,parquet}, dpo_pairs.*, hf/
+      train/<name>/            stepdpo train: checkpoints, metrics.jsonl, final model
+      eval/<name>/             stepdpo eval: results.json, samples.jsonl
+      funnel/<stage>.json      records in, out, and dropped by reason, per stage
+      report/                  report.html, report.md, plots
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from stepdpo.records import atomic_write_json
+
+
+@dataclass(frozen=True)
+class RunDir:
+    root: Path
+
+    def __init__(self, root: str | Path):
+        object.__setattr__(self, "root", Path(root))
+
+    def ensure(self) -> "RunDir":
+        self.root.mkdir(parents=True, exist_ok=True)
+        return self
+
+    @property
+    def config(self) -> Path:
+        return self.root / "config.yaml"
+
+    def problems(self, name: str) -> Path:
+        return self.root / "problems" / f"{name}.jsonl"
+
+    @property
+    def sft(self) -> Path:
+        return self.root / "sft"
+
+    @property
+    def samples(self) -> Path:
+        return self.root / "samples.jsonl"
+
+    @property
+    def located(self) -> Path:
+        return self.root / "located.jsonl"
+
+    @property
+    def rectified(self) -> Path:
+        return self.root / "rectified.jsonl"
+
+    @property
+    def pairs(self) -> Path:
+        return self.root / "pairs"
+
+    def train(self, name: str) -> Path:
+        return self.root / "train" / name
+
+    def eval(self, name: str) -> Path:
+        return self.root / "eval" / name
+
+    def funnel(self, stage: str) -> Path:
+        return self.root / "funnel" / f"{stage}.json"
+
+    @property
+    def report(self) -> Path:
+        return self.root / "report"
+
+
+@dataclass
+class Funnel:
+    """What a stage took in, gave out, and dropped (by reason). Printed by the CLI, saved as JSON."""
+
+    stage: str
+    records_in: int = 0
+    records_out: int = 0
+    dropped: dict[str, int] | None = None
+    extra: dict[str, float | int | str] | None = None
+
+    def drop(self, reason: str, count: int = 1) -> None:
+        self.dropped = self.dropped or {}
+        self.dropped[reason] = self.dropped.get(reason, 0) + count
+
+    def save(self, run_dir: RunDir) -> None:
+        atomic_write_json(run_dir.funnel(self.stage), self.__dict__)
+
+    def render(self) -> str:
+        lines = [f"[{self.stage}] in: {self.records_in}  out: {self.records_out}"]
+        for reason, count in sorted((self.dropped or {}).items(), key=lambda kv: -kv[1]):
+            lines.append(f"  dropped {count:>6}  {reason}")
+        for key, value in (self.extra or {}).items():
+            lines.append(f"  {key}: {value:.4g}" if isinstance(value, float) else f"  {key}: {value}")
+        return "\n".join(lines)

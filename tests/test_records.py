@@ -1,0 +1,68 @@
+import json
+import os
+
+import pytest
+
+from stepdpo.config import config_from_dict, load_config
+from stepdpo.errors import ConfigError, InputError
+from stepdpo.generation.base import GeneratorConfig
+from stepdpo.records import Problem, RecordStore, atomic_write_json, read_jsonl_dicts
+
+
+def test_store_appends_and_resumes(tmp_path):
+    path = tmp_path / "p.jsonl"
+    store = RecordStore(path, Problem)
+    assert store.append([Problem(id="a", question="q", answer="1"), Problem(id="b", question="q", answer="2")]) == 2
+    again = RecordStore(path, Problem)
+    assert again.keys() == {"a", "b"}
+    assert again.append([Problem(id="a", question="q", answer="1"), Problem(id="c", question="q", answer="3")]) == 1
+    assert [p.id for p in RecordStore(path, Problem).records()] == ["a", "b", "c"]
+
+
+def test_torn_last_line_is_dropped_and_cut(tmp_path):
+    path = tmp_path / "p.jsonl"
+    RecordStore(path, Problem).append([Problem(id="a", question="q", answer="1")])
+    with open(path, "ab") as handle:
+        handle.write(b'{"id": "b", "question": "q", "ans')
+    store = RecordStore(path, Problem)
+    assert store.keys() == {"a"}
+    store.append([Problem(id="b", question="q", answer="2")])
+    lines = path.read_text().splitlines()
+    assert [json.loads(line)["id"] for line in lines] == ["a", "b"]
+
+
+def test_malformed_middle_line_names_file_and_line(tmp_path):
+    path = tmp_path / "bad.jsonl"
+    path.write_text('{"id": "a", "question": "q", "answer": "1"}\n{oops\n{"id": "b", "question": "q", "answer": "1"}\n')
+    with pytest.raises(InputError, match=r"bad.jsonl:2: malformed JSON"):
+        RecordStore(path, Problem).records()
+
+
+def test_wrong_field_type_names_field(tmp_path):
+    path = tmp_path / "bad.jsonl"
+    path.write_text('{"id": "a", "question": "q", "answer": 3}\n')
+    with pytest.raises(InputError, match=r"bad.jsonl:1: field 'answer'"):
+        RecordStore(path, Problem).records()
+
+
+def test_non_utf8_is_an_input_error(tmp_path):
+    path = tmp_path / "bad.jsonl"
+    path.write_bytes(b'{"id": "\xff"}\n')
+    with pytest.raises(InputError, match="not valid UTF-8"):
+        list(read_jsonl_dicts(path))
+
+
+def test_atomic_write_leaves_no_temp(tmp_path):
+    atomic_write_json(tmp_path / "r.json", {"x": 1})
+    assert os.listdir(tmp_path) == ["r.json"]
+
+
+def test_config_yaml_errors_name_line_and_key(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("backend: hf\nbatch_sizee: 4\n")
+    with pytest.raises(ConfigError, match=r"c.yaml:2: unknown key 'batch_sizee'"):
+        load_config(GeneratorConfig, path)
+    path.write_text("backend: hf\nbatch_size: many\n")
+    with pytest.raises(ConfigError, match=r"c.yaml:2: key 'batch_size' expects int"):
+        load_config(GeneratorConfig, path)
+    assert config_from_dict(GeneratorConfig, {"batch_size": 4}).batch_size == 4
