@@ -89,16 +89,23 @@ class PromptFormat:
     chat_template_owner: Any = None
     """A tokenizer with ``apply_chat_template`` (required for ``chat``)."""
 
-    def head(self, question: str) -> str:
-        """Everything before the assistant's first word, priming header included."""
+    def opened(self, question: str) -> str:
+        """Everything before the assistant's first word (the assistant turn opened, nothing in it)."""
         user = f"{question.strip()}\n\n{self.instruction}" if self.instruction else question.strip()
         if self.style == "plain":
-            return f"Question: {user}\nAnswer: {STEP_HEADER}"
+            return f"Question: {user}\nAnswer: "
         if self.chat_template_owner is None:
             raise ValueError("PromptFormat(style='chat') needs chat_template_owner (a tokenizer)")
         messages = ([{"role": "system", "content": self.system}] if self.system else []) + [{"role": "user", "content": user}]
-        opened = self.chat_template_owner.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        return opened + STEP_HEADER
+        return self.chat_template_owner.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+    def head(self, question: str) -> str:
+        """The opened assistant turn plus the priming header."""
+        return self.opened(question) + STEP_HEADER
+
+    def context(self, question: str, initial_reason_steps: str) -> str:
+        """Training context of a pair: the opened turn plus ``initial_reason_steps`` (header included)."""
+        return self.opened(question) + initial_reason_steps
 
     def prompt(self, question: str, prefix: str = "") -> str:
         """The text to continue: question, header, prefix steps and the next step's marker.

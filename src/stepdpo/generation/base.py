@@ -11,6 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal, Protocol, runtime_checkable
 
+from stepdpo.steps import PromptFormat
+
 
 @dataclass(frozen=True)
 class SamplingParams:
@@ -67,6 +69,16 @@ class GeneratorConfig:
     data_parallel_size: int = field(default=1, metadata={"help": "vLLM data parallelism (engine replicas)."})
     gpu_memory_utilization: float = field(default=0.9, metadata={"help": "vLLM share of GPU memory."})
     enable_prefix_caching: bool = field(default=True, metadata={"help": "vLLM prefix caching (rollouts share long prefixes)."})
+
+
+def prompt_format(config: GeneratorConfig, instruction: str | None = None) -> PromptFormat:
+    """The prompt format for the configured model (its own chat template, or plain)."""
+    kwargs = {} if instruction is None else {"instruction": instruction}
+    if config.prompt_style == "plain":
+        return PromptFormat(style="plain", **kwargs)
+    from stepdpo.models import load_tokenizer
+
+    return PromptFormat(style="chat", chat_template_owner=load_tokenizer(config.model), **kwargs)
 
 
 def build_generator(config: GeneratorConfig) -> Generator:
