@@ -1,0 +1,418 @@
+"""Final-answer extraction and equivalence checking, with hard time limits.
+
+``extract_answer`` finds the final answer of a response (last ``\\boxed{}``, then
+"The answer is", then GSM8K's ``####``, then optionally the last number).
+``answers_match`` decides whether two answers are mathematically equal:
+
+1. a cheap, exact comparison of normalised strings and of plain numbers
+   (integers, decimals, fractions as :class:`fractions.Fraction`), which settles
+   most GSM8K-style answers without leaving the process;
+2. otherwise math-verify (LaTeX extraction only: its plain-expression mode runs
+   sympy's ``parse_expr``, i.e. ``eval``, on the text, and model text is data)
+   in a persistent child process with a deadline. math-verify's own timeout uses
+   ``signal.alarm`` and fails off the main thread, so it is disabled
+   (``parsing_timeout=None``, ``timeout_seconds=None``) and a call that overruns
+   its deadline has its worker killed; the next call starts a fresh one.
+
+Answers that are too long, too deeply nested or that contain exponent towers
+are refused before parsing (they can only match by exact string equality), so
+pathological inputs return ``False`` at once rather than after the deadline.
+"""
+
+from __future__ import annotations
+
+import atexit
+import json
+import logging
+import os
+import re
+import select
+import subprocess
+import sys
+import threading
+import time
+from fractions import Fraction
+from functools import lru_cache
+from pathlib import Path
+from typing import Iterable, Sequence
+
+log = logging.getLogger(__name__)
+
+MAX_ANSWER_CHARS = 400
+"""Answers longer than this (after normalisation) are compared as strings only."""
+MAX_NESTING = 24
+"""Deeper bracket nesting than this is compared as strings only."""
+MAX_EXPONENT_DIGITS = 4
+"""An exponent written with more digits than this (10^{12345}) is compared as strings only."""
+WORKER_START_TIMEOUT_S = 120.0
+"""Time a fresh worker gets to import sympy and math-verify (generous: the CPU may be shared)."""
+MAX_WORKERS = 2
+
+# ---------------------------------------------------------------------------
+# Extraction
+
+_BOX_RE = re.compile(r"\\(?:boxed|fbox)\s*\{")
+_ANSWER_IS_RE = re.compile(r"the\s+(?:final\s+)?answer\s+is\s*:?\s*", re.IGNORECASE)
+_HASHES_RE = re.compile(r"####\s*")
+_NUMBER_RE = re.compile(r"-?\d+(?:,\d{3})*(?:\.\d+)?(?:/\d+)?")
+_SENTENCE_END_RE = re.compile(r"\.(?:\s|$)|\n")
+
+
+def _balanced_content(text: str, start: int) -> str | None:
+    """Content from ``start`` (just after an opening brace) to its matching close, or None if unclosed."""
+    depth = 1
+    index = start
+    while index < len(text):
+        char = text[index]
+        if char == "\\" and index + 1 < len(text):
+            index += 2  # an escaped brace (\{ \}) does not open or close a group
+            continue
+        if char == "{":
+            depth += 1
+        elif char == "}":
+            depth -= 1
+            if depth == 0:
+                return text[start:index]
+        index += 1
+    return None
+
+
+def _clean(answer: str) -> str | None:
+    """Strip whitespace, surrounding ``$`` and trailing periods; None when nothing is left."""
+    answer = answer.strip().rstrip(".").strip().strip("$").strip().rstrip(".").strip()
+    return answer or None
+
+
+def _after_anchor(text: str, pattern: re.Pattern[str]) -> str | None:
+    """The rest of the sentence after the last match of ``pattern``."""
+    last = None
+    for last in pattern.finditer(text):
+        pass
+    if last is None:
+        return None
+    rest = text[last.end() :]
+    end = _SENTENCE_END_RE.search(rest)
+    return _clean(rest[: end.start()] if end else rest)
+
+
+def extract_answer(response: str, *, last_number_fallback: bool = True) -> str | None:
+    """The final answer of a model response, or None.
+
+    In order of preference: the content of the last complete ``\\boxed{...}``
+    (or ``\\fbox{...}``, nested braces included); the rest of the sentence after
+    the last "The answer is" (with or without a colon); the rest of the line
+    after the last ``####``; and, when ``last_number_fallback`` is set, the last
+    number in the text. Surrounding ``$`` and a trailing period are removed.
+    """
+    if not response:
+        return None
+    for match in reversed(list(_BOX_RE.finditer(response))):
+        content = _balanced_content(response, match.end())
+        if content is not None:
+            cleaned = _clean(content)
+            if cleaned is not None:
+                return cleaned
+    for pattern in (_ANSWER_IS_RE, _HASHES_RE):
+        found = _after_anchor(response, pattern)
+        if found is not None:
+            return found
+    if last_number_fallback:
+        last = None
+        for last in _NUMBER_RE.finditer(response):
+            pass
+        if last is not None:
+            return last.group(0)
+    return None
+
+
+# ---------------------------------------------------------------------------
+# Cheap normalised comparison
+
+_REMOVE = (
+    r"\left", r"\right", r"\!", r"\,", r"\;", r"\:", r"\ ", r"\displaystyle",
+    "^\\circ", "^{\\circ}", "°", "\\$", "$",
+)
+_THOUSANDS_RE = re.compile(r"^-?\d{1,3}(?:,\d{3})+(?:\.\d+)?$")
+_ASSIGNMENT_RE = re.compile(r"^[a-zA-Z](?:_\{?\w+\}?)?\s*=\s*(?!=)")
+_TEXT_RE = re.compile(r"\\(?:text|textbf|mathrm|mbox)\{([^{}]*)\}")
+_INT_RE = re.compile(r"^-?\d+$")
+_DECIMAL_RE = re.compile(r"^-?\d*\.?\d+$")
+_SLASH_FRACTION_RE = re.compile(r"^(-?\d+)/(\d+)$")
+_LATEX_FRACTION_RE = re.compile(r"^(-?)\\frac\{?(\d+)\}?\{?(\d+)\}?$")
+
+
+def normalize_answer(answer: str) -> str:
+    """A canonical string for cheap equality: no spaces, ``$``, ``\\left``, degree signs,
+    thousands separators, trailing period, ``\\text{}`` wrapper, ``\\dfrac``/``\\tfrac`` spelling."""
+    text = answer.strip()
+    box = _BOX_RE.match(text)
+    if box is not None:
+        inner = _balanced_content(text, box.end())
+        if inner is not None and box.end() + len(inner) + 1 == len(text):
+            text = inner
+    for token in _REMOVE:
+        text = text.replace(token, "")
+    text = text.replace(r"\dfrac", r"\frac").replace(r"\tfrac", r"\frac")
+    text = _TEXT_RE.sub(r"\1", text)
+    text = "".join(text.split()).rstrip(".")
+    if _THOUSANDS_RE.match(text):
+        text = text.replace(",", "")
+    return text
+
+
+def _as_number(text: str) -> Fraction | None:
+    """A plain number (integer, decimal, a/b, \\frac{a}{b}) as an exact fraction; None otherwise."""
+    if _DECIMAL_RE.match(text):
+        return Fraction(text)
+    match = _SLASH_FRACTION_RE.match(text)
+    if match is not None:
+        return Fraction(int(match.group(1)), int(match.group(2))) if int(match.group(2)) else None
+    match = _LATEX_FRACTION_RE.match(text)
+    if match is not None and int(match.group(3)):
+        return Fraction(int(match.group(1) + match.group(2)), int(match.group(3)))
+    return None
+
+
+def _cheap_verdict(pred: str, gold: str) -> bool | None:
+    """True/False when normalised strings or plain numbers settle it; None when math-verify must decide."""
+    if pred == gold:
+        return True
+    if not _ASSIGNMENT_RE.match(gold):
+        pred = _ASSIGNMENT_RE.sub("", pred, count=1)
+    if pred == gold:
+        return True
+    pred_number, gold_number = _as_number(pred), _as_number(gold)
+    if pred_number is not None and gold_number is not None:
+        if pred_number == gold_number:
+            return True
+        # Two integers that differ are different; decimals go on to math-verify, which
+        # accepts a rounded decimal for a fraction (0.3333333 for 1/3).
+        if _INT_RE.match(pred) and _INT_RE.match(gold):
+            return False
+    return None
+
+
+def _too_hard(text: str) -> bool:
+    """Whether parsing ``text`` risks a long computation: very long, deeply nested,
+    a tower of exponents (a ``^`` inside an exponent's braces) or a huge literal exponent."""
+    if len(text) > MAX_ANSWER_CHARS:
+        return True
+    depth = 0
+    stack: list[bool] = []  # per open brace: does it open an exponent?
+    exponent_depth = 0
+    previous = ""
+    for index, char in enumerate(text):
+        if char in "([{":
+            depth += 1
+            if depth > MAX_NESTING:
+                return True
+            if char == "{":
+                opens_exponent = previous == "^"
+                stack.append(opens_exponent)
+                exponent_depth += opens_exponent
+        elif char in ")]}":
+            depth -= 1
+            if char == "}" and stack:
+                exponent_depth -= stack.pop()
+        elif char == "^":
+            if exponent_depth >= 1:
+                return True
+            digits = re.match(r"\s*\{?\s*-?(\d+)", text[index + 1 : index + 32])
+            if digits is not None and len(digits.group(1)) > MAX_EXPONENT_DIGITS:
+                return True
+        if not char.isspace():
+            previous = char
+    return False
+
+
+# ---------------------------------------------------------------------------
+# math-verify in a child process with a deadline
+
+
+class _Worker:
+    """One child process running :func:`_worker_main`, fed one JSON line per comparison."""
+
+    def __init__(self) -> None:
+        package_root = str(Path(__file__).resolve().parents[1])
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join([package_root, env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+        # A plain subprocess, not multiprocessing: it works from daemonic pool workers too.
+        self.process = subprocess.Popen(
+            [sys.executable, "-c", "from stepdpo.grading import _worker_main; _worker_main()"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            env=env,
+            bufsize=0,
+        )
+        self._buffer = b""
+        if self._read_line(WORKER_START_TIMEOUT_S) != "ready":
+            self.kill()
+            raise RuntimeError("the math-verify worker process did not start")
+
+    def _read_line(self, timeout_s: float) -> str | None:
+        deadline = time.monotonic() + timeout_s
+        stdout = self.process.stdout
+        assert stdout is not None
+        while b"\n" not in self._buffer:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return None
+            ready, _, _ = select.select([stdout], [], [], remaining)
+            if not ready:
+                return None
+            chunk = os.read(stdout.fileno(), 65536)
+            if not chunk:
+                return None  # the worker died
+            self._buffer += chunk
+        line, _, self._buffer = self._buffer.partition(b"\n")
+        return line.decode("utf-8")
+
+    def compare(self, pred: str, gold: str, timeout_s: float) -> bool | None:
+        """math-verify's verdict, or None when the worker overran ``timeout_s`` or died."""
+        stdin = self.process.stdin
+        assert stdin is not None
+        try:
+            stdin.write((json.dumps([pred, gold]) + "\n").encode("utf-8"))
+        except (BrokenPipeError, OSError):
+            return None
+        reply = self._read_line(timeout_s)
+        if reply is None:
+            return None
+        return reply == "1"
+
+    def kill(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+        self.process.wait()
+        for stream in (self.process.stdin, self.process.stdout):
+            if stream is not None:
+                stream.close()
+
+
+class _WorkerPool:
+    """Up to ``MAX_WORKERS`` persistent workers shared by all threads of this process."""
+
+    def __init__(self, max_workers: int = MAX_WORKERS) -> None:
+        self.max_workers = max_workers
+        self._idle: list[_Worker] = []
+        self._count = 0
+        self._pid = os.getpid()
+        self._condition = threading.Condition()
+
+    def _acquire(self) -> _Worker:
+        with self._condition:
+            if self._pid != os.getpid():  # forked: the parent's workers are not ours to use
+                self._idle, self._count, self._pid = [], 0, os.getpid()
+            while not self._idle and self._count >= self.max_workers:
+                self._condition.wait()
+            if self._idle:
+                return self._idle.pop()
+            self._count += 1
+        try:
+            return _Worker()
+        except BaseException:
+            with self._condition:
+                self._count -= 1
+                self._condition.notify()
+            raise
+
+    def _release(self, worker: _Worker | None) -> None:
+        with self._condition:
+            if worker is None:
+                self._count -= 1
+            else:
+                self._idle.append(worker)
+            self._condition.notify()
+
+    def compare(self, pred: str, gold: str, timeout_s: float) -> bool:
+        worker = self._acquire()
+        verdict = worker.compare(pred, gold, timeout_s)
+        if verdict is None:
+            log.warning("answer comparison overran %.1f s; counted as wrong (pred %.60r, gold %.60r)", timeout_s, pred, gold)
+            worker.kill()
+            self._release(None)
+            return False
+        self._release(worker)
+        return verdict
+
+    def close(self) -> None:
+        with self._condition:
+            workers, self._idle = self._idle, []
+            self._count -= len(workers)
+        for worker in workers:
+            worker.kill()
+
+
+_POOL = _WorkerPool()
+atexit.register(_POOL.close)
+
+
+def _worker_main() -> None:
+    """Child process loop: read ``[pred, gold]`` JSON lines from stdin, answer ``1`` or ``0`` per line."""
+    import resource
+
+    # A runaway sympy computation hits this instead of the machine's memory.
+    limit = 4 << 30
+    resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+    logging.getLogger("math_verify").setLevel(logging.ERROR)
+    logging.getLogger("latex2sympy2_extended").setLevel(logging.ERROR)
+    from math_verify import LatexExtractionConfig, parse, verify
+
+    config = [LatexExtractionConfig(boxed_match_priority=0)]
+
+    def parsed(answer: str) -> list:
+        return parse("\\boxed{" + answer + "}", extraction_config=config, parsing_timeout=None)
+
+    out = sys.stdout.buffer
+    out.write(b"ready\n")
+    out.flush()
+    for line in sys.stdin.buffer:
+        try:
+            pred, gold = json.loads(line)
+            gold_parsed = parsed(gold)
+            pred_parsed = parsed(pred)
+            verdict = bool(gold_parsed and pred_parsed and verify(gold_parsed, pred_parsed, timeout_seconds=None))
+        except Exception:  # noqa: BLE001 - any failure to parse or compare means "not shown equal"
+            verdict = False
+        except RecursionError:
+            verdict = False
+        out.write(b"1\n" if verdict else b"0\n")
+        out.flush()
+
+
+# ---------------------------------------------------------------------------
+# Public API
+
+
+@lru_cache(maxsize=65536)
+def _match_normalized(pred: str, gold: str, timeout_s: float) -> bool:
+    verdict = _cheap_verdict(pred, gold)
+    if verdict is not None:
+        return verdict
+    if _too_hard(pred) or _too_hard(gold):
+        return False
+    return _POOL.compare(pred, gold, timeout_s)
+
+
+def answers_match(pred: str | None, gold: str, *, timeout_s: float = 5.0) -> bool:
+    """Whether the predicted answer equals the gold one mathematically.
+
+    Equal normalised strings and equal plain numbers match at once; everything
+    else (fractions vs decimals, units, ``x = 5`` vs ``5``, tuples, sets in any
+    order, intervals, symbolic equality) is judged by math-verify in a worker
+    process that is killed after ``timeout_s`` seconds (then: False). Safe to
+    call from any thread and from worker processes; never evaluates the text.
+    """
+    if pred is None or gold is None:
+        return False
+    return _match_normalized(normalize_answer(pred), normalize_answer(gold), float(timeout_s))
+
+
+def is_correct(response: str, gold: str, *, last_number_fallback: bool = True, timeout_s: float = 5.0) -> bool:
+    """``answers_match(extract_answer(response), gold)``."""
+    return answers_match(extract_answer(response, last_number_fallback=last_number_fallback), gold, timeout_s=timeout_s)
+
+
+def grade_many(pairs: Iterable[tuple[str | None, str]] | Sequence[tuple[str | None, str]], *, timeout_s: float = 5.0) -> list[bool]:
+    """``answers_match`` over ``(pred, gold)`` pairs, in order; repeated pairs are judged once."""
+    return [answers_match(pred, gold, timeout_s=timeout_s) for pred, gold in pairs]
