@@ -58,23 +58,22 @@ _NUMBER_RE = re.compile(r"-?\d+(?:,\d{3})*(?:\.\d+)?(?:/\d+)?")
 _SENTENCE_END_RE = re.compile(r"\.(?:\s|$)|\n")
 
 
-def _balanced_content(text: str, start: int) -> str | None:
-    """Content from ``start`` (just after an opening brace) to its matching close, or None if unclosed."""
-    depth = 1
-    index = start
+def _closing_braces(text: str) -> dict[int, int]:
+    """Position of each unescaped ``{`` -> position of its matching ``}`` (unclosed ones absent), in one pass."""
+    pairs: dict[int, int] = {}
+    stack: list[int] = []
+    index = 0
     while index < len(text):
         char = text[index]
-        if char == "\\" and index + 1 < len(text):
+        if char == "\\":
             index += 2  # an escaped brace (\{ \}) does not open or close a group
             continue
         if char == "{":
-            depth += 1
-        elif char == "}":
-            depth -= 1
-            if depth == 0:
-                return text[start:index]
+            stack.append(index)
+        elif char == "}" and stack:
+            pairs[stack.pop()] = index
         index += 1
-    return None
+    return pairs
 
 
 def _clean(answer: str) -> str | None:
@@ -106,10 +105,12 @@ def extract_answer(response: str, *, last_number_fallback: bool = True) -> str |
     """
     if not response:
         return None
-    for match in reversed(list(_BOX_RE.finditer(response))):
-        content = _balanced_content(response, match.end())
-        if content is not None:
-            cleaned = _clean(content)
+    boxes = list(_BOX_RE.finditer(response))
+    closing = _closing_braces(response) if boxes else {}
+    for match in reversed(boxes):
+        close = closing.get(match.end() - 1)
+        if close is not None:
+            cleaned = _clean(response[match.end() : close])
             if cleaned is not None:
                 return cleaned
     for pattern in (_ANSWER_IS_RE, _HASHES_RE):
@@ -144,12 +145,10 @@ _LATEX_FRACTION_RE = re.compile(r"^(-?)\\frac\{?(\d+)\}?\{?(\d+)\}?$")
 def normalize_answer(answer: str) -> str:
     """A canonical string for cheap equality: no spaces, ``$``, ``\\left``, degree signs,
     thousands separators, trailing period, ``\\text{}`` wrapper, ``\\dfrac``/``\\tfrac`` spelling."""
-    text = answer.strip()
+    text = _clean(answer) or ""
     box = _BOX_RE.match(text)
-    if box is not None:
-        inner = _balanced_content(text, box.end())
-        if inner is not None and box.end() + len(inner) + 1 == len(text):
-            text = inner
+    if box is not None and _closing_braces(text).get(box.end() - 1) == len(text) - 1:
+        text = text[box.end() : -1]
     for token in _REMOVE:
         text = text.replace(token, "")
     text = text.replace(r"\dfrac", r"\frac").replace(r"\tfrac", r"\frac")
@@ -384,11 +383,17 @@ def _worker_main() -> None:
 # Public API
 
 
+_MATH_DOLLAR_RE = re.compile(r"(?<!\\)\$")
+
+
 @lru_cache(maxsize=65536)
-def _match_normalized(pred: str, gold: str, timeout_s: float) -> bool:
-    verdict = _cheap_verdict(pred, gold)
+def _match(pred: str, gold: str, timeout_s: float) -> bool:
+    verdict = _cheap_verdict(normalize_answer(pred), normalize_answer(gold))
     if verdict is not None:
         return verdict
+    # math-verify sees the answers as written (its own normaliser removes units and
+    # \text{} words, which ours would glue onto the number), minus math-mode dollars.
+    pred, gold = _MATH_DOLLAR_RE.sub("", pred).strip(), _MATH_DOLLAR_RE.sub("", gold).strip()
     if _too_hard(pred) or _too_hard(gold):
         return False
     return _POOL.compare(pred, gold, timeout_s)
@@ -405,7 +410,7 @@ def answers_match(pred: str | None, gold: str, *, timeout_s: float = 5.0) -> boo
     """
     if pred is None or gold is None:
         return False
-    return _match_normalized(normalize_answer(pred), normalize_answer(gold), float(timeout_s))
+    return _match(pred, gold, float(timeout_s))
 
 
 def is_correct(response: str, gold: str, *, last_number_fallback: bool = True, timeout_s: float = 5.0) -> bool:
