@@ -55,6 +55,8 @@ MATCH_CASES: list[tuple[str, str, bool]] = [
     ("x^2+2x+1", "(x+1)^2", True),
     ("x^2+1", "(x+1)^2", False),
     ("2\\sin x \\cos x", "\\sin 2x", True),
+    ("e^{-x^2}", "\\frac{1}{e^{x^2}}", True),
+    ("2^{10}", "1024", True),
     # equations and assignments
     ("x = 5", "5", True),
     ("x=5", "5", True),

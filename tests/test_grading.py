@@ -125,13 +125,16 @@ def test_match_from_a_daemonic_pool_worker():
         "10^{10^{10^{10}}}",
         "10^{10^{10^{10^{10}}}}",
         "10^{123456789}",
+        "10^{(10^{10})}",
+        "10^{9999}^{9999}",
+        "9^9^9",
         "(" * 5000 + "1" + ")" * 5000,
         "{" * 5000 + "1" + "}" * 5000,
         "\\frac{" * 3000 + "1" + "}{2}" * 3000,
         "x" * 100_000,
         "".join(chr(33 + (i * 7919) % 90) for i in range(100_000)),
     ],
-    ids=["tower4", "tower5", "huge-exponent", "parens", "braces", "nested-fracs", "100kB-x", "100kB-garbage"],
+    ids=["tower4", "tower5", "huge-exponent", "paren-tower", "chained-braces", "chained-bare", "parens", "braces", "nested-fracs", "100kB-x", "100kB-garbage"],
 )
 def test_pathological_answers_are_wrong_not_hangs(pred):
     assert answers_match(pred, "5", timeout_s=10.0) is False

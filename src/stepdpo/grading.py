@@ -32,7 +32,6 @@ import sys
 import threading
 import time
 from fractions import Fraction
-from functools import lru_cache
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -191,16 +190,23 @@ def _cheap_verdict(pred: str, gold: str) -> bool | None:
     return None
 
 
+_CHAINED_POWER_RE = re.compile(r"\^\s*-?\w+\s*\^")
+
+
 def _too_hard(text: str) -> bool:
     """Whether parsing ``text`` risks a long computation: very long, deeply nested,
-    a tower of exponents (a ``^`` inside an exponent's braces) or a huge literal exponent."""
-    if len(text) > MAX_ANSWER_CHARS:
+    a tower of exponents on numbers (``10^{10^{10}}``, or chained as ``a^{b}^{c}``)
+    or a huge literal exponent."""
+    if len(text) > MAX_ANSWER_CHARS or _CHAINED_POWER_RE.search(text):
         return True
     depth = 0
     stack: list[bool] = []  # per open brace: does it open an exponent?
     exponent_depth = 0
     previous = ""
+    just_closed_exponent = False
     for index, char in enumerate(text):
+        if char.isspace():
+            continue
         if char in "([{":
             depth += 1
             if depth > MAX_NESTING:
@@ -212,15 +218,21 @@ def _too_hard(text: str) -> bool:
         elif char in ")]}":
             depth -= 1
             if char == "}" and stack:
-                exponent_depth -= stack.pop()
+                closes_exponent = stack.pop()
+                exponent_depth -= closes_exponent
+                previous = char
+                just_closed_exponent = closes_exponent
+                continue
         elif char == "^":
-            if exponent_depth >= 1:
+            # A power inside an exponent is cheap on a variable (e^{-x^2}) but can be a
+            # number with billions of digits on a number (10^{10^{10}}).
+            if just_closed_exponent or (exponent_depth >= 1 and not previous.isalpha()):
                 return True
             digits = re.match(r"\s*\{?\s*-?(\d+)", text[index + 1 : index + 32])
             if digits is not None and len(digits.group(1)) > MAX_EXPONENT_DIGITS:
                 return True
-        if not char.isspace():
-            previous = char
+        previous = char
+        just_closed_exponent = False
     return False
 
 
@@ -323,14 +335,15 @@ class _WorkerPool:
                 self._idle.append(worker)
             self._condition.notify()
 
-    def compare(self, pred: str, gold: str, timeout_s: float) -> bool:
+    def compare(self, pred: str, gold: str, timeout_s: float) -> bool | None:
+        """math-verify's verdict, or None when the comparison overran ``timeout_s`` (its worker is killed)."""
         worker = self._acquire()
         verdict = worker.compare(pred, gold, timeout_s)
         if verdict is None:
             log.warning("answer comparison overran %.1f s; counted as wrong (pred %.60r, gold %.60r)", timeout_s, pred, gold)
             worker.kill()
             self._release(None)
-            return False
+            return None
         self._release(worker)
         return verdict
 
@@ -386,8 +399,14 @@ def _worker_main() -> None:
 _MATH_DOLLAR_RE = re.compile(r"(?<!\\)\$")
 
 
-@lru_cache(maxsize=65536)
+_CACHE: dict[tuple[str, str], bool] = {}
+_CACHE_LOCK = threading.Lock()
+_CACHE_SIZE = 65536
+
+
 def _match(pred: str, gold: str, timeout_s: float) -> bool:
+    """The verdict for one pair; definite verdicts are cached (samples of a problem repeat answers),
+    overruns are not, since a busy machine can make a sound comparison overrun once."""
     verdict = _cheap_verdict(normalize_answer(pred), normalize_answer(gold))
     if verdict is not None:
         return verdict
@@ -396,7 +415,19 @@ def _match(pred: str, gold: str, timeout_s: float) -> bool:
     pred, gold = _MATH_DOLLAR_RE.sub("", pred).strip(), _MATH_DOLLAR_RE.sub("", gold).strip()
     if _too_hard(pred) or _too_hard(gold):
         return False
-    return _POOL.compare(pred, gold, timeout_s)
+    key = (pred, gold)
+    with _CACHE_LOCK:
+        cached = _CACHE.get(key)
+    if cached is not None:
+        return cached
+    verdict = _POOL.compare(pred, gold, timeout_s)
+    if verdict is None:
+        return False
+    with _CACHE_LOCK:
+        if len(_CACHE) >= _CACHE_SIZE:
+            _CACHE.clear()
+        _CACHE[key] = verdict
+    return verdict
 
 
 def answers_match(pred: str | None, gold: str, *, timeout_s: float = 5.0) -> bool:
