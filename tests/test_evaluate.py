@@ -1,0 +1,154 @@
+import json
+
+import pytest
+
+from stepdpo.errors import ConfigError
+from stepdpo.generation.base import GeneratorConfig
+from stepdpo.generation.scripted import ScriptedGenerator
+from stepdpo.records import Problem, RecordStore
+from stepdpo.stages.evaluate import BOXED_INSTRUCTION, EvalConfig, EvalSample, data_specs, default_name, model_fingerprint, render_table, run
+
+PLAIN = GeneratorConfig(prompt_style="plain")
+
+
+def problems(count: int, prefix: str = "p", **metadata) -> list[Problem]:
+    return [Problem(id=f"{prefix}{i}", question=f"What is {i} + {i}?", answer=str(2 * i), metadata=dict(metadata)) for i in range(count)]
+
+
+def answer_script(right: set[int]):
+    """Right (boxed gold) on questions whose number is in ``right``, else boxed gold + 1."""
+
+    def script(prompt, params, index):
+        number = int(prompt.split("What is ")[1].split(" ")[0])
+        value = 2 * number if number in right else 2 * number + 1
+        return f"Adding gives {value}.\n\\boxed{{{value}}}"
+
+    return script
+
+
+def config(tmp_path, **kwargs) -> EvalConfig:
+    return EvalConfig(model="scripted", output_dir=str(tmp_path / "eval"), generator=PLAIN, **kwargs)
+
+
+def test_greedy_eval_end_to_end(tmp_path):
+    generator = ScriptedGenerator(answer_script({0, 1, 2}))
+    results = run(config(tmp_path), {"toy:test": problems(4)}, generator)
+    toy = results["sets"]["toy:test"]
+    assert (toy["accuracy"], toy["correct"], toy["total"], toy["problems"]) == (0.75, 3, 4, 4)
+    assert toy["ci_low"] < 0.75 < toy["ci_high"]
+    assert toy["pass_at_k"] == {"1": 0.75} and toy["maj_at_k"] == {"1": 0.75}
+    assert toy["final_answer_rate"] == 1.0 and toy["truncated_rate"] == 0.0
+    assert toy["generated_tokens"] == 4 * 4 and toy["mean_response_tokens"] == 4.0
+    assert toy["per_problem"] == {"p0": True, "p1": True, "p2": True, "p3": False}
+    assert toy["new_samples"] == 4 and toy["breakdown"] == {}
+    assert results["settings"]["prompt"] == "boxed" and results["settings"]["n"] == 1
+    assert results["fingerprint"] == {"model": "scripted", "path": None, "sha256": None}
+    assert generator.calls[0][1].temperature == 0.0 and generator.calls[0][1].n == 1
+    assert json.loads((tmp_path / "eval" / "results.json").read_text())["sets"]["toy:test"]["accuracy"] == 0.75
+    rows = RecordStore(tmp_path / "eval" / "samples.jsonl", EvalSample).records()
+    assert [r.id for r in rows] == [f"toy:test|p{i}#0" for i in range(4)]
+    assert rows[3].predicted == "7" and rows[3].gold == "6" and rows[3].correct is False
+    assert rows[0].prompt.startswith("Question: What is 0 + 0?") and BOXED_INSTRUCTION in rows[0].prompt
+    assert "Step 1:" not in rows[0].prompt and rows[0].response.startswith("Adding")
+    assert "toy:test" in render_table(results)
+
+
+def test_rerun_generates_only_missing(tmp_path):
+    run(config(tmp_path, limit=2), {"toy:test": problems(2)}, ScriptedGenerator(answer_script({0})))
+    generator = ScriptedGenerator(answer_script({0}))
+    results = run(config(tmp_path), {"toy:test": problems(5)}, generator)
+    assert sum(count for count, _ in generator.calls) == 3
+    assert results["sets"]["toy:test"]["new_samples"] == 3 and results["sets"]["toy:test"]["problems"] == 5
+
+    def must_not_generate(prompt, params, index):
+        raise AssertionError("a finished evaluation was regenerated")
+
+    again = run(config(tmp_path), {"toy:test": problems(5)}, ScriptedGenerator(must_not_generate))
+    assert again["sets"]["toy:test"]["new_samples"] == 0
+    assert again["sets"]["toy:test"]["accuracy"] == results["sets"]["toy:test"]["accuracy"] == 0.2
+
+
+def test_rerun_with_other_settings_is_refused(tmp_path):
+    run(config(tmp_path), {"toy:test": problems(1)}, ScriptedGenerator(answer_script({0})))
+    with pytest.raises(ConfigError, match="max_new_tokens"):
+        run(config(tmp_path, max_new_tokens=7), {"toy:test": problems(1)}, ScriptedGenerator(answer_script({0})))
+
+
+def test_sampling_pass_and_maj_at_k(tmp_path):
+    # Problem 0: samples right, wrong, wrong, right -> pass@1 1/2, maj@4 tie broken towards the first (right).
+    # Problem 1: wrong, wrong, right, right (the two wrong agree) -> maj@4: the wrong cluster came first.
+    plans = {"0": [0, 5, 5, 0], "1": [9, 9, 2, 2]}
+
+    def script(prompt, params, index):
+        number = prompt.split("What is ")[1].split(" ")[0]
+        return f"\\boxed{{{plans[number][index]}}}"
+
+    results = run(config(tmp_path, n=4, temperature=0.8, ks=[1, 2, 4]), {"toy:test": problems(2)}, ScriptedGenerator(script))
+    toy = results["sets"]["toy:test"]
+    assert toy["accuracy"] == 0.5  # first samples: right, wrong
+    assert toy["pass_at_k"]["1"] == pytest.approx(0.5)
+    assert toy["pass_at_k"]["2"] == pytest.approx(1 - 1 / 6)  # both problems: 1 - C(2,2)/C(4,2)
+    assert toy["pass_at_k"]["4"] == 1.0
+    assert toy["maj_at_k"] == {"1": 0.5, "2": 0.5, "4": 0.5}
+
+
+def test_math_breakdown_by_subject_and_level(tmp_path):
+    algebra = problems(2, "a", type="Algebra", level="Level 1")
+    geometry = [Problem(id="g0", question="What is 5 + 5?", answer="10", metadata={"type": "Geometry", "level": "Level 5"})]
+    results = run(config(tmp_path), {"math:test": algebra + geometry}, ScriptedGenerator(answer_script({0, 5})))
+    breakdown = results["sets"]["math:test"]["breakdown"]
+    assert breakdown["type"]["Algebra"] == {"problems": 2, "correct": 1, "accuracy": 0.5}
+    assert breakdown["type"]["Geometry"] == {"problems": 1, "correct": 1, "accuracy": 1.0}
+    assert set(breakdown["level"]) == {"Level 1", "Level 5"}
+
+
+def test_step_prompt_with_chat_template(tmp_path, tiny_model_dir):
+    seen = []
+
+    def script(prompt, params, index):
+        seen.append(prompt)
+        return " 1 + 1 = 2.\nThe answer is: \\boxed{2}"
+
+    cfg = EvalConfig(model=str(tiny_model_dir), prompt="step", output_dir=str(tmp_path / "eval"))
+    results = run(cfg, {"toy:test": problems(2)[1:]}, ScriptedGenerator(script))
+    assert seen[0].endswith("Let's think step by step.\nStep 1:") and "<|im_start|>assistant" in seen[0]
+    row = RecordStore(tmp_path / "eval" / "samples.jsonl", EvalSample).records()[0]
+    assert row.response.startswith("Step 1: 1 + 1 = 2.") and row.correct
+    assert results["fingerprint"]["path"] and len(results["fingerprint"]["sha256"]) == 64
+    assert model_fingerprint(str(tiny_model_dir)) == results["fingerprint"]
+
+
+def test_config_checks_and_helpers(tmp_path):
+    with pytest.raises(ConfigError, match="temperature"):
+        run(config(tmp_path, n=4), {"toy:test": problems(1)}, ScriptedGenerator(answer_script(set())))
+    with pytest.raises(ConfigError, match="ks"):
+        run(config(tmp_path, n=2, temperature=1.0, ks=[3]), {"toy:test": problems(1)}, ScriptedGenerator(answer_script(set())))
+    assert data_specs(EvalConfig(data=["gsm8k:test,math500:test", "gsm8k:test", " svamp:test "])) == ["gsm8k:test", "math500:test", "svamp:test"]
+    assert default_name("smollm2-135m") == "smollm2-135m"
+    assert default_name("/runs/a/train/step-dpo") == "train-step-dpo"
+
+
+def test_fingerprint_changes_with_weights(tmp_path):
+    folder = tmp_path / "m"
+    folder.mkdir()
+    (folder / "config.json").write_text("{}")
+    (folder / "model.safetensors").write_bytes(bytes(5 << 20))
+    first = model_fingerprint(str(folder))["sha256"]
+    data = bytearray(5 << 20)
+    data[-1] = 1
+    (folder / "model.safetensors").write_bytes(bytes(data))
+    assert model_fingerprint(str(folder))["sha256"] != first
+
+
+@pytest.mark.slow
+def test_real_eval_of_embedded_model(tmp_path, monkeypatch):
+    from stepdpo.stages.evaluate import command
+
+    monkeypatch.chdir(tmp_path)
+    cfg = EvalConfig(model="smollm2-135m", data=["multiarith:test"], limit=8, max_new_tokens=96, run_dir=str(tmp_path / "run"))
+    assert command(cfg) == 0
+    results = json.loads((tmp_path / "run" / "eval" / "smollm2-135m" / "results.json").read_text())
+    multiarith = results["sets"]["multiarith:test"]
+    assert multiarith["problems"] == 8 and multiarith["total"] == 8 and 0 < multiarith["generated_tokens"] <= 8 * 96
+    assert results["fingerprint"]["sha256"] and results["generator"]
+    assert (tmp_path / "run" / "funnel" / "eval-smollm2-135m.json").is_file()
