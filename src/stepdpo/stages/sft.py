@@ -1,0 +1,327 @@
+"""`stepdpo sft`: supervised fine-tuning on step-formatted solutions.
+
+The model learns to write ``Step 1: ... Step n: ... The answer is: \\boxed{A}``
+after the same prompt the rest of the pipeline uses (``PromptFormat.head``), with
+the loss on the solution tokens only (see :mod:`stepdpo.training.sft_data`).
+It runs on ``transformers.Trainer``: full fine-tuning or LoRA (merged into the
+saved model), bf16 autocast on CPUs that support it, length-grouped batches,
+checkpoints every ``save_steps`` so a rerun resumes, and a finished model is
+never trained twice.
+
+Layout of ``output_dir`` (``RUN/sft`` by default)::
+
+    model/           the fine-tuned model (safetensors) and its tokenizer
+    checkpoints/     Trainer checkpoints (the last ``save_total_limit``), removed when done
+    metrics.jsonl    one line per logging step, and a final summary line
+    summary.json     examples, optimizer steps, tokens, seconds, final loss
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+from stepdpo.config import save_config
+from stepdpo.errors import ConfigError, InputError
+from stepdpo.records import Problem, atomic_write_json, read_jsonl_dicts
+from stepdpo.rundir import Funnel, RunDir
+from stepdpo.steps import PromptFormat
+from stepdpo.training.sft_data import IGNORE_INDEX, SFTCollator, build_examples
+
+log = logging.getLogger(__name__)
+
+DEFAULT_DATA = ["synthetic:train?n=2000&min_steps=2&max_steps=4&seed=0"]
+
+
+@dataclass
+class SFTConfig:
+    """Options of `stepdpo sft`."""
+
+    model: str = field(default="smollm2-135m", metadata={"help": "Model to fine-tune: Hugging Face id, local path, or 'smollm2-135m'."})
+    data: list[str] = field(default_factory=lambda: list(DEFAULT_DATA), metadata={"help": "Problem sets with step-format solutions: loader specs (synthetic:train?..., gsm8k:train) or JSONL files."})
+    limit: int = field(default=0, metadata={"help": "At most this many problems from each data spec (0 = all)."})
+    question_field: str = field(default="question", metadata={"help": "Field holding the problem text in a JSONL data file."})
+    solution_field: str = field(default="solution", metadata={"help": "Field holding the step-format solution in a JSONL data file."})
+    prompt_style: Literal["chat", "plain"] = field(default="chat", metadata={"help": "chat: the model's chat template; plain: 'Question: ... Answer:' (must match sampling and evaluation)."})
+    run_dir: str = field(default="runs/default", metadata={"help": "Run directory (the funnel goes to RUN/funnel/sft.json)."})
+    output_dir: str = field(default="", metadata={"help": "Where the model, checkpoints and metrics go ('' = RUN/sft)."})
+    epochs: float = field(default=1.0, metadata={"help": "Passes over the training examples."})
+    max_steps: int = field(default=-1, metadata={"help": "Stop after this many optimizer steps (-1 = run all epochs)."})
+    learning_rate: float = field(default=1e-4, metadata={"help": "Peak learning rate (AdamW)."})
+    lr_scheduler: Literal["cosine", "linear", "constant", "constant_with_warmup"] = field(default="cosine", metadata={"help": "Learning-rate schedule after warmup."})
+    warmup_ratio: float = field(default=0.05, metadata={"help": "Share of the optimizer steps spent warming the learning rate up from 0."})
+    weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay."})
+    batch_size: int = field(default=8, metadata={"help": "Examples per forward pass."})
+    grad_accum: int = field(default=1, metadata={"help": "Forward passes per optimizer step (effective batch = batch_size * grad_accum)."})
+    max_length: int = field(default=512, metadata={"help": "Longest example in tokens (prompt + solution); longer ones are dropped and counted."})
+    bf16: bool = field(default=True, metadata={"help": "bfloat16 autocast (weights stay float32); about halves step time on CPUs with avx512_bf16 and on GPUs."})
+    lora: bool = field(default=False, metadata={"help": "Train LoRA adapters instead of all weights; they are merged into the saved model."})
+    lora_r: int = field(default=16, metadata={"help": "LoRA rank."})
+    lora_alpha: int = field(default=32, metadata={"help": "LoRA scaling numerator (scale = alpha / r)."})
+    lora_dropout: float = field(default=0.0, metadata={"help": "Dropout on the LoRA input."})
+    lora_target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"], metadata={"help": "Module names that get LoRA adapters."})
+    seed: int = field(default=0, metadata={"help": "Seed for data order, initialisation of adapters, and problem sampling."})
+    save_steps: int = field(default=50, metadata={"help": "Checkpoint every this many optimizer steps (a rerun resumes from the last one)."})
+    save_total_limit: int = field(default=1, metadata={"help": "Checkpoints kept on disk."})
+    keep_checkpoints: bool = field(default=False, metadata={"help": "Keep the checkpoints after the final model is saved."})
+    logging_steps: int = field(default=5, metadata={"help": "Log loss and learning rate every this many optimizer steps."})
+    device: str = field(default="auto", metadata={"help": "'auto' (cuda when available, else cpu), 'cpu', 'cuda'."})
+    threads: int = field(default=0, metadata={"help": "CPU threads for torch (0 = torch's default)."})
+    overwrite: bool = field(default=False, metadata={"help": "Train again even if output_dir/model is complete (checkpoints are discarded)."})
+
+
+def output_dir(config: SFTConfig) -> Path:
+    return Path(config.output_dir) if config.output_dir else RunDir(config.run_dir).sft
+
+
+def model_dir(config: SFTConfig) -> Path:
+    """Where the fine-tuned model is (or will be) saved."""
+    return output_dir(config) / "model"
+
+
+def is_complete(path: Path) -> bool:
+    """A saved model is complete when its weights and tokenizer are both there (they are written before the rename)."""
+    return (path / "config.json").is_file() and any(path.glob("*.safetensors")) and (path / "tokenizer_config.json").is_file()
+
+
+def _read_jsonl_problems(path: Path, config: SFTConfig) -> list[Problem]:
+    problems = []
+    for line, obj in read_jsonl_dicts(path):
+        for name in (config.question_field, config.solution_field):
+            if not isinstance(obj.get(name), str):
+                raise InputError(str(path), "missing or not a string", line, name)
+        problems.append(
+            Problem(
+                id=str(obj.get("id", f"{path.stem}-{line}")),
+                question=obj[config.question_field],
+                answer=str(obj.get("answer", "")),
+                source=str(path),
+                solution=obj[config.solution_field],
+            )
+        )
+        if config.limit and len(problems) >= config.limit:
+            break
+    return problems
+
+
+def load_training_problems(config: SFTConfig) -> list[Problem]:
+    """Problems with reference solutions from every spec in ``config.data`` (JSONL files read with the configured fields)."""
+    if not config.data:
+        raise ConfigError("sft: 'data' is empty; give at least one problem set with solutions")
+    problems: list[Problem] = []
+    for spec in config.data:
+        path = Path(spec).expanduser()
+        if path.suffix == ".jsonl" and path.is_file():
+            problems.extend(_read_jsonl_problems(path, config))
+        else:
+            from stepdpo.problems import load_problems
+
+            problems.extend(load_problems(spec, limit=config.limit or None, seed=config.seed))
+    return problems
+
+
+def _device(config: SFTConfig) -> str:
+    import torch
+
+    if config.device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return config.device
+
+
+def _make_trainer_class() -> type:
+    """A Trainer whose loss projects onto the vocabulary only where a label is scored.
+
+    With prompt tokens masked, most positions carry no loss; passing a boolean
+    ``logits_to_keep`` mask (B, L) makes the model compute logits (N, V) for the
+    N scored positions only, N = Σ_b |R_b|, instead of (B, L, V). The loss is
+    Σ CE / (scored tokens in the whole accumulated batch), which is what
+    ``num_items_in_batch`` counts.
+    """
+    import torch
+    from transformers import Trainer
+
+    class ResponseOnlyTrainer(Trainer):
+        loss_is_scaled_for_ga = True
+
+        def __init__(self, *args: Any, **kwargs: Any):
+            super().__init__(*args, **kwargs)
+            # Make Trainer count the scored tokens of each accumulated batch for us.
+            self.model_accepts_loss_kwargs = True
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            labels = inputs["labels"]
+            # Position t predicts token t+1: keep t where labels[t+1] is scored.
+            keep = torch.zeros_like(labels, dtype=torch.bool)
+            keep[:, :-1] = labels[:, 1:] != IGNORE_INDEX
+            targets = labels[:, 1:][keep[:, :-1]]
+            outputs = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], logits_to_keep=keep, use_cache=False)
+            summed = torch.nn.functional.cross_entropy(outputs.logits.float(), targets, reduction="sum")
+            if num_items_in_batch is not None:
+                loss = summed / num_items_in_batch
+            else:
+                loss = summed / max(1, targets.numel()) / self.args.gradient_accumulation_steps
+            return (loss, outputs) if return_outputs else loss
+
+    return ResponseOnlyTrainer
+
+
+def _metrics_callback(path: Path) -> Any:
+    from transformers import TrainerCallback
+
+    class JsonlMetrics(TrainerCallback):
+        """Appends each Trainer log (loss, learning rate, grad norm) as a line of metrics.jsonl."""
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if logs:
+                with open(path, "a", encoding="utf-8") as handle:
+                    handle.write(json.dumps({"step": state.global_step, "epoch": state.epoch, "time": time.time(), **logs}) + "\n")
+
+    return JsonlMetrics()
+
+
+def run(config: SFTConfig, problems: list[Problem], model: Any = None, tokenizer: Any = None, funnel: Optional[Funnel] = None) -> Path:
+    """Fine-tune on ``problems``' solutions and save the model; returns the saved model's folder.
+
+    ``model`` / ``tokenizer`` default to loading ``config.model``. When the
+    model folder is already complete the training is skipped; otherwise training
+    resumes from the last checkpoint in ``output_dir/checkpoints`` if there is one.
+    """
+    import torch
+    from transformers import TrainingArguments, set_seed
+    from transformers.trainer_utils import get_last_checkpoint
+
+    funnel = funnel if funnel is not None else Funnel(stage="sft")
+    funnel.records_in = len(problems)
+    out = output_dir(config)
+    final = model_dir(config)
+    if config.overwrite:
+        shutil.rmtree(out / "checkpoints", ignore_errors=True)
+        shutil.rmtree(final, ignore_errors=True)
+    if is_complete(final):
+        log.info("sft: %s is complete; skipping training (overwrite=true trains again)", final)
+        funnel.records_out = len(problems)
+        funnel.extra = {"skipped": "model already complete"}
+        return final
+    for name, value in (("batch_size", config.batch_size), ("grad_accum", config.grad_accum), ("max_length", config.max_length), ("save_steps", config.save_steps), ("logging_steps", config.logging_steps)):
+        if value < 1:
+            raise ConfigError(f"sft: {name} must be >= 1, got {value}")
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    set_seed(config.seed)
+
+    if tokenizer is None:
+        from stepdpo.models import load_tokenizer
+
+        tokenizer = load_tokenizer(config.model)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    fmt = PromptFormat(style=config.prompt_style, chat_template_owner=tokenizer if config.prompt_style == "chat" else None)
+    examples, stats = build_examples(((p.id, p.question, p.solution or "") for p in problems), tokenizer, fmt, config.max_length)
+    for reason, count in stats.dropped.items():
+        funnel.drop(reason, count)
+    if not examples:
+        raise ConfigError(f"sft: none of the {len(problems)} problems has a usable solution (dropped: {stats.dropped})")
+    funnel.records_out = len(examples)
+
+    if model is None:
+        from stepdpo.models import load_model
+
+        model = load_model(config.model, dtype="float32")
+    device = _device(config)
+    if config.lora:
+        from peft import LoraConfig, get_peft_model
+
+        model = get_peft_model(model, LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout, target_modules=list(config.lora_target_modules), task_type="CAUSAL_LM"))
+    model.config.use_cache = False
+
+    out.mkdir(parents=True, exist_ok=True)
+    checkpoints = out / "checkpoints"
+    args = TrainingArguments(
+        output_dir=str(checkpoints),
+        num_train_epochs=config.epochs,
+        max_steps=config.max_steps,
+        learning_rate=config.learning_rate,
+        lr_scheduler_type=config.lr_scheduler,
+        warmup_steps=config.warmup_ratio,
+        weight_decay=config.weight_decay,
+        per_device_train_batch_size=config.batch_size,
+        gradient_accumulation_steps=config.grad_accum,
+        bf16=config.bf16,
+        use_cpu=device == "cpu",
+        train_sampling_strategy="group_by_length",
+        logging_steps=config.logging_steps,
+        save_strategy="steps",
+        save_steps=config.save_steps,
+        save_total_limit=config.save_total_limit,
+        seed=config.seed,
+        data_seed=config.seed,
+        report_to="none",
+        remove_unused_columns=False,
+        dataloader_num_workers=0,
+        disable_tqdm=False,
+    )
+    dataset = [{"input_ids": e.input_ids, "labels": e.labels} for e in examples]
+    trainer = _make_trainer_class()(
+        model=model,
+        args=args,
+        train_dataset=dataset,
+        data_collator=SFTCollator(pad_token_id=tokenizer.pad_token_id),
+        callbacks=[_metrics_callback(out / "metrics.jsonl")],
+    )
+    resume = get_last_checkpoint(str(checkpoints)) if checkpoints.is_dir() else None
+    if resume:
+        log.info("sft: resuming from %s", resume)
+    started = time.time()
+    result = trainer.train(resume_from_checkpoint=resume)
+    seconds = time.time() - started
+
+    trained = trainer.model
+    if config.lora:
+        trained = trained.merge_and_unload()
+    trained.config.use_cache = True
+    tmp = final.with_name(final.name + f".tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    trained.save_pretrained(tmp, safe_serialization=True)
+    tokenizer.save_pretrained(tmp)
+    shutil.rmtree(final, ignore_errors=True)
+    tmp.rename(final)  # atomic: a half-written model is never taken for a finished one
+    if not config.keep_checkpoints:
+        shutil.rmtree(checkpoints, ignore_errors=True)
+
+    response_tokens = sum(sum(1 for t in e.labels if t != IGNORE_INDEX) for e in examples)
+    summary = {
+        "examples": len(examples),
+        "optimizer_steps": trainer.state.global_step,
+        "epochs": config.epochs,
+        "response_tokens": response_tokens,
+        "total_tokens": sum(len(e.input_ids) for e in examples),
+        "train_seconds_this_run": round(seconds, 1),
+        "train_loss": result.training_loss,
+        "resumed_from": resume,
+        "dropped": stats.dropped,
+    }
+    atomic_write_json(out / "summary.json", summary)
+    with open(out / "metrics.jsonl", "a", encoding="utf-8") as handle:
+        handle.write(json.dumps({"summary": summary}) + "\n")
+    funnel.extra = {"optimizer_steps": trainer.state.global_step, "train_loss": float(result.training_loss), "train_seconds": round(seconds, 1)}
+    return final
+
+
+def command(config: SFTConfig) -> int:
+    """Load the training problems, fine-tune, save the model; print and save the funnel."""
+    problems = load_training_problems(config)
+    out = output_dir(config)
+    out.mkdir(parents=True, exist_ok=True)
+    save_config(config, out / "sft_config.yaml")
+    funnel = Funnel(stage="sft")
+    path = run(config, problems, funnel=funnel)
+    funnel.save(RunDir(config.run_dir))
+    print(funnel.render())
+    print(f"model: {path}")
+    return 0
