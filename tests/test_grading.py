@@ -57,6 +57,8 @@ def test_none_prediction_never_matches():
         ("#### 5\n#### 6", "6"),
         ("She has 3 apples and buys 4.5 more, 7.5 in all.", "7.5"),
         ("-4 is the value", "-4"),
+        ("it is (-4)", "-4"),
+        ("10-5 leaves 10-5", "5"),
         ("costs 1,250 dollars", "1,250"),
         ("half: 3/4", "3/4"),
     ],

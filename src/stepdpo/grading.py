@@ -33,12 +33,12 @@ import threading
 import time
 from fractions import Fraction
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Iterable
 
 log = logging.getLogger(__name__)
 
 MAX_ANSWER_CHARS = 400
-"""Answers longer than this (after normalisation) are compared as strings only."""
+"""Answers longer than this are compared as normalised strings only."""
 MAX_NESTING = 24
 """Deeper bracket nesting than this is compared as strings only."""
 MAX_EXPONENT_DIGITS = 4
@@ -53,7 +53,8 @@ MAX_WORKERS = 2
 _BOX_RE = re.compile(r"\\(?:boxed|fbox)\s*\{")
 _ANSWER_IS_RE = re.compile(r"the\s+(?:final\s+)?answer\s+is\s*:?\s*", re.IGNORECASE)
 _HASHES_RE = re.compile(r"####\s*")
-_NUMBER_RE = re.compile(r"-?\d+(?:,\d{3})*(?:\.\d+)?(?:/\d+)?")
+# A minus sign counts only where it cannot be subtraction ("10-5" ends in 5, not -5).
+_NUMBER_RE = re.compile(r"(?:(?<![\w.)])-)?\d+(?:,\d{3})*(?:\.\d+)?(?:/\d+)?")
 _SENTENCE_END_RE = re.compile(r"\.(?:\s|$)|\n")
 
 
@@ -340,7 +341,7 @@ class _WorkerPool:
         worker = self._acquire()
         verdict = worker.compare(pred, gold, timeout_s)
         if verdict is None:
-            log.warning("answer comparison overran %.1f s; counted as wrong (pred %.60r, gold %.60r)", timeout_s, pred, gold)
+            log.warning("answer comparison overran %.3g s; counted as wrong (pred %.60r, gold %.60r)", timeout_s, pred, gold)
             worker.kill()
             self._release(None)
             return None
@@ -384,9 +385,7 @@ def _worker_main() -> None:
             gold_parsed = parsed(gold)
             pred_parsed = parsed(pred)
             verdict = bool(gold_parsed and pred_parsed and verify(gold_parsed, pred_parsed, timeout_seconds=None))
-        except Exception:  # noqa: BLE001 - any failure to parse or compare means "not shown equal"
-            verdict = False
-        except RecursionError:
+        except Exception:  # noqa: BLE001 - any failure (parse error, RecursionError, MemoryError) means "not shown equal"
             verdict = False
         out.write(b"1\n" if verdict else b"0\n")
         out.flush()
@@ -449,6 +448,6 @@ def is_correct(response: str, gold: str, *, last_number_fallback: bool = True, t
     return answers_match(extract_answer(response, last_number_fallback=last_number_fallback), gold, timeout_s=timeout_s)
 
 
-def grade_many(pairs: Iterable[tuple[str | None, str]] | Sequence[tuple[str | None, str]], *, timeout_s: float = 5.0) -> list[bool]:
+def grade_many(pairs: Iterable[tuple[str | None, str]], *, timeout_s: float = 5.0) -> list[bool]:
     """``answers_match`` over ``(pred, gold)`` pairs, in order; repeated pairs are judged once."""
     return [answers_match(pred, gold, timeout_s=timeout_s) for pred, gold in pairs]
