@@ -1,0 +1,141 @@
+"""Step localization (``stepdpo locate``): the first wrong step of every wrong sample.
+
+Reads ``samples.jsonl`` and ``problems/train.jsonl`` of the run directory,
+runs the chosen localizer on the wrong samples in chunks and appends each
+chunk's decisions to ``located.jsonl`` (keyed by sample id, so a rerun skips
+decided samples). Attempts that *failed* (an API error) are not decisions:
+they go to ``located_failed.jsonl`` with the reason and are tried again on
+the next run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal, Optional, Sequence
+
+from tqdm.auto import tqdm
+
+from stepdpo.errors import ConfigError, InputError
+from stepdpo.generation.base import Generator, GeneratorConfig, build_generator, prompt_format
+from stepdpo.localizers.base import STATUS_OK, Localizer, is_failure
+from stepdpo.localizers.exact import ExactLocalizer
+from stepdpo.localizers.file import FileLocalizer
+from stepdpo.localizers.judge import JudgeConfig, JudgeLocalizer
+from stepdpo.localizers.rollout import RolloutConfig, RolloutLocalizer
+from stepdpo.records import LocatedError, Problem, RecordStore, Sample, record_to_dict
+from stepdpo.rundir import Funnel, RunDir
+from stepdpo.stages.sample import read_problems
+from stepdpo.steps import PromptFormat
+
+
+@dataclass
+class LocateConfig:
+    """Find the first wrong step of each wrong sample."""
+
+    localizer: Literal["rollout", "judge", "exact", "file"] = field(default="rollout", metadata={"help": "rollout: Monte-Carlo completions with the policy (linear or binary search); judge: an LLM judge (openai backend) with the paper's protocol; exact: known intermediate values of synthetic problems; file: labels from --labels."})
+    rollout: RolloutConfig = field(default_factory=RolloutConfig, metadata={"help": "Rollout localizer options."})
+    judge: JudgeConfig = field(default_factory=JudgeConfig, metadata={"help": "Judge localizer options."})
+    labels: Optional[str] = field(default=None, metadata={"help": "JSONL of {sample_id, first_wrong_step} (file localizer)."})
+    limit: Optional[int] = field(default=None, metadata={"help": "Locate at most this many wrong samples (in file order)."})
+    chunk_size: int = field(default=16, metadata={"help": "Wrong samples per batch; decisions are saved after each batch."})
+    run_dir: str = field(default="runs/default", metadata={"help": "Run directory: reads samples.jsonl, writes located.jsonl."})
+    generator: GeneratorConfig = field(default_factory=GeneratorConfig, metadata={"help": "The model the localizer runs: the policy (rollout) or the judge (judge, backend openai)."})
+
+
+def build_localizer(config: LocateConfig, generator: Generator | None, fmt: PromptFormat | None = None) -> Localizer:
+    """The configured localizer; rollout and judge need ``generator`` (judge: one with ``chat``)."""
+    if config.localizer == "exact":
+        return ExactLocalizer()
+    if config.localizer == "file":
+        if not config.labels:
+            raise ConfigError("localizer 'file' needs --labels PATH.jsonl")
+        return FileLocalizer(config.labels)
+    if generator is None:
+        raise ConfigError(f"localizer {config.localizer!r} needs a generator")
+    if config.localizer == "judge":
+        return JudgeLocalizer(config.judge, generator)  # type: ignore[arg-type]
+    return RolloutLocalizer(config.rollout, generator, fmt or prompt_format(config.generator))
+
+
+def append_failures(path: Path, failures: Sequence[LocatedError]) -> None:
+    """Log failed attempts (one JSON line each, with a UTC time) so they can be inspected; they are retried on rerun."""
+    if not failures:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    with open(path, "a", encoding="utf-8") as handle:
+        handle.write("".join(json.dumps({"time": stamp, **record_to_dict(f)}, ensure_ascii=False) + "\n" for f in failures))
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def run(config: LocateConfig, problems: dict[str, Problem], samples: Sequence[Sample], localizer: Localizer,
+        store: RecordStore[LocatedError] | None = None, failures_path: Path | None = None) -> list[LocatedError]:
+    """Locate the wrong samples not yet decided in ``store``; returns decisions (stored and new) plus this run's failures."""
+    wrong = [s for s in samples if not s.correct]
+    if config.limit is not None:
+        wrong = wrong[: config.limit]
+    for sample in wrong:
+        if sample.problem_id not in problems:
+            raise InputError("problems/train.jsonl", f"no problem {sample.problem_id!r} for sample {sample.id!r}", None, "problem_id")
+    done = store.keys() if store is not None else set()
+    todo = [s for s in wrong if s.id not in done]
+    decided: list[LocatedError] = []
+    failed: list[LocatedError] = []
+    chunk_size = max(1, config.chunk_size)
+    with tqdm(total=len(wrong), initial=len(wrong) - len(todo), desc=f"locate ({localizer.name})", unit="sample") as bar:
+        for start in range(0, len(todo), chunk_size):
+            chunk = todo[start: start + chunk_size]
+            located = localizer.locate_many([(problems[s.problem_id], s) for s in chunk])
+            chunk_failed = [x for x in located if is_failure(x)]
+            chunk_decided = [x for x in located if not is_failure(x)]
+            if store is not None:
+                store.append(chunk_decided)
+            if failures_path is not None:
+                append_failures(failures_path, chunk_failed)
+            decided += chunk_decided
+            failed += chunk_failed
+            bar.update(len(chunk))
+    if store is not None:
+        wanted = {s.id for s in wrong}
+        decided = [x for x in store.records() if x.sample_id in wanted]
+    return decided + failed
+
+
+def funnel_for(located: Sequence[LocatedError], wrong_samples: int, wall_s: float) -> Funnel:
+    """in: wrong samples; out: samples with a first wrong step; dropped: by status."""
+    funnel = Funnel("locate", records_in=wrong_samples, records_out=sum(x.status == STATUS_OK for x in located))
+    counts = Counter(("failed" if is_failure(x) else x.status) for x in located if x.status != STATUS_OK)
+    for reason, count in counts.items():
+        funnel.drop(reason, count)
+    not_reached = wrong_samples - len(located)
+    if not_reached > 0:
+        funnel.drop("not attempted (limit)", not_reached)
+    ok = [x for x in located if x.status == STATUS_OK]
+    funnel.extra = {"rollouts": sum(x.rollouts for x in located), "rollout_tokens": sum(x.rollout_tokens for x in located),
+                    "rollouts_per_located": sum(x.rollouts for x in ok) / len(ok) if ok else 0.0,
+                    "wall_s": round(wall_s, 2)}
+    return funnel
+
+
+def command(config: LocateConfig) -> int:
+    started = time.perf_counter()
+    rd = RunDir(config.run_dir)
+    if not rd.samples.is_file():
+        raise InputError(str(rd.samples), "not found: run `stepdpo sample` first")
+    problems = read_problems(rd)
+    samples = RecordStore(rd.samples, Sample).records()
+    generator = build_generator(config.generator) if config.localizer in ("rollout", "judge") else None
+    localizer = build_localizer(config, generator)
+    located = run(config, problems, samples, localizer, RecordStore(rd.located, LocatedError, key="sample_id"),
+                  rd.root / "located_failed.jsonl")
+    funnel = funnel_for(located, sum(not s.correct for s in samples), time.perf_counter() - started)
+    funnel.extra = {**(funnel.extra or {}), "localizer": localizer.name}
+    funnel.save(rd)
+    print(funnel.render())
+    return 0

@@ -1,0 +1,163 @@
+"""Preference pairs (``stepdpo pairs``): Step-DPO pairs and the plain-DPO baseline, in the public schema.
+
+Step-DPO pair (``kind="step-dpo"``), per rectified error at step k of sample y:
+``prompt`` = the question, ``initial_reason_steps`` = ``"Let's think step by step.\\n"``
++ the exact text of y's steps 1..k-1, ``chosen`` = a rectified step k,
+``rejected`` = y's step k, ``full_chosen`` / ``full_rejected`` = the whole
+solutions from step k on, ``answer`` = gold, ``dataset`` = the problem's source
+(the columns of Math-Step-DPO-10K), plus provenance.
+
+Plain-DPO pair (``kind="dpo"``): a whole right sample against a whole wrong
+one for the same problem; ``initial_reason_steps`` is the header alone.
+
+Each set is written as ``pairs/<name>.jsonl``, ``pairs/<name>.parquet`` and a
+``datasets`` folder ``pairs/hf/<name>`` (``load_from_disk``). Pairs are cheap to
+rebuild, so this stage rewrites its outputs whole instead of resuming.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional, Sequence
+
+from stepdpo.errors import InputError
+from stepdpo.records import LocatedError, Problem, RecordStore, Rectification, Sample, StepPair, atomic_write_text, record_to_dict
+from stepdpo.rundir import Funnel, RunDir
+from stepdpo.stages.rectify import normalize_ws
+from stepdpo.stages.sample import read_problems
+from stepdpo.steps import STEP_HEADER
+
+
+@dataclass
+class PairsConfig:
+    """Build preference pairs from rectified errors (and plain-DPO pairs from samples)."""
+
+    max_pairs_per_error: int = field(default=1, metadata={"help": "Chosen candidates paired with each rejected step (0 = all)."})
+    max_pairs_per_problem: Optional[int] = field(default=None, metadata={"help": "Cap on Step-DPO pairs per problem (None = no cap)."})
+    dpo: bool = field(default=True, metadata={"help": "Also build plain-DPO pairs (whole right vs whole wrong solution) in pairs/dpo_pairs.*."})
+    max_dpo_pairs_per_problem: int = field(default=1, metadata={"help": "Plain-DPO pairs per problem (right and wrong samples paired in order)."})
+    dataset: Optional[str] = field(default=None, metadata={"help": "Value of the 'dataset' column (default: each problem's source)."})
+    run_dir: str = field(default="runs/default", metadata={"help": "Run directory: reads rectified.jsonl, located.jsonl, samples.jsonl; writes pairs/."})
+
+
+def check_pair(pair: StepPair, rejected_sample: Sample) -> None:
+    """Invariants of a pair: the context is the header plus an exact prefix of the rejected sample, chosen != rejected."""
+    if not pair.initial_reason_steps.startswith(STEP_HEADER):
+        raise ValueError(f"pair {pair.id}: initial_reason_steps does not start with the step header")
+    prefix = pair.initial_reason_steps[len(STEP_HEADER):]
+    if not rejected_sample.response.startswith(prefix + pair.rejected):
+        raise ValueError(f"pair {pair.id}: prefix + rejected is not the start of sample {rejected_sample.id}")
+    if normalize_ws(pair.chosen) == normalize_ws(pair.rejected):
+        raise ValueError(f"pair {pair.id}: chosen equals rejected")
+
+
+def step_pairs(config: PairsConfig, problems: dict[str, Problem], samples: dict[str, Sample], located: dict[str, LocatedError],
+               rectified: Sequence[Rectification], funnel: Funnel | None = None) -> list[StepPair]:
+    """Step-DPO pairs from rectifications, capped per error and per problem, each checked by :func:`check_pair`."""
+    per_problem: dict[str, int] = defaultdict(int)
+    out: list[StepPair] = []
+    for rect in rectified:
+        if not rect.chosen:
+            if funnel is not None:
+                funnel.drop("no chosen candidate")
+            continue
+        if rect.sample_id not in samples or rect.problem_id not in problems:
+            raise InputError("rectified.jsonl", f"sample {rect.sample_id!r} or its problem is missing from the run", None, "sample_id")
+        sample, problem, loc = samples[rect.sample_id], problems[rect.problem_id], located.get(rect.sample_id)
+        k = rect.first_wrong_step
+        take = len(rect.chosen) if config.max_pairs_per_error == 0 else min(config.max_pairs_per_error, len(rect.chosen))
+        for j in range(take):
+            if config.max_pairs_per_problem is not None and per_problem[problem.id] >= config.max_pairs_per_problem:
+                if funnel is not None:
+                    funnel.drop("cap per problem")
+                break
+            pair = StepPair(
+                id=f"{rect.sample_id}@{k}#{j}", dataset=config.dataset or problem.source or "unknown", prompt=problem.question,
+                initial_reason_steps=STEP_HEADER + rect.prefix, chosen=rect.chosen[j], rejected=rect.rejected,
+                full_chosen=rect.full_chosen[j], full_rejected="".join(sample.steps[k - 1:]), answer=problem.answer,
+                kind="step-dpo", problem_id=problem.id, sample_id=sample.id, step_index=k,
+                localizer=loc.localizer if loc else "",
+                provenance={"rejected_sample_id": sample.id, "first_wrong_step": k, "chosen_rank": j,
+                            "localizer_confidence": loc.confidence if loc else None,
+                            "rollouts": loc.rollouts if loc else 0, "rollout_tokens": loc.rollout_tokens if loc else 0,
+                            "rectify_tried": rect.tried, "rectify_reached_gold": rect.reached_gold, "model": sample.model})
+            check_pair(pair, sample)
+            per_problem[problem.id] += 1
+            out.append(pair)
+    return out
+
+
+def dpo_pairs(config: PairsConfig, problems: dict[str, Problem], samples: Sequence[Sample]) -> list[StepPair]:
+    """Plain-DPO pairs: the i-th right sample of a problem against its i-th wrong one, up to the per-problem cap."""
+    by_problem: dict[str, tuple[list[Sample], list[Sample]]] = defaultdict(lambda: ([], []))
+    for sample in samples:
+        by_problem[sample.problem_id][0 if sample.correct else 1].append(sample)
+    out = []
+    for problem_id, (right, wrong) in by_problem.items():
+        problem = problems.get(problem_id)
+        if problem is None:
+            raise InputError("samples.jsonl", f"no problem {problem_id!r} in problems/train.jsonl", None, "problem_id")
+        for good, bad in list(zip(right, wrong))[: config.max_dpo_pairs_per_problem]:
+            if normalize_ws(good.response) == normalize_ws(bad.response):
+                continue
+            out.append(StepPair(
+                id=f"{good.id}>{bad.id}", dataset=config.dataset or problem.source or "unknown", prompt=problem.question,
+                initial_reason_steps=STEP_HEADER, chosen=good.response, rejected=bad.response, full_chosen=good.response,
+                full_rejected=bad.response, answer=problem.answer, kind="dpo", problem_id=problem_id, sample_id=bad.id,
+                step_index=None, localizer="", provenance={"chosen_sample_id": good.id, "rejected_sample_id": bad.id, "model": bad.model}))
+    return out
+
+
+def write_pairs(pairs: Sequence[StepPair], folder: Path, name: str) -> dict[str, Path]:
+    """Write ``name.jsonl``, ``name.parquet`` and the ``datasets`` folder ``hf/name``; returns their paths."""
+    import datasets
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rows = [record_to_dict(p) for p in pairs]
+    paths = {"jsonl": folder / f"{name}.jsonl", "parquet": folder / f"{name}.parquet", "hf": folder / "hf" / name}
+    atomic_write_text(paths["jsonl"], "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    if rows:
+        table = pa.Table.from_pylist(rows)
+    else:  # an empty table still needs the columns, so that loaders see the schema
+        table = pa.Table.from_pylist([], schema=pa.schema([(f, pa.int64() if f == "step_index" else pa.string())
+                                                          for f in StepPair.__dataclass_fields__]))
+    tmp = paths["parquet"].with_suffix(".parquet.tmp")
+    pq.write_table(table, tmp)
+    tmp.replace(paths["parquet"])
+    datasets.Dataset(table).save_to_disk(str(paths["hf"]))
+    return paths
+
+
+def run(config: PairsConfig, problems: dict[str, Problem], samples: Sequence[Sample], located: Sequence[LocatedError],
+        rectified: Sequence[Rectification], funnel: Funnel | None = None) -> tuple[list[StepPair], list[StepPair]]:
+    """(Step-DPO pairs, plain-DPO pairs)."""
+    by_id = {s.id: s for s in samples}
+    steps = step_pairs(config, problems, by_id, {x.sample_id: x for x in located}, rectified, funnel)
+    return steps, (dpo_pairs(config, problems, samples) if config.dpo else [])
+
+
+def command(config: PairsConfig) -> int:
+    started = time.perf_counter()
+    rd = RunDir(config.run_dir)
+    if not rd.rectified.is_file():
+        raise InputError(str(rd.rectified), "not found: run `stepdpo rectify` first")
+    problems = read_problems(rd)
+    samples = RecordStore(rd.samples, Sample).records()
+    located = RecordStore(rd.located, LocatedError, key="sample_id").records() if rd.located.is_file() else []
+    rectified = RecordStore(rd.rectified, Rectification, key="sample_id").records()
+    funnel = Funnel("pairs", records_in=len(rectified))
+    steps, dpo = run(config, problems, samples, located, rectified, funnel)
+    write_pairs(steps, rd.pairs, "step_pairs")
+    if config.dpo:
+        write_pairs(dpo, rd.pairs, "dpo_pairs")
+    funnel.records_out = len(steps)
+    funnel.extra = {"step_pairs": len(steps), "problems_with_step_pairs": len({p.problem_id for p in steps}),
+                    "dpo_pairs": len(dpo), "wall_s": round(time.perf_counter() - started, 2)}
+    funnel.save(rd)
+    print(funnel.render())
+    return 0

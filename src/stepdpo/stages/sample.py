@@ -1,0 +1,142 @@
+"""Error collection (``stepdpo sample``): k step-wise samples per problem, every one kept and graded.
+
+The prompt primes the assistant with ``Let's think step by step.\\nStep 1:``;
+a sample's response is ``"Step 1:" + continuation``. Wrong samples feed
+localization; right ones feed rectification checks and the plain-DPO baseline.
+Work proceeds in chunks of problems, appended to ``samples.jsonl`` after each
+chunk, so a rerun only generates for problems that have fewer than k samples.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Iterable, Optional, Sequence
+
+from tqdm.auto import tqdm
+
+from stepdpo.generation.base import Generator, GeneratorConfig, SamplingParams, build_generator, prompt_format
+from stepdpo.grading import extract_answer, grade_many
+from stepdpo.metrics import pass_at_k
+from stepdpo.records import Problem, RecordStore, Sample, atomic_write_text, record_to_dict
+from stepdpo.rundir import Funnel, RunDir
+from stepdpo.steps import FIRST_MARKER, PromptFormat, split_steps
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class SampleConfig:
+    """Sample k step-wise solutions per problem with the policy and grade them."""
+
+    data: str = field(default="gsm8k:train", metadata={"help": "Problem set spec: gsm8k:train, math:train, synthetic:..., or a JSONL path (see `stepdpo data show`)."})
+    limit: Optional[int] = field(default=None, metadata={"help": "Use at most this many problems (a seeded subset)."})
+    seed: int = field(default=0, metadata={"help": "Seed for the problem subset and for sampling (chunk c uses seed + c)."})
+    k: int = field(default=4, metadata={"help": "Samples per problem."})
+    temperature: float = field(default=0.8, metadata={"help": "Sampling temperature (the paper: 0.8)."})
+    top_p: float = field(default=0.95, metadata={"help": "Nucleus sampling (the paper: 0.95)."})
+    max_new_tokens: int = field(default=512, metadata={"help": "Token limit of each sample."})
+    stop: tuple[str, ...] = field(default=(), metadata={"help": "Extra stop strings (end-of-sequence always stops)."})
+    chunk_size: int = field(default=16, metadata={"help": "Problems per generation call; results are saved after each chunk."})
+    run_dir: str = field(default="runs/default", metadata={"help": "Run directory: reads/writes problems/train.jsonl and samples.jsonl."})
+    generator: GeneratorConfig = field(default_factory=GeneratorConfig, metadata={"help": "The policy that samples."})
+
+
+def summarize(samples: Iterable[Sample], k: int) -> dict[str, float | int]:
+    """Accuracy over samples, mean pass@k over problems, and how many problems have right/wrong samples."""
+    by_problem: dict[str, list[bool]] = defaultdict(list)
+    for sample in samples:
+        by_problem[sample.problem_id].append(sample.correct)
+    total = sum(len(v) for v in by_problem.values())
+    right = sum(sum(v) for v in by_problem.values())
+    usable = [v for v in by_problem.values() if len(v) >= k]
+    return {
+        "samples": total,
+        "accuracy": right / total if total else 0.0,
+        f"pass@{k}": sum(pass_at_k(len(v), sum(v), k) for v in usable) / len(usable) if usable else 0.0,
+        "problems_with_wrong": sum(1 for v in by_problem.values() if not all(v)),
+        "problems_with_right_and_wrong": sum(1 for v in by_problem.values() if any(v) and not all(v)),
+    }
+
+
+def make_samples(problem: Problem, prompt: str, texts: Sequence[tuple[str, int, str]], graded: Sequence[bool],
+                 start_index: int, temperature: float, model: str) -> list[Sample]:
+    """Samples ``<problem_id>#<start_index + j>`` from continuations (text, tokens, finish reason) after ``Step 1:``."""
+    out = []
+    for j, ((text, tokens, finish), correct) in enumerate(zip(texts, graded)):
+        response = FIRST_MARKER + text
+        out.append(Sample(id=f"{problem.id}#{start_index + j}", problem_id=problem.id, prompt=prompt, response=response,
+                          steps=split_steps(response), predicted=extract_answer(response), correct=correct,
+                          num_tokens=tokens, finish_reason=finish, temperature=temperature, model=model))
+    return out
+
+
+def run(config: SampleConfig, problems: Sequence[Problem], generator: Generator, fmt: PromptFormat | None = None,
+        store: RecordStore[Sample] | None = None) -> list[Sample]:
+    """Sample ``config.k`` responses for every problem not yet complete in ``store``; returns all samples of ``problems``."""
+    fmt = fmt or prompt_format(config.generator)
+    if config.k < 1:
+        raise ValueError("k must be >= 1")
+    done = store.keys() if store is not None else set()
+    new: list[Sample] = []
+    chunk_size = max(1, config.chunk_size)
+    with tqdm(total=len(problems), desc="sample", unit="problem") as bar:
+        for chunk_index, start in enumerate(range(0, len(problems), chunk_size)):
+            chunk = [p for p in problems[start: start + chunk_size] if any(f"{p.id}#{j}" not in done for j in range(config.k))]
+            bar.update(len(problems[start: start + chunk_size]) - len(chunk))
+            if not chunk:
+                continue
+            prompts = [fmt.prompt(p.question) for p in chunk]
+            params = SamplingParams(n=config.k, temperature=config.temperature, top_p=config.top_p,
+                                    max_new_tokens=config.max_new_tokens, stop=tuple(config.stop), seed=config.seed + chunk_index)
+            outputs = generator.generate(prompts, params)
+            graded = grade_many([(FIRST_MARKER + c.text, p.answer) for p, cs in zip(chunk, outputs) for c in cs])
+            at = 0
+            chunk_samples: list[Sample] = []
+            for problem, prompt, completions in zip(chunk, prompts, outputs):
+                texts = [(c.text, c.num_tokens, c.finish_reason) for c in completions]
+                chunk_samples += make_samples(problem, prompt, texts, graded[at: at + len(texts)], 0, config.temperature, generator.name)
+                at += len(texts)
+            chunk_samples = [s for s in chunk_samples if s.id not in done]
+            if store is not None:
+                store.append(chunk_samples)
+            new += chunk_samples
+            bar.update(len(chunk))
+    if store is None:
+        return new
+    wanted = {p.id for p in problems}
+    return [s for s in store.records() if s.problem_id in wanted]
+
+
+def save_problems(path: str | os.PathLike, problems: Sequence[Problem]) -> None:
+    """Write the problems a run uses as JSONL (whole file, atomically)."""
+    atomic_write_text(path, "".join(json.dumps(record_to_dict(p), ensure_ascii=False) + "\n" for p in problems))
+
+
+def read_problems(run_dir: RunDir, name: str = "train") -> dict[str, Problem]:
+    """The run's problems by id (written by ``stepdpo sample``)."""
+    return {p.id: p for p in RecordStore(run_dir.problems(name), Problem).records()}
+
+
+def command(config: SampleConfig) -> int:
+    from stepdpo.problems import load_problems
+
+    started = time.perf_counter()
+    rd = RunDir(config.run_dir).ensure()
+    problems = load_problems(config.data, limit=config.limit, seed=config.seed)
+    save_problems(rd.problems("train"), problems)
+    generator = build_generator(config.generator)
+    samples = run(config, problems, generator, prompt_format(config.generator), RecordStore(rd.samples, Sample))
+    stats = summarize(samples, config.k)
+    funnel = Funnel("sample", records_in=len(problems), records_out=len(samples),
+                    extra={**stats, "wrong_samples": sum(not s.correct for s in samples),
+                           "no_answer": sum(s.predicted is None for s in samples),
+                           "truncated": sum(s.finish_reason == "length" for s in samples),
+                           "wall_s": round(time.perf_counter() - started, 2)})
+    funnel.save(rd)
+    print(funnel.render())
+    return 0
