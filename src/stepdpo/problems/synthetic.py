@@ -495,7 +495,7 @@ class _Chain:
         k = self.rng.choice(self._divisors())
         q, unit = holding.value, holding.unit
         r = q // k
-        fraction = {2: "half", 3: "a third", 4: "a quarter"}.get(k, f"one {k}th")
+        fraction = {2: "half", 3: "a third", 4: "a quarter", 5: "a fifth", 6: "a sixth", 7: "a seventh", 8: "an eighth", 9: "a ninth", 10: "a tenth", 11: "an eleventh", 12: "a twelfth"}[k]
         noun = "money" if unit == "money" else self.plural
         many = "much" if unit == "money" else "many"
         self._relate(
