@@ -1,0 +1,89 @@
+"""`stepdpo report RUN_DIR`: one self-contained HTML page and a Markdown summary of a run.
+
+Reads whatever the run directory holds (layout in :mod:`stepdpo.rundir`), draws
+the figures with matplotlib, and writes ``report.html`` (figures embedded as
+base64 PNG data URIs, inline CSS, no scripts, no external resources) and
+``report.md`` with the figures as PNG files beside it. Every section is
+optional: missing inputs are named in one line, so partial runs get a report too.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import tyro
+
+from stepdpo.errors import ConfigError
+from stepdpo.records import atomic_write_text
+from stepdpo.report import plots
+from stepdpo.report.collect import RunData, collect
+from stepdpo.report.html import render_html
+from stepdpo.report.markdown import render_markdown
+from stepdpo.report.tables import select_curves
+from stepdpo.rundir import RunDir
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ReportConfig:
+    run_dir: tyro.conf.Positional[str] = field(metadata={"help": "The run directory to report on."})
+    output: Optional[str] = field(default=None, metadata={"help": "Folder for report.html, report.md and the PNGs (default: RUN_DIR/report)."})
+    max_pairs: int = field(default=12, metadata={"help": "How many step pairs to show (the first ones of pairs/step_pairs.jsonl)."})
+
+
+@dataclass
+class ReportPaths:
+    html: Path
+    markdown: Path
+    images: dict[str, Path]
+    """Figure key ('accuracy', 'training', 'funnel', 'localization') -> PNG file beside the Markdown."""
+
+
+def draw_figures(data: RunData) -> dict[str, bytes]:
+    """PNG bytes of each figure whose section has data."""
+    figures: dict[str, bytes] = {}
+    if data.evals:
+        figures["accuracy"] = plots.accuracy_chart(data.evals)
+    curves = select_curves(data.curves)
+    if curves:
+        figures["training"] = plots.training_chart(curves)
+    if data.funnels:
+        figures["funnel"] = plots.funnel_chart(data.funnels)
+    if data.located:
+        figures["localization"] = plots.localization_chart(data.located)
+    return figures
+
+
+def run(config: ReportConfig) -> ReportPaths:
+    """Collect the run directory, draw the figures, write report.html, report.md and the PNGs."""
+    if config.max_pairs < 0:
+        raise ConfigError(f"max_pairs must be >= 0, got {config.max_pairs}")
+    root = Path(config.run_dir)
+    if not root.is_dir():
+        raise ConfigError(f"{root}: run directory not found")
+    output = Path(config.output) if config.output else RunDir(root).report
+    data = collect(root, max_pairs=config.max_pairs)
+    figures = draw_figures(data)
+    output.mkdir(parents=True, exist_ok=True)
+    images: dict[str, Path] = {}
+    for key, png in figures.items():
+        path = output / f"{key}.png"
+        path.write_bytes(png)
+        images[key] = path
+    html_path = output / "report.html"
+    md_path = output / "report.md"
+    atomic_write_text(html_path, render_html(data, figures))
+    atomic_write_text(md_path, render_markdown(data, {key: path.name for key, path in images.items()}))
+    return ReportPaths(html=html_path, markdown=md_path, images=images)
+
+
+def command(config: ReportConfig) -> int:
+    paths = run(config)
+    print(f"report: {paths.html}\nsummary: {paths.markdown}")
+    for key, path in paths.images.items():
+        log.info("figure %s: %s", key, path)
+    return 0

@@ -1,0 +1,514 @@
+"""Read what a run directory holds into plain data for the report.
+
+Every reader is tolerant of absence: a missing file gives ``None`` (or an empty
+list) and the section says so. Files written by other stages are read loosely
+where their schema is still moving (eval results, compare results, trainer
+logs): known aliases are accepted and unknown keys ignored. A file that is there
+but cannot be read becomes a :class:`SectionError` carrying the InputError text
+(file, line, field), shown in its section instead of aborting the whole report.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from stepdpo.errors import InputError
+from stepdpo.records import LocatedError, StepPair, read_jsonl_dicts, record_from_dict
+from stepdpo.rundir import Funnel, RunDir
+
+Z95 = 1.959963984540054
+"""Standard-normal quantile for a two-sided 95% interval."""
+
+# Pipeline order of funnel stages; a stage named e.g. "train-dpo" sorts with "train".
+STAGE_ORDER = ("sft", "sample", "locate", "rectify", "pairs", "scdpo", "train", "eval", "compare", "report")
+# Preferred order of evaluations / training runs, so "base" always comes first.
+METHOD_ORDER = ("base", "sft", "dpo", "step-dpo", "scdpo")
+
+
+class SectionError(Exception):
+    """A section's input exists but cannot be read; the message names file, line and field."""
+
+
+def wilson_interval(correct: int, total: int, z: float = Z95) -> tuple[float, float]:
+    """Wilson score interval for a binomial proportion p̂ = correct / total.
+
+    centre = (p̂ + z²/2n) / (1 + z²/n);  half = z·sqrt(p̂(1-p̂)/n + z²/4n²) / (1 + z²/n).
+    Returns (low, high) clipped to [0, 1]; (0, 1) when total is 0.
+    """
+    if total <= 0:
+        return 0.0, 1.0
+    p = correct / total
+    denom = 1.0 + z * z / total
+    centre = (p + z * z / (2 * total)) / denom
+    half = z * math.sqrt(p * (1 - p) / total + z * z / (4 * total * total)) / denom
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def order_key(name: str, order: tuple[str, ...]) -> tuple[int, str]:
+    """Sort key: position of the first entry of ``order`` that ``name`` equals or starts with."""
+    lowered = name.lower()
+    for index, known in enumerate(order):
+        if lowered == known:
+            return index, name
+    for index, known in enumerate(order):
+        if lowered.startswith(known + "-") or lowered.startswith(known + "_") or lowered.startswith(known + "/"):
+            return index, name
+    return len(order), name
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise SectionError(str(InputError(str(path), f"malformed JSON: {err.msg} at column {err.colno}", err.lineno))) from None
+    except UnicodeDecodeError as err:
+        raise SectionError(str(InputError(str(path), f"not valid UTF-8 (byte {err.start})"))) from None
+
+
+def _number(value: Any) -> float | None:
+    if isinstance(value, bool) or value is None:
+        return None
+    if isinstance(value, (int, float)) and math.isfinite(float(value)):
+        return float(value)
+    return None
+
+
+def _first(data: dict[str, Any], *keys: str) -> Any:
+    for key in keys:
+        if key in data and data[key] is not None:
+            return data[key]
+    return None
+
+
+# --------------------------------------------------------------------------- header
+
+
+@dataclass
+class Header:
+    run_dir: str
+    config: dict[str, Any] | None
+    config_error: str | None
+    model: str | None
+    wall_s: list[tuple[str, float]]
+    """(stage, seconds) from funnel ``extra.wall_s``, in pipeline order."""
+
+
+def flatten(data: Any, prefix: str = "") -> list[tuple[str, Any]]:
+    """Nested mappings -> [(dotted.key, scalar or short list)], in file order."""
+    if isinstance(data, dict):
+        rows: list[tuple[str, Any]] = []
+        for key, value in data.items():
+            rows.extend(flatten(value, f"{prefix}.{key}" if prefix else str(key)))
+        return rows
+    return [(prefix, data)]
+
+
+def find_model(config: dict[str, Any] | None, evals: list["EvalSet"]) -> str | None:
+    """The model the run trained: a config key named like ``model``, else the one eval results name."""
+    if config:
+        for key, value in flatten(config):
+            last = key.rsplit(".", 1)[-1]
+            if last in ("model", "model_name_or_path", "base_model", "policy") and isinstance(value, str) and value:
+                return value
+    models = sorted({e.model for e in evals if e.model})
+    return ", ".join(models) if models else None
+
+
+def read_config(run: RunDir) -> tuple[dict[str, Any] | None, str | None]:
+    if not run.config.is_file():
+        return None, None
+    try:
+        data = yaml.safe_load(run.config.read_text(encoding="utf-8"))
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f"{run.config}:{mark.line + 1}" if mark else str(run.config)
+        return None, f"{where}: not valid YAML ({getattr(err, 'problem', err)})"
+    if data is None:
+        return {}, None
+    if not isinstance(data, dict):
+        return None, f"{run.config}: expected a mapping at the top level, got {type(data).__name__}"
+    return data, None
+
+
+# --------------------------------------------------------------------------- evaluation
+
+
+@dataclass
+class EvalSet:
+    """Accuracy of one evaluation (a trained model) on one test set."""
+
+    eval_name: str
+    test_set: str
+    correct: int | None
+    total: int | None
+    accuracy: float
+    """In [0, 1]."""
+    ci_low: float | None
+    ci_high: float | None
+    ci_source: str
+    """'reported', 'wilson' (computed here from correct/total) or 'none'."""
+    model: str | None = None
+    extra: dict[str, float] = field(default_factory=dict)
+    """Other numeric metrics reported for the set (pass@k, maj@k, ...)."""
+
+
+_SET_CONTAINERS = ("sets", "test_sets", "results", "per_set", "datasets")
+_SET_NAME_KEYS = ("test_set", "set", "name", "dataset", "problems")
+_SKIP_EXTRA = {"accuracy", "acc", "n", "num_problems", "total", "count", "num", "correct", "num_correct", "ci_low", "ci_high", "ci", "ci95", "wall_s"}
+
+
+def _as_fraction(value: float | None, scale_hint: float | None = None) -> float | None:
+    if value is None:
+        return None
+    # A value above 1 can only be a percentage.
+    if value > 1.0 or (scale_hint is not None and scale_hint > 1.0):
+        return value / 100.0
+    return value
+
+
+def _parse_set(eval_name: str, set_name: str, data: dict[str, Any], model: str | None, path: Path) -> EvalSet:
+    total = _number(_first(data, "n", "num_problems", "total", "count", "num"))
+    correct = _number(_first(data, "correct", "num_correct", "n_correct"))
+    accuracy = _number(_first(data, "accuracy", "acc"))
+    if accuracy is None and correct is not None and total:
+        accuracy = correct / total
+    if accuracy is None:
+        raise SectionError(str(InputError(str(path), "no accuracy (nor correct and n) for the set", None, set_name)))
+    accuracy = _as_fraction(accuracy)
+    if correct is None and total is not None:
+        correct = round(accuracy * total)
+    ci = _first(data, "ci", "ci95")
+    low = _number(data.get("ci_low"))
+    high = _number(data.get("ci_high"))
+    if (low is None or high is None) and isinstance(ci, (list, tuple)) and len(ci) == 2:
+        low, high = _number(ci[0]), _number(ci[1])
+    if low is not None and high is not None:
+        scale = max(low, high)
+        low, high, source = _as_fraction(low, scale), _as_fraction(high, scale), "reported"
+    elif correct is not None and total:
+        (low, high), source = wilson_interval(int(correct), int(total)), "wilson"
+    else:
+        low, high, source = None, None, "none"
+    extra = {k: float(v) for k, v in data.items() if k not in _SKIP_EXTRA and _number(v) is not None and re.search(r"@|pass|maj", k)}
+    return EvalSet(
+        eval_name=eval_name,
+        test_set=set_name,
+        correct=int(correct) if correct is not None else None,
+        total=int(total) if total is not None else None,
+        accuracy=accuracy,
+        ci_low=low,
+        ci_high=high,
+        ci_source=source,
+        model=_first(data, "model") if isinstance(_first(data, "model"), str) else model,
+        extra=extra,
+    )
+
+
+def parse_eval_results(eval_name: str, data: Any, path: Path) -> list[EvalSet]:
+    """Accept the shapes an eval results file plausibly has.
+
+    ``{"sets": {name: metrics}}`` (or ``results``/``test_sets``/...), ``{"sets": [metrics with a name]}``,
+    a bare list of such metrics, or one flat metrics dict (one set).
+    """
+    model = data.get("model") if isinstance(data, dict) and isinstance(data.get("model"), str) else None
+    container: Any = data
+    if isinstance(data, dict):
+        for key in _SET_CONTAINERS:
+            if isinstance(data.get(key), (dict, list)):
+                container = data[key]
+                break
+    sets: list[EvalSet] = []
+    if isinstance(container, dict) and container is data:
+        if _first(data, "accuracy", "acc", "correct") is None:
+            raise SectionError(str(InputError(str(path), "neither per-set results nor an accuracy")))
+        name = _first(data, *_SET_NAME_KEYS)
+        sets.append(_parse_set(eval_name, str(name) if name else "test", data, model, path))
+    elif isinstance(container, dict):
+        for name, metrics in container.items():
+            if isinstance(metrics, dict):
+                sets.append(_parse_set(eval_name, str(name), metrics, model, path))
+    elif isinstance(container, list):
+        for index, metrics in enumerate(container):
+            if isinstance(metrics, dict):
+                name = _first(metrics, *_SET_NAME_KEYS)
+                sets.append(_parse_set(eval_name, str(name) if name else f"set{index + 1}", metrics, model, path))
+    else:
+        raise SectionError(str(InputError(str(path), f"expected a JSON object or list, got {type(data).__name__}")))
+    return sets
+
+
+def read_evals(run: RunDir) -> tuple[list[EvalSet], list[str]]:
+    """All ``eval/<name>/results.json`` files; returns (sets, errors)."""
+    root = run.root / "eval"
+    sets: list[EvalSet] = []
+    errors: list[str] = []
+    if not root.is_dir():
+        return sets, errors
+    names = sorted((p.parent.name for p in root.glob("*/results.json")), key=lambda n: order_key(n, METHOD_ORDER))
+    for name in names:
+        path = run.eval(name) / "results.json"
+        try:
+            sets.extend(parse_eval_results(name, _read_json(path), path))
+        except SectionError as err:
+            errors.append(str(err))
+    return sets, errors
+
+
+@dataclass
+class Comparison:
+    """One row of a ``stepdpo compare`` result: B minus A on one set."""
+
+    source: str
+    test_set: str
+    a: str
+    b: str
+    difference: float | None
+    ci_low: float | None
+    ci_high: float | None
+    p_value: float | None
+
+
+def _parse_comparison(source: str, set_name: str, data: dict[str, Any], a: str, b: str) -> Comparison:
+    ci = _first(data, "ci", "ci95", "bootstrap_ci")
+    low = _number(_first(data, "ci_low", "diff_ci_low", "difference_ci_low"))
+    high = _number(_first(data, "ci_high", "diff_ci_high", "difference_ci_high"))
+    if (low is None or high is None) and isinstance(ci, (list, tuple)) and len(ci) == 2:
+        low, high = _number(ci[0]), _number(ci[1])
+    if isinstance(ci, dict):
+        low, high = _number(_first(ci, "low", "lo")), _number(_first(ci, "high", "hi"))
+    p_value = _first(data, "mcnemar_p", "p_value", "p", "mcnemar_p_value")
+    if isinstance(data.get("mcnemar"), dict):
+        p_value = _first(data["mcnemar"], "p_value", "p", "pvalue")
+    return Comparison(
+        source=source,
+        test_set=set_name,
+        a=str(_first(data, "a", "baseline", "name_a", "eval_a") or a),
+        b=str(_first(data, "b", "candidate", "name_b", "eval_b") or b),
+        difference=_number(_first(data, "difference", "diff", "delta", "accuracy_difference", "mean_difference")),
+        ci_low=low,
+        ci_high=high,
+        p_value=_number(p_value),
+    )
+
+
+def read_comparisons(run: RunDir) -> tuple[list[Comparison], list[str]]:
+    """``RUN/compare*.json`` (and ``RUN/compare/*.json``): flat or with per-set entries."""
+    paths = sorted(run.root.glob("compare*.json")) + sorted((run.root / "compare").glob("*.json"))
+    rows: list[Comparison] = []
+    errors: list[str] = []
+    for path in paths:
+        if not path.is_file():
+            continue
+        try:
+            data = _read_json(path)
+        except SectionError as err:
+            errors.append(str(err))
+            continue
+        if not isinstance(data, dict):
+            errors.append(str(InputError(str(path), f"expected a JSON object, got {type(data).__name__}")))
+            continue
+        a = str(_first(data, "a", "baseline", "name_a", "eval_a") or "A")
+        b = str(_first(data, "b", "candidate", "name_b", "eval_b") or "B")
+        container = next((data[k] for k in _SET_CONTAINERS if isinstance(data.get(k), (dict, list))), None)
+        if isinstance(container, dict):
+            rows.extend(_parse_comparison(path.name, str(name), v, a, b) for name, v in container.items() if isinstance(v, dict))
+        elif isinstance(container, list):
+            rows.extend(_parse_comparison(path.name, str(_first(v, *_SET_NAME_KEYS) or "test"), v, a, b) for v in container if isinstance(v, dict))
+        else:
+            rows.append(_parse_comparison(path.name, str(_first(data, *_SET_NAME_KEYS) or "test"), data, a, b))
+    return rows, errors
+
+
+# --------------------------------------------------------------------------- training curves
+
+
+@dataclass
+class Curve:
+    """Logged training metrics of one run on one split, by step."""
+
+    run_name: str
+    split: str
+    steps: list[float]
+    series: dict[str, list[tuple[float, float]]]
+    """metric ('accuracies', 'margins', 'chosen', 'rejected', 'loss') -> [(step, value)]."""
+
+
+_METRIC_ALIASES = {
+    "rewards/accuracies": "accuracies",
+    "rewards/accuracy": "accuracies",
+    "preference_accuracy": "accuracies",
+    "rewards/margins": "margins",
+    "rewards/margin": "margins",
+    "reward_margin": "margins",
+    "rewards/chosen": "chosen",
+    "rewards/rejected": "rejected",
+    "loss": "loss",
+}
+
+
+def normalize_metric_row(row: dict[str, Any], index: int) -> tuple[str, float, dict[str, float]]:
+    """One trainer log line -> (split, step, {metric: value}).
+
+    Accepts both ``{"split": "eval", "rewards/margins": ...}`` and transformers-style
+    ``{"eval_rewards/margins": ...}``; the step is ``step``/``global_step``, else the line index.
+    """
+    split = row.get("split") if isinstance(row.get("split"), str) else None
+    metrics: dict[str, float] = {}
+    for key, value in row.items():
+        number = _number(value)
+        if number is None:
+            continue
+        name = key
+        for prefix in ("eval_", "eval/", "train_", "train/"):
+            if key.startswith(prefix):
+                name = key[len(prefix):]
+                split = split or prefix[:-1].rstrip("/_")
+                break
+        if name in _METRIC_ALIASES:
+            metrics[_METRIC_ALIASES[name]] = number
+    step = _number(_first(row, "step", "global_step"))
+    return split or "train", step if step is not None else float(index), metrics
+
+
+def read_training(run: RunDir) -> tuple[list[Curve], list[str]]:
+    """``train/<name>/metrics.jsonl`` -> one curve per run and split that logged anything."""
+    root = run.root / "train"
+    curves: list[Curve] = []
+    errors: list[str] = []
+    if not root.is_dir():
+        return curves, errors
+    names = sorted((p.parent.name for p in root.glob("*/metrics.jsonl")), key=lambda n: order_key(n, METHOD_ORDER))
+    for name in names:
+        path = run.train(name) / "metrics.jsonl"
+        by_split: dict[str, dict[str, list[tuple[float, float]]]] = {}
+        try:
+            for index, (_, row) in enumerate(read_jsonl_dicts(path, allow_torn_tail=True)):
+                split, step, metrics = normalize_metric_row(row, index)
+                for metric, value in metrics.items():
+                    by_split.setdefault(split, {}).setdefault(metric, []).append((step, value))
+        except InputError as err:
+            errors.append(str(err))
+            continue
+        for split, series in sorted(by_split.items()):
+            steps = sorted({s for points in series.values() for s, _ in points})
+            curves.append(Curve(name, split, steps, {m: sorted(p) for m, p in series.items()}))
+    return curves, errors
+
+
+# --------------------------------------------------------------------------- funnel
+
+
+def read_funnels(run: RunDir) -> tuple[list[Funnel], list[str]]:
+    """``funnel/*.json`` in pipeline order."""
+    root = run.root / "funnel"
+    funnels: list[Funnel] = []
+    errors: list[str] = []
+    if not root.is_dir():
+        return funnels, errors
+    for path in root.glob("*.json"):
+        try:
+            data = _read_json(path)
+        except SectionError as err:
+            errors.append(str(err))
+            continue
+        if not isinstance(data, dict):
+            errors.append(str(InputError(str(path), f"expected a JSON object, got {type(data).__name__}")))
+            continue
+        known = {k: data[k] for k in ("stage", "records_in", "records_out", "dropped", "extra") if k in data}
+        known.setdefault("stage", path.stem)
+        try:
+            funnels.append(record_from_dict(Funnel, known, path))
+        except InputError as err:
+            errors.append(str(err))
+    funnels.sort(key=lambda f: order_key(f.stage, STAGE_ORDER))
+    return funnels, errors
+
+
+def stage_wall_times(funnels: list[Funnel]) -> list[tuple[str, float]]:
+    return [(f.stage, float(f.extra["wall_s"])) for f in funnels if f.extra and _number(f.extra.get("wall_s")) is not None]
+
+
+# --------------------------------------------------------------------------- records
+
+
+def read_records(path: Path, record_type: type) -> list[Any]:
+    """Strictly typed records of a JSONL file (InputError names file, line and field)."""
+    return [record_from_dict(record_type, obj, path, number) for number, obj in read_jsonl_dicts(path, allow_torn_tail=True)]
+
+
+@dataclass
+class RunData:
+    """Everything the report shows; ``None`` means the input file is absent."""
+
+    header: Header
+    evals: list[EvalSet]
+    eval_errors: list[str]
+    comparisons: list[Comparison]
+    compare_errors: list[str]
+    curves: list[Curve]
+    train_errors: list[str]
+    funnels: list[Funnel]
+    funnel_errors: list[str]
+    located: list[LocatedError] | None
+    located_error: str | None
+    pairs: list[StepPair] | None
+    pairs_error: str | None
+    pairs_total: int = 0
+
+
+def collect(run_dir: str | Path, max_pairs: int = 12) -> RunData:
+    """Read a run directory; never raises for missing or unreadable section inputs."""
+    run = RunDir(run_dir)
+    config, config_error = read_config(run)
+    evals, eval_errors = read_evals(run)
+    comparisons, compare_errors = read_comparisons(run)
+    curves, train_errors = read_training(run)
+    funnels, funnel_errors = read_funnels(run)
+    located: list[LocatedError] | None = None
+    located_error = None
+    if run.located.is_file():
+        try:
+            located = read_records(run.located, LocatedError)
+        except InputError as err:
+            located_error = str(err)
+    pairs: list[StepPair] | None = None
+    pairs_error = None
+    pairs_total = 0
+    pairs_path = run.pairs / "step_pairs.jsonl"
+    if pairs_path.is_file():
+        try:
+            all_pairs = read_records(pairs_path, StepPair)
+            pairs_total = len(all_pairs)
+            pairs = all_pairs[:max_pairs]
+        except InputError as err:
+            pairs_error = str(err)
+    header = Header(
+        run_dir=str(run.root),
+        config=config,
+        config_error=config_error,
+        model=find_model(config, evals),
+        wall_s=stage_wall_times(funnels),
+    )
+    return RunData(
+        header=header,
+        evals=evals,
+        eval_errors=eval_errors,
+        comparisons=comparisons,
+        compare_errors=compare_errors,
+        curves=curves,
+        train_errors=train_errors,
+        funnels=funnels,
+        funnel_errors=funnel_errors,
+        located=located,
+        located_error=located_error,
+        pairs=pairs,
+        pairs_error=pairs_error,
+        pairs_total=pairs_total,
+    )

@@ -1,0 +1,219 @@
+"""One self-contained HTML page: inline CSS, figures as base64 PNG data URIs, no scripts.
+
+Every piece of text that comes from a file (config values, model output, file
+names) goes through :func:`esc`; model text is data and must never become markup.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+from datetime import datetime, timezone
+
+from stepdpo import __version__
+from stepdpo.records import StepPair
+from stepdpo.report.collect import RunData
+from stepdpo.report.tables import (
+    MISSING,
+    Table,
+    compare_table,
+    config_table,
+    eval_table,
+    funnel_table,
+    localization_tables,
+    select_curves,
+    training_table,
+    wall_table,
+    word_diff,
+)
+
+CSS = """
+body { font: 14px/1.45 system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; color: #222; margin: 0; background: #f6f7f9; }
+main { max-width: 1120px; margin: 0 auto; padding: 20px 28px 60px; background: #fff; }
+h1 { font-size: 24px; margin: 8px 0 4px; }
+h2 { font-size: 19px; margin: 34px 0 10px; padding-top: 8px; border-top: 1px solid #e3e5e8; }
+h3 { font-size: 15px; margin: 0 0 8px; }
+nav { font-size: 13px; margin: 6px 0 14px; }
+nav a { margin-right: 14px; color: #1f5fa8; text-decoration: none; }
+.meta { color: #666; font-size: 12.5px; }
+.missing { color: #777; font-style: italic; margin: 6px 0; }
+.error { color: #a8071a; background: #fff1f0; border-left: 3px solid #cf1322; padding: 4px 8px; margin: 6px 0; font-family: ui-monospace, Menlo, Consolas, monospace; font-size: 12.5px; white-space: pre-wrap; overflow-wrap: anywhere; }
+table { border-collapse: collapse; margin: 8px 0 14px; font-size: 13px; }
+th, td { border: 1px solid #dde0e4; padding: 3px 8px; text-align: left; vertical-align: top; }
+th { background: #f0f2f5; font-weight: 600; }
+td.num { text-align: right; font-variant-numeric: tabular-nums; }
+.config { max-height: 340px; overflow: auto; display: inline-block; }
+.config td:first-child { font-family: ui-monospace, Menlo, Consolas, monospace; font-size: 12px; }
+figure { margin: 10px 0; }
+figure img { max-width: 100%; height: auto; border: 1px solid #eee; }
+.pair { border: 1px solid #dde0e4; border-radius: 6px; padding: 10px 14px; margin: 14px 0; background: #fcfcfd; }
+.label { font-size: 11.5px; text-transform: uppercase; letter-spacing: 0.04em; color: #666; margin: 8px 0 2px; }
+pre.text { white-space: pre-wrap; overflow-wrap: anywhere; margin: 0; padding: 6px 8px; background: #fff; border: 1px solid #e6e8eb; border-radius: 4px; font: 12.5px/1.45 ui-monospace, Menlo, Consolas, monospace; }
+pre.prefix { max-height: 14em; overflow: auto; color: #444; }
+.cols { display: grid; grid-template-columns: 1fr 1fr; gap: 12px; }
+pre.chosen { border-color: #b7e1c1; background: #f6fdf8; }
+pre.rejected { border-color: #f3c2c2; background: #fff8f8; }
+ins { background: #c9f2d2; text-decoration: none; border-radius: 2px; }
+del { background: #fbd0d0; text-decoration: line-through; text-decoration-color: #b55; border-radius: 2px; }
+"""
+
+SECTIONS = (("overview", "Run"), ("accuracy", "Accuracy"), ("training", "Training (Fig. 2)"), ("funnel", "Pipeline funnel"), ("localization", "Localization"), ("pairs", "Step pairs"))
+
+
+def esc(text: object) -> str:
+    """HTML-escape anything (quotes included), so file contents can only ever be text."""
+    return html.escape(str(text), quote=True)
+
+
+def data_uri(png: bytes) -> str:
+    return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
+
+
+def _table(table: Table, css_class: str = "") -> str:
+    head = "".join(f"<th>{esc(h)}</th>" for h in table.headers)
+    body = []
+    for row in table.rows:
+        cells = "".join(f'<td class="num">{esc(c)}</td>' if _numeric(c) else f"<td>{esc(c)}</td>" for c in row)
+        body.append(f"<tr>{cells}</tr>")
+    cls = f' class="{css_class}"' if css_class else ""
+    return f"<table{cls}><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+
+
+def _numeric(cell: str) -> bool:
+    stripped = cell.replace("%", "").replace(" ", "").replace("/", "").replace("+", "").replace("-", "").replace(".", "").replace("e", "")
+    return stripped.isdigit()
+
+
+def _missing(key: str) -> str:
+    return f'<p class="missing">{esc(MISSING[key])}</p>'
+
+
+def _errors(errors: list[str]) -> str:
+    return "".join(f'<div class="error">{esc(e)}</div>' for e in errors)
+
+
+def _figure(images: dict[str, bytes], key: str, alt: str) -> str:
+    png = images.get(key)
+    return f'<figure><img src="{data_uri(png)}" alt="{esc(alt)}"></figure>' if png else ""
+
+
+def _segments(segments: list[tuple[str, str]]) -> str:
+    out = []
+    for kind, text in segments:
+        if kind == "ins":
+            out.append(f"<ins>{esc(text)}</ins>")
+        elif kind == "del":
+            out.append(f"<del>{esc(text)}</del>")
+        else:
+            out.append(esc(text))
+    return "".join(out)
+
+
+def render_pair(index: int, pair: StepPair) -> str:
+    """One pair: problem, shared prefix, chosen and rejected step side by side with the word diff marked."""
+    rejected, chosen = word_diff(pair.rejected, pair.chosen)
+    where = f"step {pair.step_index}" if pair.step_index is not None else "step ?"
+    facts = " · ".join(esc(x) for x in (pair.kind, where, pair.localizer, pair.dataset) if x)
+    return (
+        '<div class="pair">'
+        f"<h3>{index}. {esc(pair.id)} <span class=\"meta\">{facts}</span></h3>"
+        f'<div class="label">Problem</div><pre class="text">{esc(pair.prompt)}</pre>'
+        f'<div class="label">Shared prefix</div><pre class="text prefix">{esc(pair.initial_reason_steps)}</pre>'
+        '<div class="cols">'
+        f'<div><div class="label">Chosen step</div><pre class="text chosen">{_segments(chosen)}</pre></div>'
+        f'<div><div class="label">Rejected step</div><pre class="text rejected">{_segments(rejected)}</pre></div>'
+        "</div>"
+        f'<div class="label">Gold answer</div><pre class="text">{esc(pair.answer)}</pre>'
+        "</div>"
+    )
+
+
+def render_html(data: RunData, images: dict[str, bytes]) -> str:
+    """The whole page. ``images`` maps figure keys ('accuracy', 'training', 'funnel', 'localization') to PNG bytes."""
+    header = data.header
+    parts: list[str] = []
+
+    parts.append('<section id="overview"><h2>Run</h2>')
+    parts.append(f"<p><b>Run directory:</b> <code>{esc(header.run_dir)}</code><br><b>Model:</b> {esc(header.model or 'not recorded')}</p>")
+    parts.append('<div class="label">Wall time per stage</div>')
+    parts.append(_table(wall_table(header)) if header.wall_s else _missing("wall"))
+    parts.append('<div class="label">Configuration</div>')
+    if header.config_error:
+        parts.append(_errors([header.config_error]))
+    elif header.config is None:
+        parts.append(_missing("config"))
+    else:
+        parts.append(f'<div class="config">{_table(config_table(header))}</div>')
+    parts.append("</section>")
+
+    parts.append('<section id="accuracy"><h2>Accuracy before and after training</h2>')
+    parts.append(_errors(data.eval_errors))
+    if data.evals:
+        parts.append(_figure(images, "accuracy", "accuracy per test set and evaluation, with 95% confidence intervals"))
+        parts.append(_table(eval_table(data.evals)))
+        parts.append('<p class="meta">CI from: "reported" by <code>stepdpo eval</code>; "wilson" computed here (Wilson score interval) from correct / n.</p>')
+    elif not data.eval_errors:
+        parts.append(_missing("accuracy"))
+    parts.append('<div class="label">Paired comparisons</div>')
+    parts.append(_errors(data.compare_errors))
+    parts.append(_table(compare_table(data.comparisons)) if data.comparisons else _missing("compare"))
+    parts.append("</section>")
+
+    parts.append('<section id="training"><h2>Training: preference accuracy and reward margin (the paper\'s Fig. 2)</h2>')
+    parts.append(_errors(data.train_errors))
+    curves = select_curves(data.curves)
+    if curves:
+        parts.append(_figure(images, "training", "preference accuracy, reward margin and rewards over training steps"))
+        parts.append(_table(training_table(curves)))
+        parts.append('<p class="meta">Eval split of each run; a run that logged no eval rows is shown on its train split.</p>')
+    elif not data.train_errors:
+        parts.append(_missing("training"))
+    parts.append("</section>")
+
+    parts.append('<section id="funnel"><h2>Pipeline funnel</h2>')
+    parts.append(_errors(data.funnel_errors))
+    if data.funnels:
+        parts.append(_figure(images, "funnel", "records in and out per pipeline stage"))
+        parts.append(_table(funnel_table(data.funnels)))
+    elif not data.funnel_errors:
+        parts.append(_missing("funnel"))
+    parts.append("</section>")
+
+    parts.append('<section id="localization"><h2>Localization of first errors</h2>')
+    if data.located_error:
+        parts.append(_errors([data.located_error]))
+    elif data.located is None:
+        parts.append(_missing("localization"))
+    elif not data.located:
+        parts.append('<p class="missing">located.jsonl is empty.</p>')
+    else:
+        parts.append(_figure(images, "localization", "histogram of first wrong steps, rollout cost and status counts"))
+        summary, status = localization_tables(data.located)
+        parts.append(_table(summary))
+        parts.append(_table(status))
+    parts.append("</section>")
+
+    parts.append('<section id="pairs"><h2>Step pairs</h2>')
+    if data.pairs_error:
+        parts.append(_errors([data.pairs_error]))
+    elif data.pairs is None:
+        parts.append(_missing("pairs"))
+    elif not data.pairs:
+        parts.append('<p class="missing">pairs/step_pairs.jsonl is empty.</p>')
+    else:
+        parts.append(f'<p class="meta">The first {len(data.pairs)} of {data.pairs_total} pairs. Words only in the chosen step are <ins>marked</ins>; words only in the rejected step are <del>struck</del>.</p>')
+        parts.extend(render_pair(i, pair) for i, pair in enumerate(data.pairs, start=1))
+    parts.append("</section>")
+
+    nav = "".join(f'<a href="#{key}">{esc(title)}</a>' for key, title in SECTIONS)
+    stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    title = f"Step-DPO run report: {header.run_dir}"
+    return (
+        "<!DOCTYPE html>\n"
+        '<html lang="en"><head><meta charset="utf-8">'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">'
+        f"<title>{esc(title)}</title><style>{CSS}</style></head>"
+        f"<body><main><h1>Step-DPO run report</h1>"
+        f'<p class="meta">{esc(header.run_dir)} · generated {esc(stamp)} by stepdpo {esc(__version__)}</p>'
+        f"<nav>{nav}</nav>{''.join(parts)}</main></body></html>\n"
+    )

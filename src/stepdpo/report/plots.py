@@ -1,0 +1,169 @@
+"""The report's figures, drawn with matplotlib's Agg canvas and returned as PNG bytes.
+
+Figures are built with ``matplotlib.figure.Figure`` directly (no pyplot), so no
+global backend or figure registry is touched and nothing needs a display.
+"""
+
+from __future__ import annotations
+
+import io
+from collections import Counter
+
+from matplotlib.figure import Figure
+
+from stepdpo.records import LocatedError
+from stepdpo.report.collect import METHOD_ORDER, Curve, EvalSet, order_key
+from stepdpo.rundir import Funnel
+
+DPI = 110
+_FIXED_COLOURS = {"base": "#8c8c8c", "sft": "#8c8c8c", "step-dpo": "#1f77b4", "dpo": "#ff7f0e", "scdpo": "#2ca02c"}
+_CYCLE = ("#d62728", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22", "#7f7f7f")
+
+
+def method_colours(names: list[str]) -> dict[str, str]:
+    """A stable colour per evaluation / training run: fixed ones for the known methods."""
+    colours: dict[str, str] = {}
+    spare = iter(_CYCLE * (len(names) // len(_CYCLE) + 1))
+    for name in names:
+        fixed = _FIXED_COLOURS.get(name.lower())
+        colours[name] = fixed if fixed else next(spare)
+    return colours
+
+
+def _png(fig: Figure) -> bytes:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=DPI, bbox_inches="tight")
+    return buffer.getvalue()
+
+
+def accuracy_chart(evals: list[EvalSet]) -> bytes:
+    """Grouped bars: one group per test set, one bar per evaluation, 95% CI as error bars (in %)."""
+    sets = list(dict.fromkeys(e.test_set for e in evals))
+    names = sorted(dict.fromkeys(e.eval_name for e in evals), key=lambda n: order_key(n, METHOD_ORDER))
+    colours = method_colours(names)
+    by_key = {(e.test_set, e.eval_name): e for e in evals}
+    width = 0.8 / max(1, len(names))
+    fig = Figure(figsize=(max(5.0, 1.2 + 1.1 * len(sets) * max(1, len(names)) * 0.55), 3.6))
+    ax = fig.add_subplot()
+    for j, name in enumerate(names):
+        xs, ys, lows, highs = [], [], [], []
+        for i, test_set in enumerate(sets):
+            entry = by_key.get((test_set, name))
+            if entry is None:
+                continue
+            x = i - 0.4 + width * (j + 0.5)
+            y = 100 * entry.accuracy
+            xs.append(x)
+            ys.append(y)
+            lows.append(y - 100 * entry.ci_low if entry.ci_low is not None else 0.0)
+            highs.append(100 * entry.ci_high - y if entry.ci_high is not None else 0.0)
+        bars = ax.bar(xs, ys, width=width * 0.92, color=colours[name], label=name, yerr=[lows, highs], capsize=3, error_kw={"elinewidth": 1})
+        ax.bar_label(bars, labels=[f"{y:.1f}" for y in ys], padding=2, fontsize=7)
+    ax.set_xticks(range(len(sets)), sets)
+    ax.set_ylabel("accuracy (%)")
+    top = max((100 * (e.ci_high if e.ci_high is not None else e.accuracy) for e in evals), default=100)
+    ax.set_ylim(0, min(100, top * 1.18 + 2))
+    ax.set_title("Accuracy with 95% confidence intervals")
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=8, ncols=min(len(names), 5), loc="upper left")
+    return _png(fig)
+
+
+# Panels of the Fig. 2 replica: (metric key, y label).
+TRAINING_PANELS = (("accuracies", "preference accuracy"), ("margins", "reward margin (chosen − rejected)"), ("chosen", "reward of chosen (solid) / rejected (dashed)"))
+
+
+def training_chart(curves: list[Curve]) -> bytes:
+    """The paper's Fig. 2: preference accuracy, reward margin and chosen/rejected rewards by step, one line per run."""
+    names = list(dict.fromkeys(c.run_name for c in curves))
+    colours = method_colours(names)
+    fig = Figure(figsize=(11, 3.4))
+    axes = fig.subplots(1, len(TRAINING_PANELS))
+    for ax, (metric, label) in zip(axes, TRAINING_PANELS):
+        drawn = False
+        for curve in curves:
+            points = curve.series.get(metric, [])
+            if points:
+                ax.plot([s for s, _ in points], [v for _, v in points], marker="o", markersize=2.5, color=colours[curve.run_name], label=f"{curve.run_name} ({curve.split})")
+                drawn = True
+            if metric == "chosen" and curve.series.get("rejected"):
+                rejected = curve.series["rejected"]
+                ax.plot([s for s, _ in rejected], [v for _, v in rejected], linestyle="--", color=colours[curve.run_name])
+                drawn = True
+        if not drawn:
+            ax.text(0.5, 0.5, "not logged", ha="center", va="center", transform=ax.transAxes, color="#888")
+        ax.set_xlabel("training step")
+        ax.set_title(label, fontsize=9)
+        ax.grid(alpha=0.3)
+    if any(c.series.get("accuracies") for c in curves):
+        axes[0].set_ylim(-0.02, 1.02)
+    handles, labels = [], []
+    for ax in axes:
+        for handle, text in zip(*ax.get_legend_handles_labels()):
+            if text not in labels:
+                handles.append(handle)
+                labels.append(text)
+    if handles:
+        fig.legend(handles, labels, loc="lower center", ncols=min(len(labels), 6), fontsize=8, bbox_to_anchor=(0.5, -0.06))
+    fig.tight_layout()
+    return _png(fig)
+
+
+def funnel_chart(funnels: list[Funnel]) -> bytes:
+    """Horizontal bars per stage in pipeline order (top to bottom): records in (light) and out (dark)."""
+    stages = [f.stage for f in funnels]
+    fig = Figure(figsize=(8, 0.9 + 0.42 * len(stages)))
+    ax = fig.add_subplot()
+    ys = list(range(len(stages)))
+    ins = [f.records_in for f in funnels]
+    outs = [f.records_out for f in funnels]
+    ax.barh([y - 0.2 for y in ys], ins, height=0.38, color="#a6c8e6", label="records in")
+    bars = ax.barh([y + 0.2 for y in ys], outs, height=0.38, color="#1f77b4", label="records out")
+    ax.bar_label(bars, labels=[str(o) for o in outs], padding=3, fontsize=7)
+    ax.set_yticks(ys, stages)
+    ax.invert_yaxis()
+    ax.set_xlabel("records")
+    ax.set_xlim(0, max(ins + outs + [1]) * 1.12)
+    ax.grid(axis="x", alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    ax.set_title("Pipeline funnel")
+    return _png(fig)
+
+
+def localization_chart(located: list[LocatedError]) -> bytes:
+    """Three panels: first-wrong-step histogram, rollouts per decision, status counts."""
+    fig = Figure(figsize=(11, 3.2))
+    ax_step, ax_cost, ax_status = fig.subplots(1, 3)
+    steps = [r.first_wrong_step for r in located if r.first_wrong_step is not None]
+    if steps:
+        top = max(steps)
+        counts = Counter(steps)
+        ax_step.bar(range(1, top + 1), [counts.get(k, 0) for k in range(1, top + 1)], color="#1f77b4")
+        ax_step.set_xticks(range(1, top + 1) if top <= 20 else range(1, top + 1, max(1, top // 10)))
+    else:
+        ax_step.text(0.5, 0.5, "no first wrong step found", ha="center", va="center", transform=ax_step.transAxes, color="#888")
+    ax_step.set_xlabel("first wrong step (1-based)")
+    ax_step.set_ylabel("located errors")
+    ax_step.set_title("Where the first error falls", fontsize=9)
+    rollouts = [r.rollouts for r in located]
+    if any(rollouts):
+        ax_cost.hist(rollouts, bins=min(20, max(1, len(set(rollouts)))), color="#ff7f0e")
+        ax_cost.set_xlabel("rollouts per located sample")
+    else:
+        ax_cost.text(0.5, 0.5, "no rollouts recorded", ha="center", va="center", transform=ax_cost.transAxes, color="#888")
+    ax_cost.set_title("Rollout cost", fontsize=9)
+    statuses = Counter(_status_group(r.status) for r in located)
+    labels = [s for s, _ in statuses.most_common()]
+    ax_status.barh(labels, [statuses[s] for s in labels], color="#2ca02c")
+    ax_status.invert_yaxis()
+    ax_status.set_title("Status", fontsize=9)
+    ax_status.set_xlabel("records")
+    for ax in (ax_step, ax_cost, ax_status):
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return _png(fig)
+
+
+def _status_group(status: str) -> str:
+    """'failed: <details>' statuses are grouped under 'failed' so the chart stays readable."""
+    return status.split(":", 1)[0].strip() or "(empty)"

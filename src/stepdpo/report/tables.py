@@ -1,0 +1,189 @@
+"""Section tables and diffs as plain strings, shared by the HTML and Markdown renderers.
+
+Cells are unescaped text here; each renderer escapes for its own format.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+import statistics
+from collections import Counter
+from dataclasses import dataclass
+
+from stepdpo.records import LocatedError
+from stepdpo.report.collect import METHOD_ORDER, Comparison, Curve, EvalSet, Header, flatten, order_key
+from stepdpo.rundir import Funnel
+
+DASH = "–"
+
+
+@dataclass
+class Table:
+    headers: list[str]
+    rows: list[list[str]]
+
+
+def _fmt(value: float | None, digits: int = 3) -> str:
+    return DASH if value is None else f"{value:.{digits}g}"
+
+
+def _pct(value: float | None) -> str:
+    return DASH if value is None else f"{100 * value:.1f}%"
+
+
+def _seconds(value: float) -> str:
+    if value < 90:
+        return f"{value:.1f} s"
+    if value < 5400:
+        return f"{value / 60:.1f} min"
+    return f"{value / 3600:.2f} h"
+
+
+def config_table(header: Header, max_value_chars: int = 120) -> Table:
+    rows = []
+    for key, value in flatten(header.config or {}):
+        text = repr(value) if isinstance(value, (list, tuple)) else str(value)
+        rows.append([key, text if len(text) <= max_value_chars else text[: max_value_chars - 1] + "…"])
+    return Table(["option", "value"], rows)
+
+
+def wall_table(header: Header) -> Table:
+    rows = [[stage, _seconds(seconds)] for stage, seconds in header.wall_s]
+    if len(header.wall_s) > 1:
+        rows.append(["total", _seconds(sum(s for _, s in header.wall_s))])
+    return Table(["stage", "wall time"], rows)
+
+
+def eval_table(evals: list[EvalSet]) -> Table:
+    extra_keys = sorted({k for e in evals for k in e.extra})
+    rows = []
+    sets = list(dict.fromkeys(e.test_set for e in evals))
+    for e in sorted(evals, key=lambda e: (sets.index(e.test_set), order_key(e.eval_name, METHOD_ORDER))):
+        ci = f"[{_pct(e.ci_low)}, {_pct(e.ci_high)}]" if e.ci_low is not None and e.ci_high is not None else DASH
+        counts = f"{e.correct} / {e.total}" if e.correct is not None and e.total is not None else DASH
+        rows.append([e.test_set, e.eval_name, counts, _pct(e.accuracy), ci, e.ci_source] + [_fmt(e.extra.get(k)) for k in extra_keys])
+    return Table(["test set", "evaluation", "correct / n", "accuracy", "95% CI", "CI from"] + extra_keys, rows)
+
+
+def _points_scale(values: list[float | None]) -> float:
+    """Compare files may give differences as fractions or as points: all |v| <= 1 means fractions."""
+    present = [abs(v) for v in values if v is not None]
+    return 100.0 if present and max(present) <= 1.0 else 1.0
+
+
+def compare_table(comparisons: list[Comparison]) -> Table:
+    rows = []
+    for c in comparisons:
+        scale = _points_scale([c.difference, c.ci_low, c.ci_high])
+        diff = DASH if c.difference is None else f"{scale * c.difference:+.1f} pp"
+        ci = f"[{scale * c.ci_low:+.1f}, {scale * c.ci_high:+.1f}]" if c.ci_low is not None and c.ci_high is not None else DASH
+        p_value = DASH if c.p_value is None else (f"{c.p_value:.2g}" if c.p_value >= 1e-4 else f"{c.p_value:.1e}")
+        rows.append([c.source, c.test_set, c.a, c.b, diff, ci, p_value])
+    return Table(["file", "test set", "A", "B", "B − A", "95% CI", "McNemar p"], rows)
+
+
+def select_curves(curves: list[Curve]) -> list[Curve]:
+    """Per training run, its eval-split curve, or its train-split one when it logged no eval rows."""
+    chosen: dict[str, Curve] = {}
+    for curve in curves:
+        current = chosen.get(curve.run_name)
+        if current is None or (curve.split == "eval" and current.split != "eval"):
+            chosen[curve.run_name] = curve
+    return list(chosen.values())
+
+
+def training_table(curves: list[Curve]) -> Table:
+    rows = []
+    for c in curves:
+        last = {m: points[-1][1] for m, points in c.series.items() if points}
+        rows.append([c.run_name, c.split, str(len(c.steps)), _fmt(c.steps[-1] if c.steps else None, 6), _fmt(last.get("accuracies")), _fmt(last.get("margins")), _fmt(last.get("loss"))])
+    return Table(["run", "split", "points", "last step", "last accuracy", "last margin", "last loss"], rows)
+
+
+def funnel_table(funnels: list[Funnel]) -> Table:
+    rows = []
+    for f in funnels:
+        dropped = ", ".join(f"{reason}: {count}" for reason, count in sorted((f.dropped or {}).items(), key=lambda kv: -kv[1])) or DASH
+        kept = _pct(f.records_out / f.records_in) if f.records_in else DASH
+        wall = (f.extra or {}).get("wall_s")
+        rows.append([f.stage, str(f.records_in), str(f.records_out), kept, dropped, _seconds(float(wall)) if isinstance(wall, (int, float)) else DASH])
+    return Table(["stage", "in", "out", "kept", "dropped (reason: count)", "wall time"], rows)
+
+
+def localization_tables(located: list[LocatedError]) -> tuple[Table, Table]:
+    """(per-localizer summary, status counts)."""
+    summary = []
+    for localizer in sorted({r.localizer for r in located}):
+        group = [r for r in located if r.localizer == localizer]
+        steps = [r.first_wrong_step for r in group if r.first_wrong_step is not None]
+        rollouts = [r.rollouts for r in group]
+        tokens = [r.rollout_tokens for r in group]
+        confidences = [r.confidence for r in group if r.confidence is not None]
+        summary.append([
+            localizer or "(unnamed)",
+            str(len(group)),
+            str(len(steps)),
+            _fmt(statistics.mean(steps) if steps else None),
+            _fmt(statistics.median(steps) if steps else None),
+            _fmt(statistics.mean(rollouts)),
+            _fmt(statistics.median(rollouts)),
+            str(max(rollouts)),
+            _fmt(statistics.mean(tokens), 4),
+            _fmt(statistics.mean(confidences) if confidences else None),
+        ])
+    status = Counter(r.status for r in located)
+    return (
+        Table(["localizer", "records", "with a first wrong step", "mean step", "median step", "mean rollouts", "median rollouts", "max rollouts", "mean rollout tokens", "mean confidence"], summary),
+        Table(["status", "records"], [[s, str(n)] for s, n in status.most_common()]),
+    )
+
+
+_WORDS = re.compile(r"\s+|[^\s]+")
+
+
+def word_diff(rejected: str, chosen: str) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+    """Word-level diff of two steps: (rejected segments, chosen segments).
+
+    Each segment is (kind, text) with kind 'same', 'del' (only in rejected) or 'ins'
+    (only in chosen); concatenating a side's texts gives that side back exactly.
+    """
+    a = _WORDS.findall(rejected)
+    b = _WORDS.findall(chosen)
+    # (changed?, rejected text, chosen text) runs; a whitespace-only match between two changes is
+    # folded into them, so a rewritten phrase shows as one marked run rather than word confetti.
+    runs: list[tuple[bool, str, str]] = []
+    opcodes = difflib.SequenceMatcher(None, a, b, autojunk=False).get_opcodes()
+    for index, (tag, i1, i2, j1, j2) in enumerate(opcodes):
+        left_text, right_text = "".join(a[i1:i2]), "".join(b[j1:j2])
+        inner_blank = tag == "equal" and not left_text.strip() and 0 < index < len(opcodes) - 1
+        changed = tag != "equal" or inner_blank
+        if changed and runs and runs[-1][0]:
+            runs[-1] = (True, runs[-1][1] + left_text, runs[-1][2] + right_text)
+        else:
+            runs.append((changed, left_text, right_text))
+    left: list[tuple[str, str]] = []
+    right: list[tuple[str, str]] = []
+    for changed, left_text, right_text in runs:
+        if not changed:
+            left.append(("same", left_text))
+            right.append(("same", right_text))
+            continue
+        if left_text:
+            left.append(("del", left_text))
+        if right_text:
+            right.append(("ins", right_text))
+    return left, right
+
+
+# One line per section whose input is absent, shared by both renderers.
+MISSING = {
+    "config": "No config.yaml in this run directory.",
+    "wall": "No stage recorded its wall time (funnel extra.wall_s).",
+    "accuracy": "No evaluation results (eval/<name>/results.json) in this run directory.",
+    "compare": "No paired comparisons (compare*.json) in this run directory.",
+    "training": "No training metrics (train/<name>/metrics.jsonl) in this run directory.",
+    "funnel": "No funnel files (funnel/<stage>.json) in this run directory.",
+    "localization": "No located errors (located.jsonl) in this run directory.",
+    "pairs": "No step pairs (pairs/step_pairs.jsonl) in this run directory.",
+}

@@ -1,0 +1,373 @@
+"""`stepdpo report`: a fake but realistic run directory, rendered and checked.
+
+The fixtures below write the files the other stages write (config.yaml, eval
+results in several plausible shapes, trainer metrics in both our and the
+transformers Trainer key style, funnels, located errors, step pairs), then the
+report is checked for self-containment, sections, escaping and partial runs,
+and finally rendered in headless Chromium.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import math
+import random
+import shutil
+import subprocess
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pytest
+import yaml
+
+from stepdpo.cli import main as cli_main
+from stepdpo.config import parse_cli
+from stepdpo.errors import ConfigError
+from stepdpo.records import LocatedError, StepPair, record_to_dict
+from stepdpo.report import ReportConfig, run
+from stepdpo.report.collect import normalize_metric_row, parse_eval_results, wilson_interval
+from stepdpo.report.markdown import fenced, md_escape
+from stepdpo.report.tables import MISSING, word_diff
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+EVIL = "<script>alert('pwned')</script> & <img src=http://evil.example/x.png> ``` `"
+
+
+# ----------------------------------------------------------------------------- fixtures
+
+
+def _write_jsonl(path: Path, rows: list[dict]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+
+
+def _write_json(path: Path, data) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=2), encoding="utf-8")
+
+
+def _funnel(root: Path, stage: str, records_in: int, records_out: int, dropped: dict | None = None, wall_s: float | None = None) -> None:
+    extra = {"wall_s": wall_s} if wall_s is not None else None
+    _write_json(root / "funnel" / f"{stage}.json", {"stage": stage, "records_in": records_in, "records_out": records_out, "dropped": dropped, "extra": extra})
+
+
+def _pair(i: int, rng: random.Random, text: str | None = None) -> StepPair:
+    a, b = rng.randint(2, 30), rng.randint(2, 30)
+    prefix = f"Let's think step by step.\nStep 1: Tom has {a} apples and buys {b} more.\n"
+    chosen = f"Step 2: So he has {a} + {b} = {a + b} apples.\n"
+    rejected = f"Step 2: So he has {a} * {b} = {a * b} apples.\n" if text is None else f"Step 2: {text}\n"
+    return StepPair(
+        id=f"synthetic-{i:04d}#3@2",
+        dataset="synthetic:2step",
+        prompt=f"Tom has {a} apples and buys {b} more. How many apples does he have?",
+        initial_reason_steps=prefix,
+        chosen=chosen,
+        rejected=rejected,
+        full_chosen=chosen + f"The answer is: \\boxed{{{a + b}}}",
+        full_rejected=rejected + f"The answer is: \\boxed{{{a * b}}}",
+        answer=str(a + b),
+        problem_id=f"synthetic-{i:04d}",
+        sample_id=f"synthetic-{i:04d}#3",
+        step_index=2,
+        localizer="rollout-binary",
+        provenance={"rectify_tried": 20},
+    )
+
+
+def make_full_run(root: Path) -> Path:
+    """A run that went through every stage: the files as the stages write them."""
+    rng = random.Random(7)
+    root.mkdir(parents=True, exist_ok=True)
+    config = {
+        "model": "smollm2-135m",
+        "problems": {"train": "synthetic:2step:400", "test": ["synthetic:2step:test:200", "gsm8k:test[:100]"]},
+        "sample": {"k": 8, "temperature": 0.8, "top_p": 0.95, "max_new_tokens": 256},
+        "locate": {"localizer": "rollout-binary", "rollouts_per_prefix": 8},
+        "rectify": {"num_samples": 20, "temperature": 0.8},
+        "train": {"methods": ["step-dpo", "dpo"], "beta": 0.4, "learning_rate": 5e-7, "epochs": 2, "lora": False},
+    }
+    (root / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
+
+    # Eval results in three shapes: per-set mapping with reported CI, a list without CI, one flat set.
+    _write_json(root / "eval/base/results.json", {
+        "model": "smollm2-135m",
+        "sets": {
+            "synthetic:2step:test": {"accuracy": 0.31, "n": 200, "correct": 62, "ci_low": 0.2495, "ci_high": 0.3776, "pass@8": 0.62, "maj@8": 0.35},
+            "gsm8k:test[:100]": {"accuracy": 0.04, "n": 100, "correct": 4, "ci_low": 0.0157, "ci_high": 0.0984},
+        },
+    })
+    _write_json(root / "eval/step-dpo/results.json", {
+        "model": "run/train/step-dpo/final",
+        "results": [
+            {"test_set": "synthetic:2step:test", "accuracy": 0.395, "num_problems": 200, "correct": 79, "pass@8": 0.7, "maj@8": 0.44},
+            {"test_set": "gsm8k:test[:100]", "accuracy": 0.06, "num_problems": 100, "correct": 6},
+        ],
+    })
+    _write_json(root / "eval/dpo/results.json", {"test_set": "synthetic:2step:test", "accuracy": 34.5, "n": 200, "correct": 69})
+    _write_json(root / "compare-base-step-dpo.json", {
+        "a": "base", "b": "step-dpo",
+        "sets": {
+            "synthetic:2step:test": {"difference": 0.085, "ci_low": 0.03, "ci_high": 0.14, "mcnemar_p": 0.0041, "n": 200},
+            "gsm8k:test[:100]": {"difference": 0.02, "ci": [-0.03, 0.07], "mcnemar": {"p_value": 0.48}, "n": 100},
+        },
+    })
+
+    # Trainer metrics: ours (split key) for Step-DPO, transformers Trainer style (eval_ prefix) for DPO.
+    step_rows, dpo_rows = [], []
+    for step in range(10, 210, 10):
+        t = step / 200
+        step_rows.append({"step": step, "split": "train", "loss": 0.69 - 0.3 * t, "rewards/chosen": 0.1 * t, "rewards/rejected": -1.2 * t, "rewards/margins": 1.3 * t, "rewards/accuracies": 0.5 + 0.4 * t, "learning_rate": 5e-7})
+        dpo_rows.append({"step": step, "loss": 0.69 - 0.2 * t, "rewards/chosen": -0.2 * t, "rewards/rejected": -0.8 * t, "rewards/margins": 0.6 * t, "rewards/accuracies": 0.5 + 0.25 * t, "learning_rate": 5e-7, "epoch": t * 2})
+        if step % 40 == 0:
+            step_rows.append({"step": step, "split": "eval", "loss": 0.69 - 0.25 * t, "rewards/chosen": 0.05 * t, "rewards/rejected": -1.1 * t, "rewards/margins": 1.15 * t + 0.02 * rng.random(), "rewards/accuracies": 0.5 + 0.38 * t})
+            margin = 0.5 * (1 - math.exp(-4 * t))  # DPO's margin plateaus (the paper's Fig. 2)
+            dpo_rows.append({"step": step, "eval_loss": 0.66, "eval_rewards/chosen": -0.3 * t, "eval_rewards/rejected": -0.3 * t - margin, "eval_rewards/margins": margin, "eval_rewards/accuracies": 0.5 + 0.2 * t, "epoch": t * 2})
+    _write_jsonl(root / "train/step-dpo/metrics.jsonl", step_rows)
+    _write_jsonl(root / "train/dpo/metrics.jsonl", dpo_rows)
+
+    _funnel(root, "sample", 400, 3200, wall_s=1840.2)
+    _funnel(root, "locate", 2208, 1902, {"no_wrong_step": 211, "unparseable": 60, "failed: timeout": 35}, wall_s=5230.0)
+    _funnel(root, "rectify", 1902, 1240, {"no_continuation_reached_gold": 662}, wall_s=3011.5)
+    _funnel(root, "pairs", 1240, 1180, {"duplicate": 48, "chosen_equals_rejected": 12}, wall_s=4.2)
+    _funnel(root, "train-step-dpo", 1180, 1180, wall_s=2622.0)
+    _funnel(root, "train-dpo", 1180, 1180, wall_s=2410.0)
+    _funnel(root, "eval-base", 300, 300, wall_s=402.0)
+    _funnel(root, "eval-step-dpo", 300, 300, wall_s=398.0)
+    _funnel(root, "sft", 2000, 2000, wall_s=900.0)  # written last: the report must still put it first
+
+    located = []
+    for i in range(80):
+        status = rng.choices(["ok", "no_wrong_step", "unparseable", "failed: rollout timeout"], [0.8, 0.1, 0.05, 0.05])[0]
+        step = min(7, max(1, int(rng.expovariate(0.5)) + 1)) if status == "ok" else None
+        rollouts = rng.randint(8, 48) if status != "unparseable" else 0
+        located.append(record_to_dict(LocatedError(
+            sample_id=f"synthetic-{i:04d}#{i % 8}", problem_id=f"synthetic-{i:04d}", first_wrong_step=step,
+            localizer="rollout-binary", confidence=round(rng.uniform(0.5, 1.0), 3) if step else None,
+            rollouts=rollouts, rollout_tokens=rollouts * rng.randint(60, 140), status=status,
+        )))
+    _write_jsonl(root / "located.jsonl", located)
+
+    pairs = [_pair(i, rng) for i in range(20)]
+    pairs[1] = _pair(1, rng, text=EVIL)
+    _write_jsonl(root / "pairs/step_pairs.jsonl", [record_to_dict(p) for p in pairs])
+    return root
+
+
+class _Tags(HTMLParser):
+    """Collects every start tag with its attributes."""
+
+    def __init__(self):
+        super().__init__()
+        self.tags: list[tuple[str, dict[str, str | None]]] = []
+
+    def handle_starttag(self, tag, attrs):
+        self.tags.append((tag, dict(attrs)))
+
+
+def _tags(page: str) -> list[tuple[str, dict[str, str | None]]]:
+    parser = _Tags()
+    parser.feed(page)
+    return parser.tags
+
+
+def _decode_png(uri: str) -> bytes:
+    prefix = "data:image/png;base64,"
+    assert uri.startswith(prefix), uri[:60]
+    png = base64.b64decode(uri[len(prefix):], validate=True)
+    assert png.startswith(PNG_SIGNATURE)
+    return png
+
+
+def assert_self_contained(page: str) -> int:
+    """No scripts, no stylesheets or images from elsewhere; every <img> an embedded PNG. Returns the image count."""
+    import matplotlib.image
+
+    tags = _tags(page)
+    assert not [t for t, _ in tags if t in ("script", "link", "iframe", "object", "embed")]
+    images = 0
+    for tag, attrs in tags:
+        for name in ("src", "href", "srcset", "action", "poster"):
+            value = attrs.get(name) or ""
+            assert not value.lower().startswith(("http:", "https:", "//", "javascript:")), f"<{tag} {name}={value[:60]}>"
+        assert not any(name.startswith("on") for name in attrs), f"event handler on <{tag}>"
+        if tag == "img":
+            pixels = matplotlib.image.imread(io.BytesIO(_decode_png(attrs["src"] or "")), format="png")
+            assert pixels.shape[0] > 50 and pixels.shape[1] > 50
+            images += 1
+        if tag == "a":
+            assert (attrs.get("href") or "").startswith("#")
+    assert "url(" not in page.split("</style>")[0]
+    return images
+
+
+# ----------------------------------------------------------------------------- pure pieces
+
+
+def test_wilson_interval_known_values():
+    low, high = wilson_interval(50, 100)
+    assert (round(low, 4), round(high, 4)) == (0.4038, 0.5962)
+    low, high = wilson_interval(0, 10)
+    assert low == 0.0 and round(high, 4) == 0.2775
+    assert wilson_interval(0, 0) == (0.0, 1.0)
+
+
+def test_eval_results_shapes(tmp_path):
+    path = tmp_path / "results.json"
+    flat = parse_eval_results("dpo", {"test_set": "t", "accuracy": 34.5, "n": 200, "correct": 69}, path)
+    assert len(flat) == 1 and flat[0].accuracy == pytest.approx(0.345) and flat[0].ci_source == "wilson"
+    assert flat[0].ci_low == pytest.approx(wilson_interval(69, 200)[0])
+    mapped = parse_eval_results("base", {"sets": {"a": {"accuracy": 0.5, "n": 10, "correct": 5, "ci": [0.2, 0.8]}}}, path)
+    assert (mapped[0].test_set, mapped[0].ci_low, mapped[0].ci_high, mapped[0].ci_source) == ("a", 0.2, 0.8, "reported")
+    listed = parse_eval_results("x", [{"name": "b", "correct": 3, "num_problems": 4}], path)
+    assert listed[0].accuracy == 0.75 and listed[0].total == 4
+
+
+def test_metric_rows_accept_trainer_style_keys():
+    split, step, metrics = normalize_metric_row({"eval_rewards/margins": 0.4, "eval_rewards/accuracies": 0.7, "step": 30, "epoch": 1.0}, 5)
+    assert (split, step, metrics) == ("eval", 30.0, {"margins": 0.4, "accuracies": 0.7})
+    split, step, metrics = normalize_metric_row({"split": "train", "loss": 0.6, "rewards/chosen": 0.1}, 2)
+    assert (split, step, metrics) == ("train", 2.0, {"loss": 0.6, "chosen": 0.1})
+
+
+def test_word_diff_marks_only_changed_words_and_keeps_text():
+    rejected, chosen = word_diff("Step 2: So he has 3 * 4 = 12 apples.\n", "Step 2: So he has 3 + 4 = 7 apples.\n")
+    assert "".join(t for _, t in rejected) == "Step 2: So he has 3 * 4 = 12 apples.\n"
+    assert "".join(t for _, t in chosen) == "Step 2: So he has 3 + 4 = 7 apples.\n"
+    assert [t for k, t in rejected if k == "del"] == ["*", "12"]  # one change per word: "4 =" matched between them
+    assert [t for k, t in chosen if k == "ins"] == ["+", "7"]
+
+
+def test_fence_cannot_be_closed_by_model_text():
+    block = fenced("a ```` b")
+    assert block.startswith("`````text\n") and block.endswith("\n`````\n")
+
+
+# ----------------------------------------------------------------------------- whole report
+
+
+def test_full_report_is_self_contained_with_every_section(tmp_path):
+    root = make_full_run(tmp_path / "run")
+    paths = run(ReportConfig(run_dir=str(root)))
+    assert paths.html == root / "report" / "report.html"
+    page = paths.html.read_text(encoding="utf-8")
+    assert assert_self_contained(page) == 4
+    for section in ("overview", "accuracy", "training", "funnel", "localization", "pairs"):
+        assert f'<section id="{section}">' in page
+    for missing in MISSING.values():
+        assert html.escape(missing) not in page
+    # Header: model and wall times; accuracy table: reported CI, Wilson CI, percent input normalized.
+    assert "smollm2-135m" in page and "87.2 min" in page and "4.67 h" in page  # locate 5230 s; total
+    assert "62 / 200" in page and "31.0%" in page and "[24.9%, 37.8%]" in page
+    assert "69 / 200" in page and "34.5%" in page and "wilson" in page
+    assert "+8.5 pp" in page and "0.0041" in page and "[-3.0, +7.0]" in page and "0.48" in page
+    # Funnel in pipeline order even though sft.json was written last.
+    order = [page.index(f"<td>{stage}</td>") for stage in ("sft", "sample", "locate", "rectify", "pairs", "train-dpo", "train-step-dpo", "eval-base")]
+    assert order == sorted(order)
+    assert "failed: timeout: 35" in page
+    # Pairs: 12 shown of 20, diff marked.
+    assert page.count('<div class="pair">') == 12 and "The first 12 of 20 pairs" in page
+    assert "<del>*</del>" in page and "<ins>+</ins>" in page
+    # Markdown beside it, with the figures as files.
+    md = paths.markdown.read_text(encoding="utf-8")
+    assert set(paths.images) == {"accuracy", "training", "funnel", "localization"}
+    for key, image in paths.images.items():
+        assert image.parent == paths.markdown.parent and image.read_bytes().startswith(PNG_SIGNATURE)
+        assert f"]({image.name})" in md
+    assert "## Pipeline funnel" in md and "| sft | 2000 | 2000 |" in md
+
+
+def test_model_text_is_escaped(tmp_path):
+    root = make_full_run(tmp_path / "run")
+    paths = run(ReportConfig(run_dir=str(root), max_pairs=3))
+    page = paths.html.read_text(encoding="utf-8")
+    assert "<script" not in page
+    assert "&lt;script&gt;alert(&#x27;pwned&#x27;)&lt;/script&gt;" in page
+    assert "&lt;img src=http://evil.example/x.png&gt;" in page
+    assert assert_self_contained(page) == 4  # the <img> in the text did not become a tag
+    md = paths.markdown.read_text(encoding="utf-8")
+    assert "````text\nStep 2: <script>" in md  # verbatim, inside a fence longer than the model's ```
+
+
+def test_partial_run_says_what_is_missing(tmp_path):
+    root = tmp_path / "run"
+    _funnel(root, "sample", 40, 320, wall_s=12.5)
+    _write_jsonl(root / "samples.jsonl", [])
+    paths = run(ReportConfig(run_dir=str(root), output=str(tmp_path / "out")))
+    assert paths.html == tmp_path / "out" / "report.html"
+    page = paths.html.read_text(encoding="utf-8")
+    assert assert_self_contained(page) == 1
+    for key in ("config", "accuracy", "compare", "training", "localization", "pairs"):
+        assert html.escape(MISSING[key]) in page
+    assert html.escape(MISSING["funnel"]) not in page and "12.5 s" in page
+    assert set(paths.images) == {"funnel"}
+    md = paths.markdown.read_text(encoding="utf-8")
+    assert md_escape(MISSING["training"]) in md
+
+
+def test_empty_run_dir_and_missing_dir(tmp_path):
+    paths = run(ReportConfig(run_dir=str(tmp_path)))
+    page = paths.html.read_text(encoding="utf-8")
+    assert assert_self_contained(page) == 0
+    assert all(html.escape(line) in page for line in MISSING.values())
+    with pytest.raises(ConfigError, match="not found"):
+        run(ReportConfig(run_dir=str(tmp_path / "nope")))
+
+
+def test_unreadable_inputs_are_named_in_their_section(tmp_path):
+    root = make_full_run(tmp_path / "run")
+    with (root / "located.jsonl").open("a", encoding="utf-8") as handle:
+        handle.write(json.dumps({"sample_id": "x", "problem_id": "x", "first_wrong_step": "three", "localizer": "judge"}) + "\n")
+    (root / "eval/dpo/results.json").write_text("{not json", encoding="utf-8")
+    (root / "config.yaml").write_text("model: [unclosed\n", encoding="utf-8")
+    page = run(ReportConfig(run_dir=str(root))).html.read_text(encoding="utf-8")
+    assert "located.jsonl:81: field &#x27;first_wrong_step&#x27;" in page
+    assert "eval/dpo/results.json:1: malformed JSON" in page
+    assert "config.yaml:2: not valid YAML" in page
+    assert assert_self_contained(page) == 3  # accuracy (base, step-dpo), training, funnel; localization gone
+    assert "62 / 200" in page
+
+
+def test_cli_positional_run_dir_and_yaml_config(tmp_path, capsys):
+    root = make_full_run(tmp_path / "run")
+    assert cli_main(["report", str(root), "--max_pairs", "2"]) == 0
+    assert "report.html" in capsys.readouterr().out
+    assert (root / "report" / "report.html").read_text(encoding="utf-8").count('<div class="pair">') == 2
+    config_file = tmp_path / "report.yaml"
+    config_file.write_text(f"run_dir: {root}\nmax_pairs: 5\noutput: {tmp_path / 'o'}\n", encoding="utf-8")
+    config = parse_cli(ReportConfig, ["--config", str(config_file)], prog="stepdpo report")
+    assert (config.run_dir, config.max_pairs, config.output) == (str(root), 5, str(tmp_path / "o"))
+
+
+# ----------------------------------------------------------------------------- the browser
+
+
+def _chromium() -> str | None:
+    return shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(_chromium() is None, reason="no chromium binary (Debian: apt-get install chromium)")
+def test_report_renders_in_headless_chromium(tmp_path):
+    root = make_full_run(tmp_path / "run")
+    paths = run(ReportConfig(run_dir=str(root)))
+    page = paths.html.read_text(encoding="utf-8")
+    embedded = assert_self_contained(page)
+    base = [_chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--enable-logging=stderr", "--v=0",
+            f"--user-data-dir={tmp_path / 'profile'}", "--hide-scrollbars"]
+    shot = tmp_path / "report.png"
+    done = subprocess.run(base + [f"--screenshot={shot}", "--window-size=1200,3000", paths.html.as_uri()], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    png = shot.read_bytes()
+    assert png.startswith(PNG_SIGNATURE) and len(png) > 50_000  # a real page, not a blank one
+    console = [line for line in done.stderr.splitlines() if "Uncaught" in line or "ERROR:CONSOLE" in line or ":CONSOLE(" in line]
+    assert not console, console
+    dom = subprocess.run(base + ["--dump-dom", paths.html.as_uri()], capture_output=True, text=True, timeout=120)
+    assert dom.returncode == 0, dom.stderr[-2000:]
+    dumped = [attrs for tag, attrs in _tags(dom.stdout) if tag == "img"]
+    assert len(dumped) == embedded == 4
+    for attrs in dumped:
+        _decode_png(attrs["src"] or "")
+    assert "<script" not in dom.stdout and 'id="pairs"' in dom.stdout
