@@ -129,7 +129,8 @@ def write_pairs(pairs: Sequence[StepPair], folder: Path, name: str) -> dict[str,
     tmp = paths["parquet"].with_suffix(".parquet.tmp")
     pq.write_table(table, tmp)
     tmp.replace(paths["parquet"])
-    datasets.Dataset(table).save_to_disk(str(paths["hf"]))
+    # One shard even when empty: datasets saves an empty set as zero shards, which load_from_disk cannot read.
+    datasets.Dataset(table).save_to_disk(str(paths["hf"]), num_shards=1)
     return paths
 
 
