@@ -134,9 +134,14 @@ def test_match_from_a_daemonic_pool_worker():
         "{" * 5000 + "1" + "}" * 5000,
         "\\frac{" * 3000 + "1" + "}{2}" * 3000,
         "x" * 100_000,
+        "1" * 100_000 + "x",
+        "1" * 100_000,
+        "1." * 50_000,
+        "1,000" * 20_000,
         "".join(chr(33 + (i * 7919) % 90) for i in range(100_000)),
     ],
-    ids=["tower4", "tower5", "huge-exponent", "paren-tower", "chained-braces", "chained-bare", "parens", "braces", "nested-fracs", "100kB-x", "100kB-garbage"],
+    ids=["tower4", "tower5", "huge-exponent", "paren-tower", "chained-braces", "chained-bare", "parens", "braces", "nested-fracs", "100kB-x",
+         "100k-digits-x", "100k-digits", "1.-repeated", "commas-repeated", "100kB-garbage"],
 )
 def test_pathological_answers_are_wrong_not_hangs(pred):
     assert answers_match(pred, "5", timeout_s=10.0) is False

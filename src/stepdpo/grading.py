@@ -137,7 +137,7 @@ _THOUSANDS_RE = re.compile(r"^-?\d{1,3}(?:,\d{3})+(?:\.\d+)?$")
 _ASSIGNMENT_RE = re.compile(r"^[a-zA-Z](?:_\{?\w+\}?)?\s*=\s*(?!=)")
 _TEXT_RE = re.compile(r"\\(?:text|textbf|mathrm|mbox)\{([^{}]*)\}")
 _INT_RE = re.compile(r"^-?\d+$")
-_DECIMAL_RE = re.compile(r"^-?\d*\.?\d+$")
+_DECIMAL_RE = re.compile(r"^-?(?:\d+(?:\.\d+)?|\.\d+)$")  # unambiguous: no backtracking on long digit runs
 _SLASH_FRACTION_RE = re.compile(r"^(-?\d+)/(\d+)$")
 _LATEX_FRACTION_RE = re.compile(r"^(-?)\\frac\{?(\d+)\}?\{?(\d+)\}?$")
 
@@ -161,6 +161,8 @@ def normalize_answer(answer: str) -> str:
 
 def _as_number(text: str) -> Fraction | None:
     """A plain number (integer, decimal, a/b, \\frac{a}{b}) as an exact fraction; None otherwise."""
+    if len(text) > MAX_ANSWER_CHARS:
+        return None  # int() refuses more than 4300 digits; such an answer is compared as a string
     if _DECIMAL_RE.match(text):
         return Fraction(text)
     match = _SLASH_FRACTION_RE.match(text)
