@@ -35,14 +35,16 @@ h2 { font-size: 19px; margin: 34px 0 10px; padding-top: 8px; border-top: 1px sol
 h3 { font-size: 15px; margin: 0 0 8px; }
 nav { font-size: 13px; margin: 6px 0 14px; }
 nav a { margin-right: 14px; color: #1f5fa8; text-decoration: none; }
-.meta { color: #666; font-size: 12.5px; }
+.meta { color: #666; font-size: 12.5px; font-weight: normal; }
 .missing { color: #777; font-style: italic; margin: 6px 0; }
 .error { color: #a8071a; background: #fff1f0; border-left: 3px solid #cf1322; padding: 4px 8px; margin: 6px 0; font-family: ui-monospace, Menlo, Consolas, monospace; font-size: 12.5px; white-space: pre-wrap; overflow-wrap: anywhere; }
 table { border-collapse: collapse; margin: 8px 0 14px; font-size: 13px; }
 th, td { border: 1px solid #dde0e4; padding: 3px 8px; text-align: left; vertical-align: top; }
 th { background: #f0f2f5; font-weight: 600; }
 td.num { text-align: right; font-variant-numeric: tabular-nums; }
-.config { max-height: 340px; overflow: auto; display: inline-block; }
+.row { display: flex; flex-wrap: wrap; gap: 28px; align-items: flex-start; }
+.config { max-height: 420px; overflow: auto; }
+.config td { text-align: left; }
 .config td:first-child { font-family: ui-monospace, Menlo, Consolas, monospace; font-size: 12px; }
 figure { margin: 10px 0; }
 figure img { max-width: 100%; height: auto; border: 1px solid #eee; }
@@ -135,16 +137,16 @@ def render_html(data: RunData, images: dict[str, bytes]) -> str:
 
     parts.append('<section id="overview"><h2>Run</h2>')
     parts.append(f"<p><b>Run directory:</b> <code>{esc(header.run_dir)}</code><br><b>Model:</b> {esc(header.model or 'not recorded')}</p>")
-    parts.append('<div class="label">Wall time per stage</div>')
+    parts.append('<div class="row"><div><div class="label">Wall time per stage</div>')
     parts.append(_table(wall_table(header)) if header.wall_s else _missing("wall"))
-    parts.append('<div class="label">Configuration</div>')
+    parts.append('</div><div><div class="label">Configuration</div>')
     if header.config_error:
         parts.append(_errors([header.config_error]))
     elif header.config is None:
         parts.append(_missing("config"))
     else:
         parts.append(f'<div class="config">{_table(config_table(header))}</div>')
-    parts.append("</section>")
+    parts.append("</div></div></section>")
 
     parts.append('<section id="accuracy"><h2>Accuracy before and after training</h2>')
     parts.append(_errors(data.eval_errors))

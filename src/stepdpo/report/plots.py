@@ -147,7 +147,9 @@ def localization_chart(located: list[LocatedError]) -> bytes:
     ax_step.set_title("Where the first error falls", fontsize=9)
     rollouts = [r.rollouts for r in located]
     if any(rollouts):
-        ax_cost.hist(rollouts, bins=min(20, max(1, len(set(rollouts)))), color="#ff7f0e")
+        # Whole-number bins (rollouts are counts), at most ~25 of them.
+        width = max(1, -(-(max(rollouts) - min(rollouts) + 1) // 25))
+        ax_cost.hist(rollouts, bins=range(min(rollouts), max(rollouts) + width + 1, width), color="#ff7f0e", edgecolor="white", linewidth=0.5)
         ax_cost.set_xlabel("rollouts per located sample")
     else:
         ax_cost.text(0.5, 0.5, "no rollouts recorded", ha="center", va="center", transform=ax_cost.transAxes, color="#888")

@@ -105,10 +105,18 @@ def funnel_table(funnels: list[Funnel]) -> Table:
     rows = []
     for f in funnels:
         dropped = ", ".join(f"{reason}: {count}" for reason, count in sorted((f.dropped or {}).items(), key=lambda kv: -kv[1])) or DASH
-        kept = _pct(f.records_out / f.records_in) if f.records_in else DASH
+        kept = _out_per_in(f.records_in, f.records_out)
         wall = (f.extra or {}).get("wall_s")
         rows.append([f.stage, str(f.records_in), str(f.records_out), kept, dropped, _seconds(float(wall)) if isinstance(wall, (int, float)) else DASH])
-    return Table(["stage", "in", "out", "kept", "dropped (reason: count)", "wall time"], rows)
+    return Table(["stage", "in", "out", "out / in", "dropped (reason: count)", "wall time"], rows)
+
+
+def _out_per_in(records_in: int, records_out: int) -> str:
+    """A share kept for filtering stages; a multiplier for stages that fan out (k samples per problem)."""
+    if not records_in:
+        return DASH
+    ratio = records_out / records_in
+    return _pct(ratio) if ratio <= 1 else f"×{ratio:.3g}"
 
 
 def localization_tables(located: list[LocatedError]) -> tuple[Table, Table]:
