@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Annotated, Optional
 
 import tyro
 
@@ -30,7 +30,7 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class ReportConfig:
-    run_dir: tyro.conf.Positional[str] = field(metadata={"help": "The run directory to report on."})
+    run_dir: Annotated[str, tyro.conf.Positional, tyro.conf.arg(metavar="RUN_DIR")] = field(metadata={"help": "The run directory to report on."})
     output: Optional[str] = field(default=None, metadata={"help": "Folder for report.html, report.md and the PNGs (default: RUN_DIR/report)."})
     max_pairs: int = field(default=12, metadata={"help": "How many step pairs to show (the first ones of pairs/step_pairs.jsonl)."})
 
@@ -78,6 +78,8 @@ def run(config: ReportConfig) -> ReportPaths:
     md_path = output / "report.md"
     atomic_write_text(html_path, render_html(data, figures))
     atomic_write_text(md_path, render_markdown(data, {key: path.name for key, path in images.items()}))
+    for path in (html_path, md_path):
+        path.chmod(0o644)  # atomic writes come out 0600 (mkstemp); a report is meant to be read and served
     return ReportPaths(html=html_path, markdown=md_path, images=images)
 
 
