@@ -28,7 +28,8 @@ from stepdpo.config import parse_cli
 from stepdpo.errors import ConfigError
 from stepdpo.records import LocatedError, StepPair, record_to_dict
 from stepdpo.report import ReportConfig, run
-from stepdpo.report.collect import normalize_metric_row, parse_eval_results, wilson_interval
+from stepdpo.metrics import wilson_interval
+from stepdpo.report.collect import normalize_metric_row, parse_eval_results
 from stepdpo.report.markdown import fenced, md_escape
 from stepdpo.report.tables import MISSING, word_diff
 
@@ -91,12 +92,17 @@ def make_full_run(root: Path) -> Path:
     }
     (root / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
 
-    # Eval results in three shapes: per-set mapping with reported CI, a list without CI, one flat set.
+    # Eval results: base as `stepdpo eval` writes it; two looser shapes (a list without CI, one flat set in percent).
+    per_problem = {f"synthetic-t{i:03d}": i < 62 for i in range(200)}
     _write_json(root / "eval/base/results.json", {
-        "model": "smollm2-135m",
+        "model": "smollm2-135m", "fingerprint": "abc123", "generator": "hf", "settings": {"n": 8, "ks": [1, 8]},
+        "wall_time_s": 402.0, "load_average": [1.0, 1.0, 1.0], "created": "2026-11-23T09:00:00+0000",
         "sets": {
-            "synthetic:2step:test": {"accuracy": 0.31, "n": 200, "correct": 62, "ci_low": 0.2495, "ci_high": 0.3776, "pass@8": 0.62, "maj@8": 0.35},
-            "gsm8k:test[:100]": {"accuracy": 0.04, "n": 100, "correct": 4, "ci_low": 0.0157, "ci_high": 0.0984},
+            "synthetic:2step:test": {"problems": 200, "samples_per_problem": 8, "accuracy": 0.31, "correct": 62, "total": 200,
+                                      "ci_low": 0.2495, "ci_high": 0.3776, "pass_at_k": {"1": 0.31, "8": 0.62}, "maj_at_k": {"1": 0.31, "8": 0.35},
+                                      "final_answer_rate": 0.9, "wall_time_s": 300.0, "breakdown": {}, "per_problem": per_problem},
+            "gsm8k:test[:100]": {"problems": 100, "accuracy": 0.04, "correct": 4, "total": 100, "ci_low": 0.0157, "ci_high": 0.0984,
+                                 "pass_at_k": {"1": 0.04}, "maj_at_k": {"1": 0.04}, "breakdown": {}, "per_problem": {}},
         },
     })
     _write_json(root / "eval/step-dpo/results.json", {
@@ -107,12 +113,18 @@ def make_full_run(root: Path) -> Path:
         ],
     })
     _write_json(root / "eval/dpo/results.json", {"test_set": "synthetic:2step:test", "accuracy": 34.5, "n": 200, "correct": 69})
+    # As `stepdpo compare RUN/eval/base RUN/eval/step-dpo --output RUN/compare-base-step-dpo.json` writes it.
     _write_json(root / "compare-base-step-dpo.json", {
-        "a": "base", "b": "step-dpo",
-        "sets": {
-            "synthetic:2step:test": {"difference": 0.085, "ci_low": 0.03, "ci_high": 0.14, "mcnemar_p": 0.0041, "n": 200},
-            "gsm8k:test[:100]": {"difference": 0.02, "ci": [-0.03, 0.07], "mcnemar": {"p_value": 0.48}, "n": 100},
-        },
+        "rows": [
+            {"set": "synthetic:2step:test", "problems": 200, "only_in_a": 0, "only_in_b": 0, "accuracy_a": 0.31, "accuracy_b": 0.395,
+             "diff": 0.085, "ci_low": 0.03, "ci_high": 0.14, "a_only_right": 9, "b_only_right": 26, "p_value": 0.0041, "verdict": "B better"},
+            {"set": "gsm8k:test[:100]", "problems": 100, "only_in_a": 0, "only_in_b": 0, "accuracy_a": 0.04, "accuracy_b": 0.06,
+             "diff": 0.02, "ci_low": -0.03, "ci_high": 0.07, "a_only_right": 2, "b_only_right": 4, "p_value": 0.48, "verdict": "noise"},
+        ],
+        "sets_only_in_a": [], "sets_only_in_b": [],
+        "run_a": {"path": str(root / "eval/base"), "model": "smollm2-135m", "fingerprint": "abc123"},
+        "run_b": {"path": str(root / "eval/step-dpo/results.json"), "model": "run/train/step-dpo/final", "fingerprint": "def456"},
+        "settings_differ": {}, "bootstrap_samples": 10000, "seed": 0, "alpha": 0.05,
     })
 
     # Trainer metrics: ours (split key) for Step-DPO, transformers Trainer style (eval_ prefix) for DPO.
@@ -134,7 +146,7 @@ def make_full_run(root: Path) -> Path:
     _funnel(root, "pairs", 1240, 1180, {"duplicate": 48, "chosen_equals_rejected": 12}, wall_s=4.2)
     _funnel(root, "train-step-dpo", 1180, 1180, wall_s=2622.0)
     _funnel(root, "train-dpo", 1180, 1180, wall_s=2410.0)
-    _funnel(root, "eval-base", 300, 300, wall_s=402.0)
+    _funnel(root, "eval-base", 300, 300)  # `stepdpo eval` keeps its wall time in results.json
     _funnel(root, "eval-step-dpo", 300, 300, wall_s=398.0)
     _funnel(root, "sft", 2000, 2000, wall_s=900.0)  # written last: the report must still put it first
 
@@ -206,14 +218,6 @@ def assert_self_contained(page: str) -> int:
 # ----------------------------------------------------------------------------- pure pieces
 
 
-def test_wilson_interval_known_values():
-    low, high = wilson_interval(50, 100)
-    assert (round(low, 4), round(high, 4)) == (0.4038, 0.5962)
-    low, high = wilson_interval(0, 10)
-    assert low == 0.0 and round(high, 4) == 0.2775
-    assert wilson_interval(0, 0) == (0.0, 1.0)
-
-
 def test_eval_results_shapes(tmp_path):
     path = tmp_path / "results.json"
     flat = parse_eval_results("dpo", {"test_set": "t", "accuracy": 34.5, "n": 200, "correct": 69}, path)
@@ -223,6 +227,9 @@ def test_eval_results_shapes(tmp_path):
     assert (mapped[0].test_set, mapped[0].ci_low, mapped[0].ci_high, mapped[0].ci_source) == ("a", 0.2, 0.8, "reported")
     listed = parse_eval_results("x", [{"name": "b", "correct": 3, "num_problems": 4}], path)
     assert listed[0].accuracy == 0.75 and listed[0].total == 4
+    real = parse_eval_results("base", {"sets": {"s": {"problems": 4, "accuracy": 0.5, "correct": 2, "total": 4, "ci_low": 0.15, "ci_high": 0.85,
+                                                      "pass_at_k": {"1": 0.5, "4": 0.75}, "maj_at_k": {"1": 0.5, "4": 0.5}, "per_problem": {}}}}, path)
+    assert real[0].extra == {"pass@4": 0.75, "maj@4": 0.5} and real[0].total == 4
 
 
 def test_metric_rows_accept_trainer_style_keys():
@@ -262,7 +269,9 @@ def test_full_report_is_self_contained_with_every_section(tmp_path):
     assert "smollm2-135m" in page and "87.2 min" in page and "4.67 h" in page  # locate 5230 s; total
     assert "62 / 200" in page and "31.0%" in page and "[24.9%, 37.8%]" in page
     assert "69 / 200" in page and "34.5%" in page and "wilson" in page
-    assert "+8.5 pp" in page and "0.0041" in page and "[-3.0, +7.0]" in page and "0.48" in page
+    assert "+8.5 pp" in page and "0.0041" in page and "[-3.0, +7.0]" in page and "0.48" in page and "B better" in page
+    assert "<td>base</td><td>step-dpo</td>" in page  # compare sides named from their eval folders
+    assert "<td>eval-base</td><td>6.7 min</td>" in page  # eval wall time from results.json
     # Funnel in pipeline order even though sft.json was written last.
     order = [page.index(f"<td>{stage}</td>") for stage in ("sft", "sample", "locate", "rectify", "pairs", "train-dpo", "train-step-dpo", "eval-base")]
     assert order == sorted(order)

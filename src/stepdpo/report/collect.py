@@ -20,11 +20,9 @@ from typing import Any
 import yaml
 
 from stepdpo.errors import InputError
+from stepdpo.metrics import wilson_interval
 from stepdpo.records import LocatedError, StepPair, read_jsonl_dicts, record_from_dict
 from stepdpo.rundir import Funnel, RunDir
-
-Z95 = 1.959963984540054
-"""Standard-normal quantile for a two-sided 95% interval."""
 
 # Pipeline order of funnel stages; a stage named e.g. "train-dpo" sorts with "train".
 STAGE_ORDER = ("sft", "sample", "locate", "rectify", "pairs", "scdpo", "train", "eval", "compare", "report")
@@ -34,21 +32,6 @@ METHOD_ORDER = ("base", "sft", "dpo", "step-dpo", "scdpo")
 
 class SectionError(Exception):
     """A section's input exists but cannot be read; the message names file, line and field."""
-
-
-def wilson_interval(correct: int, total: int, z: float = Z95) -> tuple[float, float]:
-    """Wilson score interval for a binomial proportion p̂ = correct / total.
-
-    centre = (p̂ + z²/2n) / (1 + z²/n);  half = z·sqrt(p̂(1-p̂)/n + z²/4n²) / (1 + z²/n).
-    Returns (low, high) clipped to [0, 1]; (0, 1) when total is 0.
-    """
-    if total <= 0:
-        return 0.0, 1.0
-    p = correct / total
-    denom = 1.0 + z * z / total
-    centre = (p + z * z / (2 * total)) / denom
-    half = z * math.sqrt(p * (1 - p) / total + z * z / (4 * total * total)) / denom
-    return max(0.0, centre - half), min(1.0, centre + half)
 
 
 def order_key(name: str, order: tuple[str, ...]) -> tuple[int, str]:
@@ -161,7 +144,7 @@ class EvalSet:
 
 _SET_CONTAINERS = ("sets", "test_sets", "results", "per_set", "datasets")
 _SET_NAME_KEYS = ("test_set", "set", "name", "dataset", "problems")
-_SKIP_EXTRA = {"accuracy", "acc", "n", "num_problems", "total", "count", "num", "correct", "num_correct", "ci_low", "ci_high", "ci", "ci95", "wall_s"}
+_SKIP_EXTRA = {"accuracy", "acc", "n", "num_problems", "problems", "total", "count", "num", "correct", "num_correct", "ci_low", "ci_high", "ci", "ci95", "wall_s"}
 
 
 def _as_fraction(value: float | None, scale_hint: float | None = None) -> float | None:
@@ -174,7 +157,7 @@ def _as_fraction(value: float | None, scale_hint: float | None = None) -> float 
 
 
 def _parse_set(eval_name: str, set_name: str, data: dict[str, Any], model: str | None, path: Path) -> EvalSet:
-    total = _number(_first(data, "n", "num_problems", "total", "count", "num"))
+    total = _number(_first(data, "total", "n", "num_problems", "problems", "count", "num"))
     correct = _number(_first(data, "correct", "num_correct", "n_correct"))
     accuracy = _number(_first(data, "accuracy", "acc"))
     if accuracy is None and correct is not None and total:
@@ -192,11 +175,15 @@ def _parse_set(eval_name: str, set_name: str, data: dict[str, Any], model: str |
     if low is not None and high is not None:
         scale = max(low, high)
         low, high, source = _as_fraction(low, scale), _as_fraction(high, scale), "reported"
-    elif correct is not None and total:
+    elif correct is not None and total and 0 <= correct <= total:
         (low, high), source = wilson_interval(int(correct), int(total)), "wilson"
     else:
         low, high, source = None, None, "none"
     extra = {k: float(v) for k, v in data.items() if k not in _SKIP_EXTRA and _number(v) is not None and re.search(r"@|pass|maj", k)}
+    # `stepdpo eval` writes {"pass_at_k": {"1": .., "8": ..}, "maj_at_k": {...}}; k = 1 repeats the accuracy.
+    for key, label in (("pass_at_k", "pass"), ("maj_at_k", "maj")):
+        if isinstance(data.get(key), dict):
+            extra.update({f"{label}@{k}": float(v) for k, v in data[key].items() if str(k) != "1" and _number(v) is not None})
     return EvalSet(
         eval_name=eval_name,
         test_set=set_name,
@@ -244,21 +231,27 @@ def parse_eval_results(eval_name: str, data: Any, path: Path) -> list[EvalSet]:
     return sets
 
 
-def read_evals(run: RunDir) -> tuple[list[EvalSet], list[str]]:
-    """All ``eval/<name>/results.json`` files; returns (sets, errors)."""
+def read_evals(run: RunDir) -> tuple[list[EvalSet], list[str], dict[str, float]]:
+    """All ``eval/<name>/results.json`` files; returns (sets, errors, wall seconds by eval name)."""
     root = run.root / "eval"
     sets: list[EvalSet] = []
     errors: list[str] = []
+    walls: dict[str, float] = {}
     if not root.is_dir():
-        return sets, errors
+        return sets, errors, walls
     names = sorted((p.parent.name for p in root.glob("*/results.json")), key=lambda n: order_key(n, METHOD_ORDER))
     for name in names:
         path = run.eval(name) / "results.json"
         try:
-            sets.extend(parse_eval_results(name, _read_json(path), path))
+            data = _read_json(path)
+            sets.extend(parse_eval_results(name, data, path))
         except SectionError as err:
             errors.append(str(err))
-    return sets, errors
+            continue
+        wall = _number(_first(data, "wall_time_s", "wall_s")) if isinstance(data, dict) else None
+        if wall is not None:
+            walls[name] = wall
+    return sets, errors, walls
 
 
 @dataclass
@@ -273,6 +266,17 @@ class Comparison:
     ci_low: float | None
     ci_high: float | None
     p_value: float | None
+    verdict: str | None = None
+
+
+def _run_name(value: Any) -> str | None:
+    """A compare side: a name, or ``{"path": ".../eval/<name>[/results.json]"}`` as `stepdpo compare` writes."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, dict) and isinstance(value.get("path"), str):
+        path = Path(value["path"])
+        return (path.parent.name if path.suffix == ".json" else path.name) or str(path)
+    return None
 
 
 def _parse_comparison(source: str, set_name: str, data: dict[str, Any], a: str, b: str) -> Comparison:
@@ -295,6 +299,7 @@ def _parse_comparison(source: str, set_name: str, data: dict[str, Any], a: str, 
         ci_low=low,
         ci_high=high,
         p_value=_number(p_value),
+        verdict=data["verdict"] if isinstance(data.get("verdict"), str) else None,
     )
 
 
@@ -314,9 +319,9 @@ def read_comparisons(run: RunDir) -> tuple[list[Comparison], list[str]]:
         if not isinstance(data, dict):
             errors.append(str(InputError(str(path), f"expected a JSON object, got {type(data).__name__}")))
             continue
-        a = str(_first(data, "a", "baseline", "name_a", "eval_a") or "A")
-        b = str(_first(data, "b", "candidate", "name_b", "eval_b") or "B")
-        container = next((data[k] for k in _SET_CONTAINERS if isinstance(data.get(k), (dict, list))), None)
+        a = _run_name(_first(data, "a", "baseline", "name_a", "eval_a", "run_a")) or "A"
+        b = _run_name(_first(data, "b", "candidate", "name_b", "eval_b", "run_b")) or "B"
+        container = next((data[k] for k in ("rows",) + _SET_CONTAINERS if isinstance(data.get(k), (dict, list))), None)
         if isinstance(container, dict):
             rows.extend(_parse_comparison(path.name, str(name), v, a, b) for name, v in container.items() if isinstance(v, dict))
         elif isinstance(container, list):
@@ -431,8 +436,13 @@ def read_funnels(run: RunDir) -> tuple[list[Funnel], list[str]]:
     return funnels, errors
 
 
-def stage_wall_times(funnels: list[Funnel]) -> list[tuple[str, float]]:
-    return [(f.stage, float(f.extra["wall_s"])) for f in funnels if f.extra and _number(f.extra.get("wall_s")) is not None]
+def stage_wall_times(funnels: list[Funnel], eval_walls: dict[str, float]) -> list[tuple[str, float]]:
+    """(stage, seconds) from funnel ``extra.wall_s``, plus each eval's results.json wall time
+    when its funnel (``eval-<name>``) did not record one; in pipeline order."""
+    walls = {f.stage: float(f.extra["wall_s"]) for f in funnels if f.extra and _number(f.extra.get("wall_s")) is not None}
+    for name, seconds in eval_walls.items():
+        walls.setdefault(f"eval-{name}", seconds)
+    return sorted(walls.items(), key=lambda kv: order_key(kv[0], STAGE_ORDER))
 
 
 # --------------------------------------------------------------------------- records
@@ -467,7 +477,7 @@ def collect(run_dir: str | Path, max_pairs: int = 12) -> RunData:
     """Read a run directory; never raises for missing or unreadable section inputs."""
     run = RunDir(run_dir)
     config, config_error = read_config(run)
-    evals, eval_errors = read_evals(run)
+    evals, eval_errors, eval_walls = read_evals(run)
     comparisons, compare_errors = read_comparisons(run)
     curves, train_errors = read_training(run)
     funnels, funnel_errors = read_funnels(run)
@@ -494,7 +504,7 @@ def collect(run_dir: str | Path, max_pairs: int = 12) -> RunData:
         config=config,
         config_error=config_error,
         model=find_model(config, evals),
-        wall_s=stage_wall_times(funnels),
+        wall_s=stage_wall_times(funnels, eval_walls),
     )
     return RunData(
         header=header,

@@ -79,8 +79,8 @@ def compare_table(comparisons: list[Comparison]) -> Table:
         diff = DASH if c.difference is None else f"{scale * c.difference:+.1f} pp"
         ci = f"[{scale * c.ci_low:+.1f}, {scale * c.ci_high:+.1f}]" if c.ci_low is not None and c.ci_high is not None else DASH
         p_value = DASH if c.p_value is None else (f"{c.p_value:.2g}" if c.p_value >= 1e-4 else f"{c.p_value:.1e}")
-        rows.append([c.source, c.test_set, c.a, c.b, diff, ci, p_value])
-    return Table(["file", "test set", "A", "B", "B − A", "95% CI", "McNemar p"], rows)
+        rows.append([c.source, c.test_set, c.a, c.b, diff, ci, p_value, c.verdict or DASH])
+    return Table(["file", "test set", "A", "B", "B − A", "95% CI", "McNemar p", "verdict"], rows)
 
 
 def select_curves(curves: list[Curve]) -> list[Curve]:
