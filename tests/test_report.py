@@ -140,6 +140,8 @@ def make_full_run(root: Path) -> Path:
     _write_jsonl(root / "train/step-dpo/metrics.jsonl", step_rows)
     _write_jsonl(root / "train/dpo/metrics.jsonl", dpo_rows)
 
+    # `stepdpo run` timed the stages of its last invocation (here: resumed at rectify).
+    _write_json(root / "timings.json", {"rectify": 3020.0, "pairs": 5.1, "train-step-dpo": 2650.3})
     _funnel(root, "sample", 400, 3200, wall_s=1840.2)
     _funnel(root, "locate", 2208, 1902, {"no_wrong_step": 211, "unparseable": 60, "failed: timeout": 35}, wall_s=5230.0)
     _funnel(root, "rectify", 1902, 1240, {"no_continuation_reached_gold": 662}, wall_s=3011.5)
@@ -266,12 +268,13 @@ def test_full_report_is_self_contained_with_every_section(tmp_path):
     for missing in MISSING.values():
         assert html.escape(missing) not in page
     # Header: model and wall times; accuracy table: reported CI, Wilson CI, percent input normalized.
-    assert "smollm2-135m" in page and "87.2 min" in page and "4.67 h" in page  # locate 5230 s; total
+    assert "smollm2-135m" in page and "87.2 min" in page and "4.68 h" in page  # locate 5230 s; total
     assert "62 / 200" in page and "31.0%" in page and "[24.9%, 37.8%]" in page
     assert "69 / 200" in page and "34.5%" in page and "wilson" in page
     assert "+8.5 pp" in page and "0.0041" in page and "[-3.0, +7.0]" in page and "0.48" in page and "B better" in page
     assert "<td>base</td><td>step-dpo</td>" in page  # compare sides named from their eval folders
     assert "<td>eval-base</td><td>6.7 min</td>" in page  # eval wall time from results.json
+    assert "<td>pairs</td><td>5.1 s</td>" in page and "<td>sample</td><td>30.7 min</td>" in page  # timings.json, then funnels
     # Funnel in pipeline order even though sft.json was written last.
     order = [page.index(f"<td>{stage}</td>") for stage in ("sft", "sample", "locate", "rectify", "pairs", "train-dpo", "train-step-dpo", "eval-base")]
     assert order == sorted(order)

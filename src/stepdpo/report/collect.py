@@ -80,7 +80,8 @@ class Header:
     config_error: str | None
     model: str | None
     wall_s: list[tuple[str, float]]
-    """(stage, seconds) from funnel ``extra.wall_s``, in pipeline order."""
+    """(stage, seconds) in pipeline order: timings.json, funnel ``extra.wall_s``, eval results."""
+    wall_error: str | None = None
 
 
 def flatten(data: Any, prefix: str = "") -> list[tuple[str, Any]]:
@@ -436,10 +437,27 @@ def read_funnels(run: RunDir) -> tuple[list[Funnel], list[str]]:
     return funnels, errors
 
 
-def stage_wall_times(funnels: list[Funnel], eval_walls: dict[str, float]) -> list[tuple[str, float]]:
-    """(stage, seconds) from funnel ``extra.wall_s``, plus each eval's results.json wall time
-    when its funnel (``eval-<name>``) did not record one; in pipeline order."""
-    walls = {f.stage: float(f.extra["wall_s"]) for f in funnels if f.extra and _number(f.extra.get("wall_s")) is not None}
+def read_timings(run: RunDir) -> tuple[dict[str, float], str | None]:
+    """``RUN/timings.json`` ({stage: seconds}, written by `stepdpo run` for the stages of its last invocation)."""
+    path = run.root / "timings.json"
+    if not path.is_file():
+        return {}, None
+    try:
+        data = _read_json(path)
+    except SectionError as err:
+        return {}, str(err)
+    if not isinstance(data, dict):
+        return {}, str(InputError(str(path), f"expected a JSON object, got {type(data).__name__}"))
+    return {str(k): float(v) for k, v in data.items() if _number(v) is not None}, None
+
+
+def stage_wall_times(timings: dict[str, float], funnels: list[Funnel], eval_walls: dict[str, float]) -> list[tuple[str, float]]:
+    """(stage, seconds) in pipeline order: the pipeline's timings.json first, then funnel
+    ``extra.wall_s`` and eval results' wall time for stages it did not time (e.g. run alone)."""
+    walls = dict(timings)
+    for f in funnels:
+        if f.extra and _number(f.extra.get("wall_s")) is not None:
+            walls.setdefault(f.stage, float(f.extra["wall_s"]))
     for name, seconds in eval_walls.items():
         walls.setdefault(f"eval-{name}", seconds)
     return sorted(walls.items(), key=lambda kv: order_key(kv[0], STAGE_ORDER))
@@ -477,6 +495,7 @@ def collect(run_dir: str | Path, max_pairs: int = 12) -> RunData:
     """Read a run directory; never raises for missing or unreadable section inputs."""
     run = RunDir(run_dir)
     config, config_error = read_config(run)
+    timings, timings_error = read_timings(run)
     evals, eval_errors, eval_walls = read_evals(run)
     comparisons, compare_errors = read_comparisons(run)
     curves, train_errors = read_training(run)
@@ -504,7 +523,8 @@ def collect(run_dir: str | Path, max_pairs: int = 12) -> RunData:
         config=config,
         config_error=config_error,
         model=find_model(config, evals),
-        wall_s=stage_wall_times(funnels, eval_walls),
+        wall_s=stage_wall_times(timings, funnels, eval_walls),
+        wall_error=timings_error,
     )
     return RunData(
         header=header,

@@ -138,6 +138,7 @@ def render_html(data: RunData, images: dict[str, bytes]) -> str:
     parts.append('<section id="overview"><h2>Run</h2>')
     parts.append(f"<p><b>Run directory:</b> <code>{esc(header.run_dir)}</code><br><b>Model:</b> {esc(header.model or 'not recorded')}</p>")
     parts.append('<div class="row"><div><div class="label">Wall time per stage</div>')
+    parts.append(_errors([header.wall_error] if header.wall_error else []))
     parts.append(_table(wall_table(header)) if header.wall_s else _missing("wall"))
     parts.append('</div><div><div class="label">Configuration</div>')
     if header.config_error:

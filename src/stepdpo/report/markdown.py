@@ -84,6 +84,7 @@ def render_markdown(data: RunData, images: dict[str, str]) -> str:
     out: list[str] = [f"# Step-DPO run report\n\nRun directory: {md_escape(header.run_dir)}  \nModel: {md_escape(header.model or 'not recorded')}\n"]
 
     out.append("## Run\n\n### Wall time per stage\n")
+    out.extend(_errors([header.wall_error] if header.wall_error else []))
     out.append(_table(wall_table(header)) if header.wall_s else _missing("wall"))
     out.append("### Configuration\n")
     if header.config_error:

@@ -187,7 +187,7 @@ def word_diff(rejected: str, chosen: str) -> tuple[list[tuple[str, str]], list[t
 # One line per section whose input is absent, shared by both renderers.
 MISSING = {
     "config": "No config.yaml in this run directory.",
-    "wall": "No stage recorded its wall time (funnel extra.wall_s).",
+    "wall": "No stage recorded its wall time (timings.json, funnel extra.wall_s).",
     "accuracy": "No evaluation results (eval/<name>/results.json) in this run directory.",
     "compare": "No paired comparisons (compare*.json) in this run directory.",
     "training": "No training metrics (train/<name>/metrics.jsonl) in this run directory.",
