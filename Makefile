@@ -18,10 +18,10 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(VENV)/bin/stepdpo run configs/default.yaml
+	$(VENV)/bin/stepdpo run --config configs/default.yaml --run-dir runs/default
 
 quick: $(STAMP)
-	$(VENV)/bin/stepdpo run configs/default.yaml --preset quick
+	$(VENV)/bin/stepdpo run --config configs/default.yaml --preset quick --run-dir runs/quick
 
 test: $(STAMP)
 	$(PY) -m pytest -q -ra

@@ -63,9 +63,22 @@ def config_from_dict(cls: type[ConfigT], data: dict[str, Any], source: str = "<d
         raise ConfigError(f"{source}: {err}") from None
 
 
+def _deep_merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
 def load_config(cls: type[ConfigT], path: str | os.PathLike) -> ConfigT:
     """Read a YAML file into a config dataclass."""
-    path = Path(path)
+    return config_from_dict(cls, _read_yaml_mapping(Path(path)), str(path))
+
+
+def _read_yaml_mapping(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError(f"{path}: config file not found")
     try:
@@ -76,7 +89,7 @@ def load_config(cls: type[ConfigT], path: str | os.PathLike) -> ConfigT:
         raise ConfigError(f"{where}: not valid YAML ({getattr(err, 'problem', err)})") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping of options at the top level")
-    return config_from_dict(cls, data, str(path))
+    return data
 
 
 def config_to_dict(config: Any) -> dict[str, Any]:
@@ -92,12 +105,23 @@ def parse_cli(cls: type[ConfigT], argv: Sequence[str], prog: str, description: s
     """Parse ``[--config FILE.yaml] [--field value ...]`` into ``cls``; flags override the file."""
     argv = list(argv)
     defaults: ConfigT | None = None
+    # A class with presets (``preset_config(name)``) starts from the preset; YAML and flags go on top.
+    if "--preset" in argv and hasattr(cls, "preset_config"):
+        at = argv.index("--preset")
+        if at + 1 < len(argv):
+            try:
+                defaults = cls.preset_config(argv[at + 1])  # type: ignore[attr-defined]
+            except ValueError as err:
+                raise ConfigError(str(err)) from None
     for flag in ("--config", "-c"):
         if flag in argv:
             at = argv.index(flag)
             if at + 1 >= len(argv):
                 raise ConfigError(f"{flag} needs a path to a YAML file")
-            defaults = load_config(cls, argv[at + 1])
+            path = Path(argv[at + 1])
+            overrides = _read_yaml_mapping(path)
+            base = config_to_dict(defaults) if defaults is not None else {}
+            defaults = config_from_dict(cls, _deep_merge(base, overrides), str(path))
             del argv[at : at + 2]
     return tyro.cli(
         cls,

@@ -1,0 +1,135 @@
+"""`stepdpo run`: the whole method in one run directory.
+
+SFT (optional) -> sample -> locate -> rectify -> pairs [-> scdpo] -> eval of the
+starting policy -> for each method: train -> eval -> compare with the start ->
+report. Every stage is the same ``command(config)`` the CLI runs on its own, so
+each one skips what is already on disk and resumes what is partial: a killed run
+continues where it stopped when started again with the same arguments.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Callable, Literal
+
+from stepdpo.config import save_config
+from stepdpo.generation.base import GeneratorConfig
+from stepdpo.records import atomic_write_json
+from stepdpo.rundir import RunDir
+from stepdpo.stages import compare, evaluate, locate, pairs, rectify, sample, sft, train
+from stepdpo.stages.compare import CompareConfig
+from stepdpo.stages.evaluate import EvalConfig
+from stepdpo.stages.locate import LocateConfig
+from stepdpo.stages.pairs import PairsConfig
+from stepdpo.stages.rectify import RectifyConfig
+from stepdpo.stages.sample import SampleConfig
+from stepdpo.stages.sft import SFTConfig
+from stepdpo.stages.train import TrainConfig
+
+log = logging.getLogger(__name__)
+
+Method = Literal["step-dpo", "dpo"]
+
+# method -> (training mode, pair files under RUN/pairs)
+METHOD_DATA: dict[str, tuple[str, tuple[str, ...]]] = {
+    "step-dpo": ("step-dpo", ("step_pairs.jsonl",)),
+    "dpo": ("dpo", ("dpo_pairs.jsonl",)),
+}
+
+
+@dataclass
+class RunConfig:
+    """Options of the whole run; each stage's own options sit under its name (``--sample.k 8``)."""
+
+    run_dir: str = field(default="runs/default", metadata={"help": "Run directory holding every stage's output."})
+    preset: Literal["default", "quick"] = field(default="default", metadata={"help": "default: the full CPU demo (<= 60 min on 2 cores); quick: every stage on less data (<= 10 min). Options given in YAML or flags override the preset."})
+    model: str = field(default="smollm2-135m", metadata={"help": "Starting model: Hugging Face id, local path, or 'smollm2-135m'."})
+    do_sft: bool = field(default=True, metadata={"help": "Start with supervised fine-tuning on step-format solutions (the embedded model needs it)."})
+    methods: list[Method] = field(default_factory=lambda: ["step-dpo", "dpo"], metadata={"help": "Preference-training runs to make from the same data, each evaluated against the starting policy."})
+    seed: int = field(default=0, metadata={"help": "Seed of every stage (problem subsets, sampling, training)."})
+    generator: GeneratorConfig = field(default_factory=lambda: GeneratorConfig(batch_size=32), metadata={"help": "Generation backend for sampling, rollouts, rectification and evaluation (its model is set by the run)."})
+    sft: SFTConfig = field(default_factory=SFTConfig, metadata={"help": "SFT stage."})
+    sample: SampleConfig = field(default_factory=lambda: SampleConfig(data="synthetic:train?n=400&min_steps=2&max_steps=4&seed=1", k=4, max_new_tokens=256), metadata={"help": "Error collection (problems disjoint from the SFT data by seed)."})
+    locate: LocateConfig = field(default_factory=LocateConfig, metadata={"help": "First-wrong-step localization."})
+    rectify: RectifyConfig = field(default_factory=lambda: RectifyConfig(r=8, max_new_tokens=256), metadata={"help": "Rectification of the located step."})
+    pairs: PairsConfig = field(default_factory=PairsConfig, metadata={"help": "Pair building."})
+    train: TrainConfig = field(default_factory=TrainConfig, metadata={"help": "Preference training (mode and name are set per method)."})
+    eval: EvalConfig = field(default_factory=lambda: EvalConfig(data=["synthetic:test?n=200&min_steps=2&max_steps=4", "multiarith:test", "svamp:test"], limit=200, prompt="step", max_new_tokens=256), metadata={"help": "Evaluation of the starting policy and of every trained model."})
+
+    @classmethod
+    def preset_config(cls, name: str) -> "RunConfig":
+        """The config a preset starts from (YAML and flags are applied on top)."""
+        base = cls()
+        if name == "default":
+            return base
+        if name == "quick":
+            return replace(
+                base,
+                preset="quick",
+                sft=replace(base.sft, data=["synthetic:train?n=300&min_steps=2&max_steps=4&seed=0"], epochs=1.0),
+                sample=replace(base.sample, data="synthetic:train?n=24&min_steps=2&max_steps=4&seed=1", k=2, max_new_tokens=160),
+                locate=replace(base.locate, limit=12),
+                rectify=replace(base.rectify, r=4, max_new_tokens=160),
+                train=replace(base.train, epochs=1.0, logging_steps=1),
+                eval=replace(base.eval, data=["synthetic:test?n=32&min_steps=2&max_steps=4", "multiarith:test"], limit=32, max_new_tokens=160),
+            )
+        raise ValueError(f"unknown preset {name!r} (default, quick)")
+
+
+def _timed(timings: dict[str, float], run_dir: RunDir, name: str, step: Callable[[], Any]) -> Any:
+    started = time.perf_counter()
+    log.info("=== stage %s ===", name)
+    result = step()
+    timings[name] = round(time.perf_counter() - started, 1)
+    atomic_write_json(run_dir.root / "timings.json", timings)
+    return result
+
+
+def command(config: RunConfig) -> int:
+    from stepdpo import report
+
+    rd = RunDir(config.run_dir).ensure()
+    save_config(config, rd.config)
+    timings: dict[str, float] = {}
+    root = str(rd.root)
+
+    policy = config.model
+    if config.do_sft:
+        sft_config = replace(config.sft, model=config.model, run_dir=root, output_dir="", seed=config.seed, prompt_style=config.generator.prompt_style)
+        policy = str(sft.model_dir(sft_config))
+        if sft.is_complete(Path(policy)):
+            log.info("sft: %s is complete, skipping", policy)
+        else:
+            _timed(timings, rd, "sft", lambda: sft.command(sft_config))
+    generator = replace(config.generator, model=policy)
+
+    _timed(timings, rd, "sample", lambda: sample.command(replace(config.sample, run_dir=root, seed=config.seed, generator=generator)))
+    _timed(timings, rd, "locate", lambda: locate.command(replace(config.locate, run_dir=root, generator=generator)))
+    _timed(timings, rd, "rectify", lambda: rectify.command(replace(config.rectify, run_dir=root, seed=config.seed, generator=generator)))
+    _timed(timings, rd, "pairs", lambda: pairs.command(replace(config.pairs, run_dir=root)))
+
+    def evaluate_model(model: str, name: str) -> None:
+        eval_config = replace(config.eval, model=model, name=name, run_dir=root, seed=config.seed, output_dir=None, generator=replace(generator, model=model))
+        _timed(timings, rd, f"eval-{name}", lambda: evaluate.command(eval_config))
+
+    evaluate_model(policy, "base")
+    for method in config.methods:
+        mode, files = METHOD_DATA[method]
+        train_config = replace(config.train, model=policy, mode=mode, name=method, run_dir=root, output_dir="", seed=config.seed,
+                               prompt_style=config.generator.prompt_style, pairs=[str(rd.pairs / f) for f in files])
+        final = train.resolve_output_dir(train_config) / "final"
+        if (final / "config.json").is_file():
+            log.info("train %s: %s is complete, skipping", method, final)
+        else:
+            _timed(timings, rd, f"train-{method}", lambda: train.command(train_config))
+        evaluate_model(str(final), method)
+        compare.command(CompareConfig(run_a=str(rd.eval("base")), run_b=str(rd.eval(method)), seed=config.seed,
+                                      output=str(rd.root / f"compare_{method}.json")))
+
+    _timed(timings, rd, "report", lambda: report.command(report.ReportConfig(run_dir=root)))
+    total = sum(timings.values())
+    print(f"run finished in {total / 60:.1f} min (stages this invocation): report at {rd.report / 'report.html'}")
+    return 0

@@ -1,0 +1,80 @@
+"""`stepdpo run` end to end: every stage chained in one run directory, then rerun as a resume.
+
+Generation is scripted (the tiny random model cannot answer arithmetic), training is real
+(the tiny model), so this checks the orchestration: each stage finds the previous one's
+output, trained models are evaluated and compared, and the report is written.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+
+from stepdpo.cli import main
+from stepdpo.generation.scripted import ScriptedGenerator
+from stepdpo.problems import load_problems
+
+TRAIN_SPEC = "synthetic:train?n=6&min_steps=2&max_steps=3&seed=1"
+TEST_SPEC = "synthetic:test?n=6&min_steps=2&max_steps=3"
+
+
+def _answers() -> dict[str, str]:
+    problems = load_problems(TRAIN_SPEC) + load_problems(TEST_SPEC)
+    return {p.question.strip(): p.answer for p in problems}
+
+
+def _script(answers: dict[str, str]):
+    """Even-numbered samples solve the problem, odd ones give gold + 1 after a wrong step."""
+
+    def script(prompt: str, params, index: int) -> str:
+        gold = next((a for q, a in answers.items() if q in prompt), "0")
+        step = int(re.findall(r"Step (\d+):", prompt)[-1]) if "Step" in prompt else 1
+        if index % 2 == 0:
+            return f" {gold} is the result.\nThe answer is: \\boxed{{{gold}}}"
+        wrong = int(gold) + 1
+        return f" {wrong} is the result (step {step} slipped).\nThe answer is: \\boxed{{{wrong}}}"
+
+    return script
+
+
+@pytest.fixture
+def scripted(monkeypatch):
+    generator = ScriptedGenerator(_script(_answers()))
+    from stepdpo.generation import base
+    from stepdpo.stages import locate, rectify, sample
+
+    for module in (base, locate, rectify, sample):
+        monkeypatch.setattr(module, "build_generator", lambda config: generator)
+    return generator
+
+
+def test_run_chains_every_stage_and_resumes(tmp_path, tiny_model_dir, scripted):
+    run_dir = tmp_path / "run"
+    argv = [
+        "run", "--run-dir", str(run_dir), "--model", str(tiny_model_dir), "--do-sft", "False",
+        "--generator.prompt-style", "plain",
+        "--sample.data", TRAIN_SPEC, "--sample.k", "2",
+        "--locate.rollout.rollouts-per-prefix", "2",
+        "--rectify.r", "2",
+        "--train.batch-size", "2", "--train.epochs", "1", "--train.logging-steps", "1", "--train.report-to", "none",
+        "--eval.data", TEST_SPEC, "--eval.limit", "6",
+    ]
+    assert main(argv) == 0
+    for path in ["config.yaml", "samples.jsonl", "located.jsonl", "rectified.jsonl", "pairs/step_pairs.jsonl",
+                 "pairs/dpo_pairs.jsonl", "train/step-dpo/final/config.json", "train/dpo/final/config.json",
+                 "eval/base/results.json", "eval/step-dpo/results.json", "eval/dpo/results.json",
+                 "compare_step-dpo.json", "report/report.html", "timings.json"]:
+        assert (run_dir / path).exists(), path
+    pairs = [json.loads(line) for line in (run_dir / "pairs/step_pairs.jsonl").read_text().splitlines()]
+    assert pairs and all(p["chosen"] != p["rejected"] for p in pairs)
+    samples_before = (run_dir / "samples.jsonl").read_text()
+    calls_before = len(scripted.calls)
+
+    # A second invocation finds everything done: no new samples, no retraining, same outputs.
+    assert main(argv) == 0
+    assert (run_dir / "samples.jsonl").read_text() == samples_before
+    timings = json.loads((run_dir / "timings.json").read_text())
+    assert not any(name.startswith("train-") for name in timings)
+    assert len(scripted.calls) == calls_before  # nothing was generated again
