@@ -279,3 +279,16 @@ def test_file_localizer(tmp_path):
     with pytest.raises(InputError) as err:
         FileLocalizer(path)
     assert err.value.line == 2 and err.value.field == "first_wrong_step"
+
+
+def test_exact_finds_no_error_in_synthetic_reference_solutions():
+    from stepdpo.problems import load_problems
+
+    problems = load_problems("synthetic:train?n=50&min_steps=2&max_steps=4&seed=3")
+    for problem in problems:
+        assert first_mismatch(split_steps(problem.solution), problem.metadata["step_values"], problem.answer) is None
+        # Corrupting step 2's result is found at step 2.
+        steps = split_steps(problem.solution)
+        value = problem.metadata["step_values"][1]
+        steps[1] = steps[1][::-1].replace(value[::-1], str(int(value) + 1)[::-1], 1)[::-1]
+        assert first_mismatch(steps, problem.metadata["step_values"], problem.answer) == 2
