@@ -120,10 +120,15 @@ def main() -> int:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--max-new-tokens", type=int, default=200)
     parser.add_argument("--no-bf16-eval", action="store_true", help="Evaluate in float32 instead of bf16 autocast.")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads for training and evaluation (0 = the config's / torch's default).")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     config = load_config(sft.SFTConfig, args.config)
     config.run_dir = args.run_dir
+    if args.threads:
+        config.threads = args.threads
     eval_problems = load_problems(args.eval)
     result: dict[str, Any] = {
         "command": " ".join(shlex.quote(a) for a in [".venv/bin/python", *sys.argv]),

@@ -36,7 +36,7 @@ from stepdpo.training.sft_data import IGNORE_INDEX, SFTCollator, build_examples
 
 log = logging.getLogger(__name__)
 
-DEFAULT_DATA = ["synthetic:train?n=2000&min_steps=2&max_steps=4&seed=0"]
+DEFAULT_DATA = ["synthetic:train?n=320&min_steps=2&max_steps=4&seed=0"]
 
 
 @dataclass
@@ -60,7 +60,7 @@ class SFTConfig:
     batch_size: int = field(default=8, metadata={"help": "Examples per forward pass."})
     grad_accum: int = field(default=1, metadata={"help": "Forward passes per optimizer step (effective batch = batch_size * grad_accum)."})
     max_length: int = field(default=512, metadata={"help": "Longest example in tokens (prompt + solution); longer ones are dropped and counted."})
-    bf16: bool = field(default=True, metadata={"help": "bfloat16 autocast (weights stay float32); about halves step time on CPUs with avx512_bf16 and on GPUs."})
+    bf16: bool = field(default=False, metadata={"help": "bfloat16 autocast (weights stay float32). For GPUs: on this project's CPU (torch 2.13) a bf16 training step measured over 10x slower than float32."})
     lora: bool = field(default=False, metadata={"help": "Train LoRA adapters instead of all weights; they are merged into the saved model."})
     lora_r: int = field(default=16, metadata={"help": "LoRA rank."})
     lora_alpha: int = field(default=32, metadata={"help": "LoRA scaling numerator (scale = alpha / r)."})
@@ -72,7 +72,7 @@ class SFTConfig:
     keep_checkpoints: bool = field(default=False, metadata={"help": "Keep the checkpoints after the final model is saved."})
     logging_steps: int = field(default=5, metadata={"help": "Log loss and learning rate every this many optimizer steps."})
     device: str = field(default="auto", metadata={"help": "'auto' (cuda when available, else cpu), 'cpu', 'cuda'."})
-    threads: int = field(default=0, metadata={"help": "CPU threads for torch (0 = torch's default)."})
+    threads: int = field(default=0, metadata={"help": "CPU threads for torch (0 = torch's default). On a CPU shared with other busy processes use 1: oversubscribed threads measured 15x slower."})
     overwrite: bool = field(default=False, metadata={"help": "Train again even if output_dir/model is complete (checkpoints are discarded)."})
 
 
