@@ -1,0 +1,250 @@
+"""`stepdpo train`: preference training (step-dpo, dpo, scdpo) on pairs, full or LoRA.
+
+Pipeline of ``run``: tokenize pairs (``training.data``), split off an eval share, compute
+reference log-probs once (``training.reference``, cached), then train with
+``training.trainer.PreferenceTrainer`` (a ``transformers.Trainer``), one packed shared-prefix
+forward per batch. Launch with ``accelerate launch -m stepdpo.cli train ...`` for DDP,
+DeepSpeed or FSDP (configs/accelerate/, docs/training.md).
+
+Layout of ``output_dir`` (``RUN/train/<mode>`` by default)::
+
+    checkpoint-<step>/   Trainer checkpoints; a rerun with the same output_dir resumes from the last
+    reference/           cached reference log-probs, named by a fingerprint of data + model
+    runs/                TensorBoard event files
+    metrics.jsonl        one line per logging step (train and eval split), then a summary line
+    final/               the trained model (safetensors) + tokenizer; with LoRA merged, adapter in final/adapter
+    result.json          what ``run`` returns
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+from stepdpo.config import save_config
+from stepdpo.errors import ConfigError, InputError
+from stepdpo.records import StepPair, atomic_write_json
+from stepdpo.rundir import Funnel, RunDir
+from stepdpo.steps import PromptFormat
+from stepdpo.training.data import Mode, TokenizeOptions, read_pairs, tokenize_pairs
+
+log = logging.getLogger(__name__)
+
+# Pair files the `pairs` / `scdpo` stages write under RUN/pairs, per mode.
+RUN_PAIR_FILES: dict[str, str] = {"step-dpo": "step_pairs.jsonl", "dpo": "dpo_pairs.jsonl", "scdpo": "scdpo_pairs.jsonl"}
+
+
+@dataclass
+class TrainConfig:
+    """Options of `stepdpo train`."""
+
+    pairs: list[str] = field(default_factory=list, metadata={"help": "Pair files (JSONL/Parquet; StepPair schema or TRL prompt/chosen/rejected). Empty = RUN/pairs/<file for mode>."})
+    run_dir: str = field(default="runs/default", metadata={"help": "Run directory: pairs are read from RUN/pairs, output goes to RUN/train/<name>."})
+    name: str = field(default="", metadata={"help": "Name of this training run under RUN/train ('' = the mode)."})
+    output_dir: str = field(default="", metadata={"help": "Where checkpoints, metrics and the final model go ('' = RUN/train/<name>)."})
+    model: str = field(default="smollm2-135m", metadata={"help": "Policy (and reference) model: Hugging Face id, local path, or 'smollm2-135m'. Use RUN/sft/model after SFT."})
+    prompt_style: Literal["chat", "plain"] = field(default="chat", metadata={"help": "How the context is built (must match sampling): chat template or 'Question: ... Answer:'."})
+    mode: Mode = field(default="step-dpo", metadata={"help": "step-dpo: score one step, EOS only on a final step; dpo: whole solutions + EOS; scdpo: solutions after a shared branch prefix + EOS."})
+    loss_type: Literal["sigmoid", "ipo", "hinge"] = field(default="sigmoid", metadata={"help": "sigmoid (DPO), ipo (Azar et al.), hinge (SLiC)."})
+    beta: float = field(default=0.4, metadata={"help": "β: strength of the KL tie to the reference (paper: 0.4; 0.5 for 72B)."})
+    label_smoothing: float = field(default=0.0, metadata={"help": "cDPO label smoothing ε (sigmoid loss only)."})
+    sft_weight: float = field(default=0.0, metadata={"help": "Weight of a per-token NLL term on the chosen continuation (0 = pure preference loss)."})
+    learning_rate: float = field(default=5e-6, metadata={"help": "Peak learning rate (paper: 5e-7 for 7B; 5e-6 moves the 135M default in a few steps)."})
+    epochs: float = field(default=2.0, metadata={"help": "Passes over the training pairs (paper: 8 for 7B, 4 for >30B)."})
+    max_steps: int = field(default=-1, metadata={"help": "Stop after this many optimizer steps (-1 = run all epochs)."})
+    batch_size: int = field(default=4, metadata={"help": "Pairs per device per forward pass."})
+    eval_batch_size: int = field(default=8, metadata={"help": "Pairs per device per evaluation forward pass."})
+    grad_accum: int = field(default=1, metadata={"help": "Forward passes per optimizer step (global batch = batch_size * grad_accum * processes; paper: 128)."})
+    warmup_ratio: float = field(default=0.1, metadata={"help": "Share of the optimizer steps spent warming the learning rate up."})
+    lr_scheduler: Literal["cosine", "linear", "constant", "constant_with_warmup"] = field(default="cosine", metadata={"help": "Learning-rate schedule after warmup."})
+    weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay."})
+    max_length: int = field(default=1024, metadata={"help": "Longest context + continuation per branch, in tokens (released config: 1024)."})
+    max_prompt_length: int = field(default=512, metadata={"help": "Longest context in tokens; longer contexts keep their last tokens (released config: 512)."})
+    bf16: bool = field(default=False, metadata={"help": "bfloat16 mixed precision (autocast); reference log-probs are computed the same way."})
+    gradient_checkpointing: bool = field(default=False, metadata={"help": "Recompute activations in backward to save memory."})
+    lora: bool = field(default=False, metadata={"help": "Train LoRA adapters; the reference is the base with adapters disabled. Saved merged."})
+    lora_r: int = field(default=16, metadata={"help": "LoRA rank."})
+    lora_alpha: int = field(default=32, metadata={"help": "LoRA scaling numerator (scale = alpha / r)."})
+    lora_target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"], metadata={"help": "Module names that get LoRA adapters."})
+    eval_split: float = field(default=0.1, metadata={"help": "Share of pairs held out for evaluation (0 = none)."})
+    eval_steps: int = field(default=0, metadata={"help": "Evaluate every this many optimizer steps (0 = every logging step)."})
+    seed: int = field(default=0, metadata={"help": "Seed for the eval split, data order and LoRA initialisation."})
+    resume: bool = field(default=True, metadata={"help": "Resume from the last checkpoint in output_dir when there is one."})
+    logging_steps: int = field(default=5, metadata={"help": "Log metrics every this many optimizer steps."})
+    save_steps: int = field(default=50, metadata={"help": "Checkpoint every this many optimizer steps."})
+    save_total_limit: int = field(default=2, metadata={"help": "Checkpoints kept on disk."})
+    report_to: list[str] = field(default_factory=lambda: ["tensorboard"], metadata={"help": "Trackers: tensorboard, wandb, ... or none (metrics.jsonl is always written)."})
+    attn_implementation: Literal["sdpa", "eager"] = field(default="sdpa", metadata={"help": "Attention kernel; both take the packed 4D mask."})
+    reference_batch_size: int = field(default=8, metadata={"help": "Pairs per forward pass when precomputing reference log-probs."})
+
+
+@dataclass
+class TrainResult:
+    output_dir: str
+    final_dir: str
+    pairs_train: int
+    pairs_eval: int
+    global_step: int
+    reference_cached: bool
+    metrics: list[dict[str, Any]]
+    """Rows of metrics.jsonl."""
+    funnel: Funnel
+
+
+def resolve_output_dir(config: TrainConfig) -> Path:
+    return Path(config.output_dir) if config.output_dir else RunDir(config.run_dir).train(config.name or config.mode)
+
+
+def _split(n: int, fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    """(train indices, eval indices): a seeded shuffle, with at least one eval pair when fraction > 0 and n ≥ 2."""
+    order = list(range(n))
+    random.Random(seed).shuffle(order)
+    n_eval = min(n - 1, max(1, round(n * fraction))) if fraction > 0 and n >= 2 else 0
+    return sorted(order[n_eval:]), sorted(order[:n_eval])
+
+
+def _load_model(config: TrainConfig) -> Any:
+    from stepdpo.models import load_model
+
+    model = load_model(config.model, attn_implementation=config.attn_implementation)
+    if getattr(model, "hf_quantizer", None) is not None:
+        model.hf_quantizer.remove_quantization_config(model)
+    return model
+
+
+def _apply_lora(model: Any, config: TrainConfig) -> Any:
+    from peft import LoraConfig, get_peft_model
+
+    lora = LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, target_modules=list(config.lora_target_modules), task_type="CAUSAL_LM")
+    return get_peft_model(model, lora)
+
+
+def run(config: TrainConfig, pairs: list[StepPair], model: Any = None, tokenizer: Any = None, callbacks: Optional[list[Any]] = None) -> TrainResult:
+    """Train ``model`` (default: ``config.model``) on ``pairs``; saves to ``resolve_output_dir(config)`` and returns a summary.
+
+    ``callbacks`` are extra ``transformers.TrainerCallback`` objects (progress hooks, early stopping).
+    """
+    from transformers import TrainingArguments, set_seed
+    from transformers.trainer_utils import get_last_checkpoint
+
+    from stepdpo.models import load_tokenizer
+    from stepdpo.training.data import PackedCollator, PairDataset
+    from stepdpo.training.reference import cached_reference_logps
+    from stepdpo.training.trainer import LossSettings, MetricsJsonlCallback, PreferenceTrainer, read_metrics
+
+    if config.loss_type != "sigmoid" and config.label_smoothing:
+        raise ConfigError("label_smoothing applies to loss_type=sigmoid only")
+    out_dir = resolve_output_dir(config)
+    set_seed(config.seed)
+    tokenizer = tokenizer if tokenizer is not None else load_tokenizer(config.model)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    prompt_format = PromptFormat(style=config.prompt_style, chat_template_owner=tokenizer)
+    options = TokenizeOptions(mode=config.mode, max_length=config.max_length, max_prompt_length=config.max_prompt_length)
+    kept, dropped = tokenize_pairs(pairs, tokenizer, prompt_format, options)
+    funnel = Funnel("train", records_in=len(pairs), dropped=dict(dropped) or None)
+    if not kept:
+        raise InputError("<pairs>", f"no trainable pairs among {len(pairs)} (dropped: {dropped})")
+    train_index, eval_index = _split(len(kept), config.eval_split, config.seed)
+
+    if model is None:
+        model = _load_model(config)
+    if config.lora and not hasattr(model, "peft_config"):
+        model = _apply_lora(model, config)
+    tokens = [pair_tokens for _, pair_tokens in kept]
+    reference, cached = cached_reference_logps(
+        model, tokens, tokenizer.pad_token_id, out_dir / "reference", config.reference_batch_size, config.bf16
+    )
+    train_set = PairDataset([tokens[i] for i in train_index], [reference[i] for i in train_index])
+    eval_set = PairDataset([tokens[i] for i in eval_index], [reference[i] for i in eval_index]) if eval_index else None
+
+    args = TrainingArguments(
+        output_dir=str(out_dir),
+        per_device_train_batch_size=config.batch_size,
+        per_device_eval_batch_size=config.eval_batch_size,
+        gradient_accumulation_steps=config.grad_accum,
+        num_train_epochs=config.epochs,
+        max_steps=config.max_steps,
+        learning_rate=config.learning_rate,
+        lr_scheduler_type=config.lr_scheduler,
+        warmup_steps=config.warmup_ratio,
+        weight_decay=config.weight_decay,
+        bf16=config.bf16,
+        activation_checkpointing=config.gradient_checkpointing,
+        activation_checkpointing_kwargs={"use_reentrant": False} if config.gradient_checkpointing else None,
+        logging_steps=config.logging_steps,
+        save_strategy="steps",
+        save_steps=config.save_steps,
+        save_total_limit=config.save_total_limit,
+        eval_strategy="steps" if eval_set is not None else "no",
+        eval_steps=config.eval_steps or config.logging_steps,
+        seed=config.seed,
+        data_seed=config.seed,
+        report_to=[r for r in config.report_to if r != "none"] or "none",
+        remove_unused_columns=False,  # the collator needs the pair fields the model's forward does not name
+        dataloader_num_workers=0,
+        dataloader_pin_memory=False,
+    )
+    trainer = PreferenceTrainer(
+        model=model,
+        args=args,
+        train_dataset=train_set,
+        eval_dataset=eval_set,
+        data_collator=PackedCollator(tokenizer.pad_token_id),
+        processing_class=tokenizer,
+        callbacks=[MetricsJsonlCallback(out_dir), *(callbacks or [])],
+        loss_settings=LossSettings(config.loss_type, config.beta, config.label_smoothing, config.sft_weight),
+    )
+    last = get_last_checkpoint(str(out_dir)) if config.resume and out_dir.is_dir() else None
+    if last:
+        log.info("resuming from %s", last)
+    trainer.train(resume_from_checkpoint=last)
+
+    final = out_dir / "final"
+    if config.lora:
+        trainer.save_model(str(final / "adapter"))
+    if trainer.is_world_process_zero():
+        unwrapped = trainer.accelerator.unwrap_model(trainer.model)
+        to_save = unwrapped.merge_and_unload() if hasattr(unwrapped, "peft_config") else unwrapped
+        to_save.save_pretrained(final, safe_serialization=True)
+        tokenizer.save_pretrained(final)
+    metrics = read_metrics(out_dir)
+    funnel.records_out = len(kept)
+    last_train = next((m for m in reversed(metrics) if m["split"] == "train" and "rewards/margins" in m), {})
+    last_eval = next((m for m in reversed(metrics) if m["split"] == "eval"), {})
+    funnel.extra = {
+        "pairs_train": len(train_index),
+        "pairs_eval": len(eval_index),
+        "steps": trainer.state.global_step,
+        **{f"train {k}": float(last_train[k]) for k in ("loss", "rewards/margins", "rewards/accuracies") if k in last_train},
+        **{f"eval {k}": float(last_eval[k]) for k in ("loss", "rewards/margins", "rewards/accuracies") if k in last_eval},
+    }
+    result = TrainResult(str(out_dir), str(final), len(train_index), len(eval_index), trainer.state.global_step, cached, metrics, funnel)
+    if trainer.is_world_process_zero():
+        atomic_write_json(out_dir / "result.json", {k: v for k, v in asdict(result).items() if k != "metrics"})
+    return result
+
+
+def command(config: TrainConfig) -> int:
+    """Read pairs (config.pairs or the run directory), train, print and save the funnel."""
+    run_dir = RunDir(config.run_dir)
+    paths = [Path(p) for p in config.pairs] or [run_dir.pairs / RUN_PAIR_FILES[config.mode]]
+    for path in paths:
+        if not path.is_file():
+            raise InputError(str(path), f"pair file not found (run `stepdpo pairs` first, or pass --pairs)")
+    pairs = read_pairs(paths)
+    out_dir = resolve_output_dir(config)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    save_config(config, out_dir / "train_config.yaml")
+    result = run(config, pairs)
+    if os.environ.get("RANK", "0") != "0":  # under accelerate/torchrun only the main process reports
+        return 0
+    if Path(config.run_dir).is_dir():
+        result.funnel.save(run_dir)
+    print(result.funnel.render())
+    print(f"final model: {result.final_dir}")
+    return 0

@@ -1,0 +1,174 @@
+"""Preference training on the tiny model: data preparation, reference cache, a run whose margin rises, resumption."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from stepdpo.errors import InputError
+from stepdpo.records import StepPair
+from stepdpo.steps import PromptFormat
+from stepdpo.training.data import TokenizeOptions, read_pairs, step_ends_solution, tokenize_pair
+
+
+def make_pairs(n: int) -> list[StepPair]:
+    pairs = []
+    for i in range(n):
+        a, b = 3 + i, 10 + 2 * i
+        prefix = f"Let's think step by step.\nStep 1: Tom has {a} apples and gets {b} more.\n"
+        pairs.append(
+            StepPair(
+                id=f"p{i}",
+                dataset="toy",
+                prompt=f"Tom has {a} apples and gets {b} more. How many apples does he have?",
+                initial_reason_steps=prefix,
+                chosen=f"Step 2: So he has {a} + {b} = {a + b} apples, correct and careful.\n",
+                rejected=f"Step 2: So he has {a} - {b} = {a - b} apples, wrong and sloppy.\n",
+                full_chosen=f"Step 2: So he has {a} + {b} = {a + b} apples, correct and careful.\nThe answer is: \\boxed{{{a + b}}}",
+                full_rejected=f"Step 2: So he has {a} - {b} = {a - b} apples, wrong and sloppy.\nThe answer is: \\boxed{{{a - b}}}",
+                answer=str(a + b),
+            )
+        )
+    return pairs
+
+
+@pytest.fixture(scope="module")
+def tokenizer(embedded_tokenizer_dir):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(embedded_tokenizer_dir)
+
+
+def test_context_and_continuation_tokenized_separately(tokenizer):
+    fmt = PromptFormat(chat_template_owner=tokenizer)
+    pair = make_pairs(1)[0]
+    tokens = tokenize_pair(pair, tokenizer, fmt, TokenizeOptions(mode="step-dpo"))
+    context = fmt.context(pair.prompt, pair.initial_reason_steps)
+    assert tokens.prefix == tokenizer(context, add_special_tokens=False)["input_ids"]
+    assert tokens.chosen == tokenizer(pair.chosen, add_special_tokens=False)["input_ids"]  # a middle step: no EOS
+    dpo = tokenize_pair(pair, tokenizer, fmt, TokenizeOptions(mode="dpo"))
+    assert dpo.chosen[-1] == tokenizer.eos_token_id and dpo.rejected[-1] == tokenizer.eos_token_id
+    short = tokenize_pair(pair, tokenizer, fmt, TokenizeOptions(max_length=len(tokens.prefix) + 14, max_prompt_length=10_000))
+    assert len(short.chosen) == 14 and short.prefix == tokens.prefix
+    clipped = tokenize_pair(pair, tokenizer, fmt, TokenizeOptions(max_prompt_length=5))
+    assert clipped.prefix == tokens.prefix[-5:]
+
+
+def test_final_step_gets_eos():
+    assert step_ends_solution("Step 3: 4 + 5 = 9.\nThe answer is: \\boxed{9}", "")
+    assert step_ends_solution("Step 3: 4 + 5 = 9.", "Step 3: 4 + 5 = 9.\n")
+    assert not step_ends_solution("Step 2: 4 + 5 = 9.\n", "Step 2: 4 + 5 = 9.\nStep 3: done")
+
+
+def test_read_pairs_step_and_trl_rows(tmp_path):
+    path = tmp_path / "pairs.jsonl"
+    step = {k: v for k, v in make_pairs(1)[0].__dict__.items()}
+    trl = {"prompt": "Q: 1+1?\nA: ", "chosen": "2", "rejected": "3"}
+    path.write_text(json.dumps(step) + "\n" + json.dumps(trl) + "\n")
+    first, second = read_pairs([path])
+    assert first.kind == "step-dpo" and second.provenance == {"format": "trl"} and second.initial_reason_steps == ""
+    path.write_text(json.dumps({"prompt": "Q", "chosen": 1, "rejected": "3"}) + "\n")
+    with pytest.raises(InputError, match=r"pairs.jsonl:1: field 'chosen'"):
+        read_pairs([path])
+
+
+def flat(logps):
+    return [value for pair in logps for value in pair]
+
+
+def test_reference_cache_and_lora_reference_is_base(tiny_model_dir, tokenizer, tmp_path):
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from stepdpo.training.data import tokenize_pairs
+    from stepdpo.training.reference import cached_reference_logps, compute_reference_logps
+
+    fmt = PromptFormat(chat_template_owner=tokenizer)
+    kept, _ = tokenize_pairs(make_pairs(3), tokenizer, fmt, TokenizeOptions())
+    tokens = [t for _, t in kept]
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    expected = compute_reference_logps(base, tokens, tokenizer.pad_token_id, batch_size=2)
+    first, cached_first = cached_reference_logps(base, tokens, tokenizer.pad_token_id, tmp_path)
+    again, cached_again = cached_reference_logps(base, tokens, tokenizer.pad_token_id, tmp_path)
+    assert (cached_first, cached_again) == (False, True)
+    assert flat(again) == pytest.approx(flat(first)) and flat(first) == pytest.approx(flat(expected))
+
+    lora = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model_dir), LoraConfig(r=4, target_modules=["q_proj", "v_proj"]))
+    with torch.no_grad():
+        for name, param in lora.named_parameters():
+            if "lora_B" in name:
+                param.fill_(0.05)  # adapters now change the output; the reference must not see them
+    assert flat(compute_reference_logps(lora, tokens, tokenizer.pad_token_id)) == pytest.approx(flat(expected), abs=1e-4)
+    # Same base weights: the fingerprint (adapters excluded) hits the same cache entry.
+    assert cached_reference_logps(lora, tokens, tokenizer.pad_token_id, tmp_path)[1]
+
+
+def _config(tmp_path, name, **overrides):
+    from stepdpo.stages.train import TrainConfig
+
+    settings = dict(
+        output_dir=str(tmp_path / name),
+        learning_rate=2e-3,
+        batch_size=4,
+        eval_batch_size=4,
+        max_steps=12,
+        logging_steps=1,
+        save_steps=100,
+        eval_split=0.25,
+        eval_steps=4,
+        report_to=["none"],
+        warmup_ratio=0.1,
+    )
+    settings.update(overrides)
+    return TrainConfig(**settings)
+
+
+def test_short_run_margin_rises(tiny_model_dir, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    from stepdpo.stages.train import run
+
+    config = _config(tmp_path, "run", model=str(tiny_model_dir))
+    result = run(config, make_pairs(16))
+    train = [m for m in result.metrics if m["split"] == "train" and "rewards/margins" in m]
+    evals = [m for m in result.metrics if m["split"] == "eval"]
+    assert len(train) == 12 and len(evals) == 3 and result.pairs_eval == 4
+    assert train[0]["rewards/margins"] == pytest.approx(0.0, abs=1e-4)  # policy == reference before the first update
+    assert train[-1]["rewards/margins"] > 0.5 and train[-1]["rewards/accuracies"] == 1.0
+    assert evals[-1]["rewards/margins"] > evals[0]["rewards/margins"] > 0
+    for key in ("loss", "rewards/chosen", "rewards/rejected", "logps/chosen", "logps/rejected", "learning_rate", "pairs_per_second"):
+        assert key in train[-1]
+    trained = AutoModelForCausalLM.from_pretrained(result.final_dir)
+    assert trained.num_parameters() > 0 and (tmp_path / "run" / "final" / "model.safetensors").is_file()
+    assert (tmp_path / "run" / "final" / "tokenizer_config.json").is_file()
+
+
+class _Interrupt(Exception):
+    pass
+
+
+def test_resume_continues_the_same_curve(tiny_model_dir, tmp_path):
+    from transformers import TrainerCallback
+
+    from stepdpo.stages.train import run
+
+    class KillAfter(TrainerCallback):
+        """Simulates a process killed mid-run: dies at step 7, after the checkpoint at step 4."""
+
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.global_step == 7:
+                raise _Interrupt
+
+    pairs = make_pairs(16)
+    straight = run(_config(tmp_path, "straight", model=str(tiny_model_dir), save_steps=4, eval_split=0.0), pairs)
+    config = _config(tmp_path, "resumed", model=str(tiny_model_dir), save_steps=4, eval_split=0.0)
+    with pytest.raises(_Interrupt):
+        run(config, pairs, callbacks=[KillAfter()])
+    resumed = run(config, pairs)
+    assert resumed.reference_cached
+    curve = lambda r: [(m["step"], m["loss"]) for m in r.metrics if m["split"] == "train" and "loss" in m]  # noqa: E731
+    assert [s for s, _ in curve(resumed)] == list(range(1, 13))
+    for (_, a), (_, b) in zip(curve(straight), curve(resumed)):
+        assert a == pytest.approx(b, rel=1e-4, abs=1e-5)
