@@ -1,0 +1,239 @@
+"""The transformers backend: batched ``model.generate`` on CPU or one GPU.
+
+Prompts are tokenized without special tokens (the chat template already holds
+them), expanded to one row per sample, sorted by length so that a batch wastes
+little left padding, and generated in batches of ``config.batch_size`` rows.
+Results come back in the original prompt order.
+
+Token counts: ``num_tokens`` is the number of tokens the model generated for
+the completion, up to and including the end-of-sequence token or the token
+that completed a stop string (what vLLM reports too); padding written after a
+row finished is not counted.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from dataclasses import replace
+from typing import Any, Iterator
+
+from stepdpo.errors import ConfigError
+from stepdpo.generation.base import Completion, GeneratorConfig, SamplingParams
+
+log = logging.getLogger(__name__)
+
+
+def cpu_supports_bf16() -> bool:
+    """True when the CPU has native bfloat16 arithmetic (AVX512-BF16 or AMX), where autocast pays off."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as handle:
+            for line in handle:
+                if line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                    return "avx512_bf16" in flags or "amx_bf16" in flags
+    except OSError:
+        pass
+    return False
+
+
+def _resolve_device(device: str) -> str:
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"device {device!r} requested but CUDA is not available")
+    return device
+
+
+def _check_params(params: SamplingParams) -> None:
+    if params.n < 1:
+        raise ConfigError(f"sampling n must be >= 1, got {params.n}")
+    if params.max_new_tokens < 1:
+        raise ConfigError(f"max_new_tokens must be >= 1, got {params.max_new_tokens}")
+    if params.temperature < 0:
+        raise ConfigError(f"temperature must be >= 0, got {params.temperature}")
+    if not 0 < params.top_p <= 1:
+        raise ConfigError(f"top_p must be in (0, 1], got {params.top_p}")
+    if params.top_k < 0:
+        raise ConfigError(f"top_k must be >= 0 (0 disables it), got {params.top_k}")
+    if any(not s for s in params.stop):
+        raise ConfigError("stop strings must be non-empty")
+
+
+class HFGenerator:
+    """A :class:`~stepdpo.generation.base.Generator` over a transformers causal LM."""
+
+    def __init__(self, config: GeneratorConfig):
+        from stepdpo.models import load_model, load_tokenizer
+
+        device = _resolve_device(config.device)
+        weights_dtype, _ = self._dtypes(config.dtype, device)
+        tokenizer = load_tokenizer(config.model)
+        model = load_model(config.model, dtype=weights_dtype, device=device)
+        self._setup(model, tokenizer, config, device)
+
+    @classmethod
+    def from_model(cls, model: Any, tokenizer: Any, config: GeneratorConfig) -> "HFGenerator":
+        """Wrap a model already in memory (e.g. right after training); it stays on its device and dtype."""
+        self = cls.__new__(cls)
+        self._setup(model, tokenizer, config, str(next(model.parameters()).device))
+        return self
+
+    @staticmethod
+    def _dtypes(dtype: str, device: str) -> tuple[str, Any]:
+        """(dtype to load the weights in, dtype to autocast to or None).
+
+        On CUDA the weights themselves take the reduced precision. On CPU the
+        weights stay float32 and matmuls autocast to bfloat16, but only when the
+        CPU computes bfloat16 natively; emulated bfloat16 is slower than float32.
+        """
+        import torch
+
+        on_cuda = device.startswith("cuda")
+        if dtype == "auto":
+            if on_cuda:
+                return "bfloat16", None
+            return "float32", (torch.bfloat16 if cpu_supports_bf16() else None)
+        if dtype == "float32":
+            return "float32", None
+        if on_cuda:
+            return dtype, None
+        return "float32", {"bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
+
+    def _setup(self, model: Any, tokenizer: Any, config: GeneratorConfig, device: str) -> None:
+        if config.batch_size < 1:
+            raise ConfigError(f"batch_size must be >= 1, got {config.batch_size}")
+        self.config = config
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.device = device
+        _, self.autocast_dtype = self._dtypes(config.dtype, device)
+        self.name = f"hf:{config.model}"
+        if tokenizer.pad_token_id is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        self.pad_id = int(tokenizer.pad_token_id)
+        eos = model.generation_config.eos_token_id
+        eos_ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
+        if tokenizer.eos_token_id is not None:
+            eos_ids.add(int(tokenizer.eos_token_id))
+        self.eos_ids = sorted(eos_ids)
+
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        import torch
+
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.split(":")[0], dtype=self.autocast_dtype)
+
+    @contextlib.contextmanager
+    def _seeded(self, seed: int | None) -> Iterator[None]:
+        """Seed torch's RNG for one batch without disturbing the caller's RNG state."""
+        import torch
+
+        if seed is None:
+            yield
+            return
+        devices = [self.device] if self.device.startswith("cuda") else []
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(seed)
+            yield
+
+    def _generation_config(self, params: SamplingParams) -> Any:
+        from transformers import GenerationConfig
+
+        sample = params.temperature > 0
+        return GenerationConfig(
+            max_new_tokens=params.max_new_tokens,
+            do_sample=sample,
+            # Explicit values: unset ones would be filled from the model's or the global defaults (top_k=50).
+            temperature=params.temperature if sample else 1.0,
+            top_p=params.top_p if sample else 1.0,
+            top_k=params.top_k if sample else 0,
+            num_beams=1,
+            eos_token_id=self.eos_ids,
+            pad_token_id=self.pad_id,
+            stop_strings=list(params.stop) or None,
+        )
+
+    def generate(self, prompts: list[str], params: SamplingParams) -> list[list[Completion]]:
+        """Return ``params.n`` completions for each prompt, in prompt order.
+
+        With ``temperature == 0`` the n completions of a prompt are identical,
+        so each prompt is decoded once and the result repeated.
+        """
+        import torch
+        from tqdm.auto import tqdm
+
+        _check_params(params)
+        if not prompts:
+            return []
+        encoded = self.tokenizer(list(prompts), add_special_tokens=False)["input_ids"]
+        copies = params.n if params.temperature > 0 else 1
+        rows = [(p, s) for p in range(len(prompts)) for s in range(copies)]
+        # Longest first: similar lengths share a batch, and an out-of-memory batch shows up at once.
+        rows.sort(key=lambda row: (-len(encoded[row[0]]), row))
+        gen_config = self._generation_config(params)
+        results: dict[tuple[int, int], Completion] = {}
+        batches = [rows[i : i + self.config.batch_size] for i in range(0, len(rows), self.config.batch_size)]
+        for index, batch in enumerate(tqdm(batches, desc="generate", unit="batch", disable=len(batches) < 2, leave=False)):
+            input_ids, attention_mask = self._left_pad([encoded[p] for p, _ in batch])
+            seed = None if params.seed is None else params.seed + index
+            with torch.inference_mode(), self._autocast(), self._seeded(seed):
+                output = self.model.generate(
+                    input_ids=input_ids,
+                    attention_mask=attention_mask,
+                    generation_config=gen_config,
+                    tokenizer=self.tokenizer if params.stop else None,
+                )
+            generated = output[:, input_ids.shape[1] :].tolist()
+            for row, tokens in zip(batch, generated):
+                results[row] = self._completion(tokens, params)
+        # Separate objects per sample, so that a caller editing one does not edit its greedy twins.
+        return [[replace(results[(p, s if copies > 1 else 0)]) for s in range(params.n)] for p in range(len(prompts))]
+
+    def _left_pad(self, sequences: list[list[int]]) -> tuple[Any, Any]:
+        """Left-pad token lists into (input_ids, attention_mask), both of shape (batch, longest)."""
+        import torch
+
+        width = max(len(seq) for seq in sequences)
+        input_ids = torch.full((len(sequences), width), self.pad_id, dtype=torch.long)
+        attention_mask = torch.zeros((len(sequences), width), dtype=torch.long)
+        for i, seq in enumerate(sequences):
+            if seq:
+                input_ids[i, width - len(seq) :] = torch.tensor(seq, dtype=torch.long)
+                attention_mask[i, width - len(seq) :] = 1
+        return input_ids.to(self.device), attention_mask.to(self.device)
+
+    def _completion(self, tokens: list[int], params: SamplingParams) -> Completion:
+        """Cut one generated row at end-of-sequence or the first stop string, whichever came first."""
+        eos = set(self.eos_ids)
+        end = next((i for i, tok in enumerate(tokens) if tok in eos), None)
+        if end is None:
+            # Padding follows a row that a stop string ended (when pad is not an eos token).
+            end = len(tokens)
+            while end and tokens[end - 1] == self.pad_id:
+                end -= 1
+            finish, count = "length", end
+        else:
+            finish, count = "stop", end + 1
+        text = self.tokenizer.decode(tokens[:end], skip_special_tokens=True)
+        cuts = [at for at in (text.find(s) for s in params.stop) if at >= 0]
+        if cuts:
+            # With pad == eos a row ended by a stop string looks ended by eos: count the
+            # tokens up to the one that completed the stop string instead.
+            text, finish, count = text[: min(cuts)], "stop", self._tokens_until_stop(tokens[:end], params.stop)
+        return Completion(text=text, num_tokens=count, finish_reason=finish)
+
+    def _tokens_until_stop(self, tokens: list[int], stops: tuple[str, ...]) -> int:
+        """The least k such that the first k tokens decode to text containing a stop string (binary search)."""
+        low, high = 1, len(tokens)
+        while low < high:
+            mid = (low + high) // 2
+            text = self.tokenizer.decode(tokens[:mid], skip_special_tokens=True)
+            if any(s in text for s in stops):
+                high = mid
+            else:
+                low = mid + 1
+        return high

@@ -1,0 +1,180 @@
+"""The transformers backend on a tiny random Llama (fast) and on the embedded model (slow)."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+import torch
+
+from stepdpo.errors import ConfigError
+from stepdpo.generation.base import Generator, GeneratorConfig, SamplingParams, build_generator
+from stepdpo.generation.hf import HFGenerator
+
+PROMPTS = [
+    "Short.",
+    "A much longer prompt, with many more tokens in it than the first one has, to force padding.",
+    "Medium length prompt here.",
+    "x",
+    "Another prompt of some middling length, for the batch.",
+]
+
+
+def _lively(tiny_model_dir, batch_size: int = 3) -> HFGenerator:
+    """The tiny model with larger random weights.
+
+    At its default initialisation the tiny model repeats one token forever, which
+    would let ordering, padding and stop bugs pass unseen; with weights of std 0.3
+    its greedy continuations are varied.
+    """
+    config = GeneratorConfig(model=str(tiny_model_dir), dtype="float32", device="cpu", batch_size=batch_size)
+    base = HFGenerator(config)
+    rng = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for param in base.model.parameters():
+            if param.dim() > 1:
+                param.copy_(torch.randn(param.shape, generator=rng) * 0.3)
+    return HFGenerator.from_model(base.model, base.tokenizer, config)
+
+
+@pytest.fixture(scope="module")
+def generator(tiny_model_dir) -> HFGenerator:
+    return _lively(tiny_model_dir)
+
+
+def _own_greedy(gen: HFGenerator, prompt: str, max_new_tokens: int) -> list[int]:
+    """The model's own greedy continuation of one unpadded prompt."""
+    ids = gen.tokenizer(prompt, add_special_tokens=False, return_tensors="pt")["input_ids"]
+    with torch.inference_mode():
+        out = gen.model.generate(
+            input_ids=ids,
+            attention_mask=torch.ones_like(ids),
+            do_sample=False,
+            max_new_tokens=max_new_tokens,
+            eos_token_id=gen.eos_ids,
+            pad_token_id=gen.pad_id,
+        )
+    return out[0, ids.shape[1] :].tolist()
+
+
+def test_is_a_generator_and_built_by_config(tiny_model_dir):
+    gen = build_generator(GeneratorConfig(backend="hf", model=str(tiny_model_dir), dtype="float32"))
+    assert isinstance(gen, Generator)
+    assert gen.name == f"hf:{tiny_model_dir}"
+
+
+def test_greedy_batched_equals_own_greedy_in_prompt_order(generator):
+    """Left padding must not change greedy output, and results come back in prompt order."""
+    params = SamplingParams(max_new_tokens=12)
+    batched = generator.generate(PROMPTS, params)
+    assert len({c[0].text for c in batched}) == len(PROMPTS)
+    assert len(batched) == len(PROMPTS)
+    for prompt, completions in zip(PROMPTS, batched):
+        assert len(completions) == 1
+        expected = _own_greedy(generator, prompt, 12)
+        assert completions[0].text == generator.tokenizer.decode(expected, skip_special_tokens=True)
+        single = generator.generate([prompt], params)[0][0]
+        assert single == completions[0]
+
+
+def test_length_finish_counts_every_token(generator):
+    out = generator.generate(PROMPTS[:2], SamplingParams(max_new_tokens=7))
+    for [completion] in out:
+        assert completion.finish_reason == "length"
+        assert completion.num_tokens == 7
+
+
+def test_n_samples_and_seed_repeatability(generator):
+    params = SamplingParams(n=4, temperature=1.0, max_new_tokens=8, seed=123)
+    first = generator.generate(PROMPTS, params)
+    assert [len(c) for c in first] == [4] * len(PROMPTS)
+    again = generator.generate(PROMPTS, params)
+    assert [[c.text for c in cs] for cs in first] == [[c.text for c in cs] for cs in again]
+    # Samples of a prompt differ (a random model spreads its probability over the vocabulary).
+    assert all(len({c.text for c in cs}) > 1 for cs in first)
+    other = generator.generate(PROMPTS, replace(params, seed=124))
+    assert [[c.text for c in cs] for cs in first] != [[c.text for c in cs] for cs in other]
+
+
+def test_seed_leaves_global_rng_alone(generator):
+    torch.manual_seed(5)
+    expected = torch.rand(3)
+    torch.manual_seed(5)
+    generator.generate(PROMPTS[:1], SamplingParams(temperature=1.0, max_new_tokens=3, seed=9))
+    assert torch.equal(torch.rand(3), expected)
+
+
+def test_greedy_n_repeats_one_decode(generator):
+    out = generator.generate(PROMPTS[:2], SamplingParams(n=3, max_new_tokens=5))
+    for completions in out:
+        assert len(completions) == 3
+        assert len({c.text for c in completions}) == 1
+        assert completions[0] is not completions[1]
+
+
+def test_stop_string_truncates_and_stops_early(generator):
+    prompt = PROMPTS[1]
+    tokens = _own_greedy(generator, prompt, 20)
+    full = generator.tokenizer.decode(tokens, skip_special_tokens=True)
+    # A stop string taken from the middle of what greedy decoding produces.
+    piece = generator.tokenizer.decode(tokens[6:7])
+    assert piece.strip(), "the chosen token should decode to visible text"
+    stop = piece.strip()
+    expected = full[: full.find(stop)]
+    [[completion]] = generator.generate([prompt], SamplingParams(max_new_tokens=20, stop=(stop,)))
+    assert completion.finish_reason == "stop"
+    assert completion.text == expected
+    assert completion.num_tokens <= 7
+
+
+def test_stop_in_batch_with_unstopped_rows(generator):
+    """A row that hits its stop string waits in the batch while the others continue."""
+    prompt = PROMPTS[1]
+    tokens = _own_greedy(generator, prompt, 10)
+    stop = generator.tokenizer.decode(tokens[4:5]).strip()
+    params = SamplingParams(max_new_tokens=10, stop=(stop,))
+    together = generator.generate(PROMPTS, params)
+    alone = [generator.generate([p], params)[0][0] for p in PROMPTS]
+    assert [c[0] for c in together] == alone
+    assert together[1][0].finish_reason == "stop"
+
+
+def test_eos_ends_a_completion_and_is_counted(tiny_model_dir):
+    """Make a later greedy token an end-of-sequence token: the completion stops before it."""
+    probe = _lively(tiny_model_dir)
+    tokens = _own_greedy(probe, PROMPTS[0], 10)
+    at = next(i for i in range(1, len(tokens)) if tokens[i] not in tokens[:i])
+    probe.model.generation_config.eos_token_id = [probe.tokenizer.eos_token_id, tokens[at]]
+    gen = HFGenerator.from_model(probe.model, probe.tokenizer, GeneratorConfig(model=str(tiny_model_dir), dtype="float32"))
+    [[completion]] = gen.generate([PROMPTS[0]], SamplingParams(max_new_tokens=10))
+    assert completion.finish_reason == "stop"
+    assert completion.num_tokens == at + 1
+    assert completion.text == gen.tokenizer.decode(tokens[:at], skip_special_tokens=True)
+
+
+def test_empty_prompt_list_and_bad_params(generator):
+    assert generator.generate([], SamplingParams()) == []
+    with pytest.raises(ConfigError):
+        generator.generate(["a"], SamplingParams(n=0))
+    with pytest.raises(ConfigError):
+        generator.generate(["a"], SamplingParams(top_p=0.0))
+
+
+@pytest.mark.slow
+def test_embedded_model_answers_easy_prompts():
+    from stepdpo.generation.base import prompt_format
+
+    config = GeneratorConfig(model="smollm2-135m", device="cpu", batch_size=8)
+    gen = HFGenerator(config)
+    tokenizer = gen.tokenizer
+    questions = ["What is the capital of France?", "What color is the sky on a clear day?"]
+    prompts = [
+        tokenizer.apply_chat_template([{"role": "user", "content": q}], tokenize=False, add_generation_prompt=True)
+        for q in questions
+    ]
+    out = gen.generate(prompts, SamplingParams(max_new_tokens=24))
+    assert "Paris" in out[0][0].text
+    assert "blue" in out[1][0].text.lower()
+    for [completion] in out:
+        assert 0 < completion.num_tokens <= 24
+    assert prompt_format(config) is not None
