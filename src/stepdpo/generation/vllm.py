@@ -1,0 +1,89 @@
+"""The vLLM backend (GPU): offline ``vllm.LLM`` with prefix caching for rollouts.
+
+vLLM is an optional extra (``pip install vllm``); it is imported when the
+generator is built. Prompts are tokenized here without special tokens (the
+chat template already holds them) and handed to vLLM as token ids, so that a
+tokenizer that adds BOS does not add a second one.
+
+``num_tokens`` is ``len(output.token_ids)``: every generated token, including
+the end-of-sequence token or the tokens of a stop string (whose text vLLM
+removes from the output).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from stepdpo.errors import ConfigError
+from stepdpo.generation.base import Completion, GeneratorConfig, SamplingParams
+
+
+def _import_vllm() -> Any:
+    try:
+        import vllm
+    except ImportError:
+        raise ConfigError("backend 'vllm' needs the vllm package (pip install vllm) and a CUDA GPU") from None
+    return vllm
+
+
+class VLLMGenerator:
+    """A :class:`~stepdpo.generation.base.Generator` over ``vllm.LLM``."""
+
+    def __init__(self, config: GeneratorConfig):
+        from stepdpo.models import resolve_model
+
+        vllm = _import_vllm()
+        kwargs: dict[str, Any] = {
+            "model": resolve_model(config.model),
+            "tensor_parallel_size": config.tensor_parallel_size,
+            "gpu_memory_utilization": config.gpu_memory_utilization,
+            "enable_prefix_caching": config.enable_prefix_caching,
+            # 'auto' follows the checkpoint, and the converted embedded model is stored in float32.
+            "dtype": "bfloat16" if config.dtype == "auto" else config.dtype,
+        }
+        if config.data_parallel_size > 1:
+            from vllm.engine.arg_utils import EngineArgs
+
+            if "data_parallel_size" not in {f.name for f in dataclasses.fields(EngineArgs)}:
+                raise ConfigError(
+                    f"data_parallel_size={config.data_parallel_size}: this vLLM ({vllm.__version__}) has no data "
+                    "parallelism in the engine; use tensor_parallel_size or one process per GPU"
+                )
+            kwargs["data_parallel_size"] = config.data_parallel_size
+        self.config = config
+        self.name = f"vllm:{config.model}"
+        self.llm = vllm.LLM(**kwargs)
+        self.tokenizer = self.llm.get_tokenizer()
+        self._vllm = vllm
+
+    def sampling_params(self, params: SamplingParams) -> Any:
+        """Our :class:`SamplingParams` as vLLM's (top_k -1 = off; temperature 0 = greedy)."""
+        return self._vllm.SamplingParams(
+            n=params.n,
+            temperature=params.temperature,
+            top_p=params.top_p if params.temperature > 0 else 1.0,
+            top_k=params.top_k if params.top_k > 0 and params.temperature > 0 else -1,
+            max_tokens=params.max_new_tokens,
+            stop=list(params.stop) or None,
+            seed=params.seed,
+        )
+
+    def generate(self, prompts: list[str], params: SamplingParams) -> list[list[Completion]]:
+        """``params.n`` completions per prompt, in prompt order (vLLM schedules the batch itself)."""
+        if params.n < 1:
+            raise ConfigError(f"sampling n must be >= 1, got {params.n}")
+        if not prompts:
+            return []
+        token_prompts = [{"prompt_token_ids": self.tokenizer.encode(p, add_special_tokens=False)} for p in prompts]
+        outputs = self.llm.generate(token_prompts, self.sampling_params(params), use_tqdm=True)
+        return [[_completion(out) for out in request.outputs] for request in outputs]
+
+
+def _completion(output: Any) -> Completion:
+    finish = output.finish_reason or "length"
+    return Completion(
+        text=output.text,
+        num_tokens=len(output.token_ids),
+        finish_reason=finish if finish in ("stop", "length") else f"error: {finish}",
+    )
