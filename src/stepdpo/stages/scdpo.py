@@ -1,0 +1,515 @@
+"""Step-Controlled DPO pairs and judge-free Step-DPO pairs (``stepdpo scdpo``), from correct samples.
+
+SCDPO (arXiv 2407.00782): take a correct self-generated solution ``y = s_1 … s_n``,
+keep its first ``k`` steps (the *branch point*, ``1 <= k <= n-1``) and let the same
+model continue from there, one step at a time, with a temperature that rises with
+every generated step::
+
+    T_i = min(start + increment · i, cap)        i = 0, 1, 2, …  (i-th generated step)
+
+(the paper: start 1.1, increment 0.05, cap 1.4). A continuation ends when a step
+states a final answer, hits the per-step token limit, or after ``max_steps`` steps.
+Continuations are regenerated until one states a *wrong* final answer or the retry
+budget of the branch point runs out; each problem yields at most
+``max_negatives_per_problem`` negatives.
+
+Generating one step per call is what makes the temperature per step exact: every call
+stops at ``"\\nStep "`` and the next call continues ``prefix + generated steps`` at the
+next temperature. All live continuations at the same step index share one
+temperature, so each round is one batched generator call over all of them.
+
+Pairs built from a negative ``y'`` (identical to ``y`` up to step ``k``):
+
+- ``kind="scdpo"``: ``initial_reason_steps`` = header + ``s_1 … s_k``; ``chosen`` /
+  ``full_chosen`` = ``s_{k+1} … s_n``; ``rejected`` / ``full_rejected`` = the rest of
+  ``y'``. The shared prefix is checked token by token: the ids of
+  ``context(header + prefix)`` must be the first ids of both ``context(header + y)``
+  and ``context(header + y')`` (no token merges across the branch point), else the
+  continuation is not accepted.
+- ``kind="judge-free"`` (Step-DPO without a judge): same context, ``chosen`` = ``s_{k+1}``,
+  ``rejected`` = the first generated step of ``y'``, ``full_*`` the whole continuations.
+  Kept only when Monte-Carlo rollouts from ``prefix + rejected step`` confirm that
+  prefix is dead (fewer than ``alive_threshold`` of ``m`` rollouts reach gold), using
+  :class:`stepdpo.localizers.rollout.RolloutLocalizer`.
+- optionally ``kind="dpo"``: naive whole-solution pairs (:func:`stepdpo.stages.pairs.dpo_pairs`)
+  in the same output, for the paper's mixed loss (naive DPO + step-controlled DPO).
+
+Resumable: every finished branch point is appended to ``RUN/scdpo/branches.jsonl``
+(keyed ``<sample_id>@<k>``) and every rollout confirmation to
+``RUN/scdpo/judge_free.jsonl``; pairs are rebuilt from those stores and written whole to
+``RUN/pairs/scdpo_pairs.*`` and ``RUN/pairs/judge_free_pairs.*``.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from typing import Any, Literal, Optional, Sequence
+
+from tqdm.auto import tqdm
+
+from stepdpo.errors import ConfigError, InputError
+from stepdpo.generation.base import Generator, GeneratorConfig, SamplingParams, build_generator, prompt_format
+from stepdpo.grading import extract_answer, grade_many
+from stepdpo.localizers.rollout import RolloutConfig, RolloutLocalizer
+from stepdpo.records import Problem, RecordStore, Sample, StepPair
+from stepdpo.rundir import Funnel, RunDir
+from stepdpo.stages.pairs import PairsConfig, check_pair, dpo_pairs, write_pairs
+from stepdpo.stages.rectify import normalize_ws
+from stepdpo.stages.sample import read_problems
+from stepdpo.steps import STEP_HEADER, PromptFormat, next_marker, split_steps
+
+log = logging.getLogger(__name__)
+
+STEP_STOP = "\nStep "
+"""Stop string that ends a call after one step (the next step's marker is not generated)."""
+
+
+@dataclass
+class SCDPOConfig:
+    """Step-controlled negatives from correct samples, and the pairs built from them."""
+
+    branch: Literal["random", "every"] = field(default="every", metadata={"help": "Branch points per correct sample: every (each k in 1..n-1, as the release) or random (one seeded k per sample)."})
+    temperature_start: float = field(default=1.1, metadata={"help": "Temperature of the first generated step (the paper: 1.1)."})
+    temperature_increment: float = field(default=0.05, metadata={"help": "Added per generated step (the paper: 0.05)."})
+    temperature_cap: float = field(default=1.4, metadata={"help": "Upper bound of the per-step temperature (the paper: 1.4)."})
+    top_p: float = field(default=1.0, metadata={"help": "Nucleus sampling of the continuations (1.0: none, so the temperature alone controls the drift)."})
+    max_attempts: int = field(default=4, metadata={"help": "Continuations tried per branch point before giving up (the retry budget)."})
+    max_negatives_per_problem: int = field(default=2, metadata={"help": "Cap on negatives (SCDPO pairs) per problem (the release: 2 for GSM8K, 3 for MATH)."})
+    max_steps: int = field(default=12, metadata={"help": "Most steps a continuation may generate after the branch point."})
+    max_step_tokens: int = field(default=128, metadata={"help": "Token limit of one generated step; a step that hits it ends the continuation."})
+    stop: tuple[str, ...] = field(default=(), metadata={"help": "Extra stop strings (besides the step boundary '\\nStep ')."})
+    seed: int = field(default=0, metadata={"help": "Seed for branch points, branch order and sampling."})
+    limit: Optional[int] = field(default=None, metadata={"help": "Use at most this many correct samples (in file order)."})
+    chunk_size: int = field(default=8, metadata={"help": "Problems per batch of work; finished branch points are saved after each chunk."})
+    dpo: bool = field(default=True, metadata={"help": "Also put naive whole-solution pairs (kind=dpo: a right vs a wrong sample) into scdpo_pairs.* (the paper trains on both)."})
+    max_dpo_pairs_per_problem: int = field(default=1, metadata={"help": "Naive DPO pairs per problem."})
+    judge_free: bool = field(default=True, metadata={"help": "Also build judge-free Step-DPO pairs (first wrong step vs the correct next step), confirmed dead by rollouts."})
+    rollouts: int = field(default=8, metadata={"help": "Judge-free: rollouts from prefix + rejected step (m)."})
+    alive_threshold: float = field(default=0.1, metadata={"help": "Judge-free: the prefix is alive (pair dropped) when at least this share of rollouts reaches gold."})
+    rollout_temperature: float = field(default=0.8, metadata={"help": "Judge-free: rollout temperature."})
+    rollout_top_p: float = field(default=0.95, metadata={"help": "Judge-free: rollout nucleus sampling."})
+    rollout_max_new_tokens: int = field(default=512, metadata={"help": "Judge-free: token limit of each rollout."})
+    tokenizer: Optional[str] = field(default=None, metadata={"help": "Tokenizer for the prefix token check (default: generator.model)."})
+    dataset: Optional[str] = field(default=None, metadata={"help": "Value of the 'dataset' column (default: each problem's source)."})
+    run_dir: str = field(default="runs/default", metadata={"help": "Run directory: reads samples.jsonl, problems/train.jsonl; writes scdpo/ and pairs/."})
+    generator: GeneratorConfig = field(default_factory=GeneratorConfig, metadata={"help": "The policy that continues (the model that wrote the correct samples)."})
+
+
+@dataclass
+class Branch:
+    """One branch point of one correct sample, after its attempts: the negative found, if any."""
+
+    key: str
+    """'<sample_id>@<k>'."""
+    sample_id: str
+    problem_id: str
+    branch_step: int
+    """k: steps of the correct sample kept before the model continues."""
+    attempts: int
+    negative: Optional[str] = None
+    """The whole wrong response (the shared prefix included), when one was accepted."""
+    predicted: Optional[str] = None
+    temperatures: list[float] = field(default_factory=list)
+    """Temperature of each generated step of the negative, in order."""
+    outcomes: dict[str, int] = field(default_factory=dict)
+    """Attempts by outcome: 'wrong', 'right', 'no answer', 'prefix text differs', 'prefix tokens differ'."""
+    tokens: int = 0
+    """Tokens generated over all attempts."""
+
+
+@dataclass
+class JudgeFreeCheck:
+    """Rollouts from the correct prefix plus a negative's first generated step."""
+
+    key: str
+    dead: bool
+    successes: int
+    trials: int
+    rollout_tokens: int = 0
+
+
+def step_temperature(index: int, start: float, increment: float, cap: float) -> float:
+    """``min(start + increment · index, cap)`` for the ``index``-th generated step (0-based), rounded to 1e-9."""
+    return round(min(start + increment * index, cap), 9)
+
+
+def states_answer(step: str) -> bool:
+    """True when a step states a final answer (a box, 'The answer is', '####'; a bare number does not count)."""
+    return extract_answer(step, last_number_fallback=False) is not None
+
+
+def branch_points(sample: Sample, mode: str, seed: int) -> list[int]:
+    """Branch points k (steps kept) of a correct sample: all of 1..n-1, or one seeded by (seed, sample id)."""
+    candidates = list(range(1, len(sample.steps)))
+    if mode == "every" or not candidates:
+        return candidates
+    return [random.Random(f"{seed}:{sample.id}").choice(candidates)]
+
+
+class PrefixChecker:
+    """Whether two responses share the first k steps exactly, as text and as token ids."""
+
+    def __init__(self, fmt: PromptFormat, tokenizer: Any):
+        self.fmt = fmt
+        self.tokenizer = tokenizer
+
+    def ids(self, question: str, response_part: str) -> list[int]:
+        return list(self.tokenizer(self.fmt.context(question, STEP_HEADER + response_part), add_special_tokens=False)["input_ids"])
+
+    def tokens_shared(self, question: str, prefix: str, response: str) -> bool:
+        """The ids of ``context(header + prefix)`` are the first ids of ``context(header + response)``."""
+        head = self.ids(question, prefix)
+        return self.ids(question, response)[: len(head)] == head
+
+
+@dataclass
+class _Job:
+    problem: Problem
+    sample: Sample
+    k: int
+    prefix: str
+    attempts: int = 0
+    outcomes: Counter = field(default_factory=Counter)
+    tokens: int = 0
+    negative: str | None = None
+    predicted: str | None = None
+    temperatures: list[float] = field(default_factory=list)
+
+    @property
+    def key(self) -> str:
+        return f"{self.sample.id}@{self.k}"
+
+    def record(self) -> Branch:
+        return Branch(key=self.key, sample_id=self.sample.id, problem_id=self.problem.id, branch_step=self.k,
+                      attempts=self.attempts, negative=self.negative, predicted=self.predicted,
+                      temperatures=self.temperatures, outcomes=dict(self.outcomes), tokens=self.tokens)
+
+
+@dataclass
+class _Continuation:
+    job: _Job
+    steps: list[str] = field(default_factory=list)
+    temperatures: list[float] = field(default_factory=list)
+    end: str = ""
+    """'' while generating; then 'answer', 'length', 'max steps' or 'error'."""
+
+    @property
+    def response(self) -> str:
+        return self.job.prefix + "".join(self.steps)
+
+
+def continue_stepwise(jobs: Sequence[_Job], config: SCDPOConfig, generator: Generator, fmt: PromptFormat,
+                      seed: int) -> list[_Continuation]:
+    """One continuation per job, generated one step per call; call ``i`` samples at ``step_temperature(i)``.
+
+    Each round prompts ``fmt.prompt(question, prefix + steps so far)`` (ending in the next
+    ``Step j:`` marker) for every live continuation at once and stops at ``"\\nStep "``.
+    A step is ``marker + completion`` (plus the newline the stop string began with, unless
+    the step ends the continuation).
+    """
+    live = [_Continuation(job) for job in jobs]
+    stop = (STEP_STOP, *config.stop)
+    for index in range(config.max_steps):
+        todo = [c for c in live if not c.end]
+        if not todo:
+            break
+        temperature = step_temperature(index, config.temperature_start, config.temperature_increment, config.temperature_cap)
+        texts = [c.response for c in todo]
+        prompts = [fmt.prompt(c.job.problem.question, text) for c, text in zip(todo, texts)]
+        params = SamplingParams(n=1, temperature=temperature, top_p=config.top_p, max_new_tokens=config.max_step_tokens,
+                                stop=stop, seed=seed + index)
+        outputs = generator.generate(prompts, params)
+        for c, text, completions in zip(todo, texts, outputs):
+            completion = completions[0]
+            step = next_marker(text) + completion.text
+            c.job.tokens += completion.num_tokens
+            c.temperatures.append(temperature)
+            if states_answer(step):
+                c.end = "answer"
+            elif completion.finish_reason.startswith("error"):
+                c.end = "error"
+            elif completion.finish_reason == "length":
+                c.end = "length"
+            else:
+                step += "\n"
+                if index + 1 == config.max_steps:
+                    c.end = "max steps"
+            c.steps.append(step)
+    return live
+
+
+def judge(continuations: Sequence[_Continuation], checker: PrefixChecker) -> None:
+    """Grade finished continuations; the first wrong one of a job whose prefix checks pass becomes its negative."""
+    graded = grade_many([(extract_answer(c.response), c.job.problem.answer) for c in continuations])
+    for c, right in zip(continuations, graded):
+        job = c.job
+        job.attempts += 1
+        if c.end != "answer":
+            job.outcomes["no answer"] += 1
+        elif right:
+            job.outcomes["right"] += 1
+        elif split_steps(c.response)[: job.k] != job.sample.steps[: job.k]:
+            job.outcomes["prefix text differs"] += 1
+        elif not checker.tokens_shared(job.problem.question, job.prefix, c.response):
+            job.outcomes["prefix tokens differ"] += 1
+        else:
+            job.outcomes["wrong"] += 1
+            job.negative, job.predicted, job.temperatures = c.response, extract_answer(c.response), c.temperatures
+
+
+def negative_sample(problem: Problem, branch: Branch, model: str) -> Sample:
+    """The negative as a Sample record (what :func:`stepdpo.stages.pairs.check_pair` checks pairs against)."""
+    assert branch.negative is not None
+    return Sample(id=branch.key, problem_id=problem.id, prompt="", response=branch.negative, steps=split_steps(branch.negative),
+                  predicted=branch.predicted, correct=False, temperature=max(branch.temperatures, default=0.0), model=model)
+
+
+def scdpo_pair(problem: Problem, sample: Sample, branch: Branch, dataset: str | None) -> StepPair:
+    """Correct solution vs the negative after their shared first k steps (``step_index`` = k+1, the first differing step)."""
+    k = branch.branch_step
+    assert branch.negative is not None
+    prefix = "".join(sample.steps[:k])
+    chosen, rejected = "".join(sample.steps[k:]), branch.negative[len(prefix):]
+    pair = StepPair(id=f"{branch.key}:scdpo", dataset=dataset or problem.source or "unknown", prompt=problem.question,
+                    initial_reason_steps=STEP_HEADER + prefix, chosen=chosen, rejected=rejected, full_chosen=chosen,
+                    full_rejected=rejected, answer=problem.answer, kind="scdpo", problem_id=problem.id, sample_id=sample.id,
+                    step_index=k + 1, provenance=_provenance(sample, branch))
+    check_pair(pair, negative_sample(problem, branch, sample.model))
+    return pair
+
+
+def judge_free_pair(problem: Problem, sample: Sample, branch: Branch, check: JudgeFreeCheck, localizer: str, dataset: str | None) -> StepPair | None:
+    """Step k+1 of the correct solution vs the negative's first generated step; None when they are the same step."""
+    k = branch.branch_step
+    assert branch.negative is not None
+    negative_steps = split_steps(branch.negative)
+    chosen, rejected = sample.steps[k], negative_steps[k]
+    if normalize_ws(chosen) == normalize_ws(rejected):
+        return None
+    pair = StepPair(id=f"{branch.key}:judge-free", dataset=dataset or problem.source or "unknown", prompt=problem.question,
+                    initial_reason_steps=STEP_HEADER + "".join(sample.steps[:k]), chosen=chosen, rejected=rejected,
+                    full_chosen="".join(sample.steps[k:]), full_rejected="".join(negative_steps[k:]), answer=problem.answer,
+                    kind="judge-free", problem_id=problem.id, sample_id=sample.id, step_index=k + 1, localizer=localizer,
+                    provenance={**_provenance(sample, branch), "rollout_successes": check.successes, "rollout_trials": check.trials,
+                                "rollout_tokens": check.rollout_tokens})
+    check_pair(pair, negative_sample(problem, branch, sample.model))
+    return pair
+
+
+def _provenance(sample: Sample, branch: Branch) -> dict[str, Any]:
+    return {"chosen_sample_id": sample.id, "branch_step": branch.branch_step, "temperatures": list(branch.temperatures),
+            "attempts": branch.attempts, "outcomes": dict(branch.outcomes), "rejected_predicted": branch.predicted, "model": sample.model}
+
+
+def confirm_dead(items: Sequence[tuple[Problem, Sample, Branch]], localizer: RolloutLocalizer) -> list[JudgeFreeCheck]:
+    """Whether each negative's prefix through its first generated step is dead, by the rollout localizer.
+
+    The negative is presented to the localizer as a two-step sample ``[s_1 … s_k + r, rest]``
+    (``r`` its first generated step): the search then tests exactly one prefix,
+    ``s_1 … s_k + r``, and reports step 1 as the first wrong step iff that prefix is dead.
+    A negative whose first generated step is also its last is dead by definition (its
+    final answer is wrong): the localizer then needs no rollouts.
+    """
+    proxies = []
+    for problem, _, branch in items:
+        negative_steps = split_steps(branch.negative or "")
+        k = branch.branch_step
+        head, rest = "".join(negative_steps[: k + 1]), "".join(negative_steps[k + 1:])
+        proxies.append((problem, Sample(id=branch.key, problem_id=problem.id, prompt="", response=head + rest,
+                                        steps=[head, rest] if rest else [head], predicted=branch.predicted, correct=False)))
+    located = localizer.locate_many(proxies)
+    out = []
+    for (_, _, branch), result in zip(items, located):
+        successes, trials = result.evidence.get("prefix_stats", {}).get("1", [0, 0])
+        out.append(JudgeFreeCheck(key=branch.key, dead=result.first_wrong_step == 1, successes=successes, trials=trials,
+                                  rollout_tokens=result.rollout_tokens))
+    return out
+
+
+@dataclass
+class Outputs:
+    """What one run produced: the pairs, and the stage records they were built from."""
+
+    scdpo: list[StepPair]
+    judge_free: list[StepPair]
+    dpo: list[StepPair]
+    branches: list[Branch]
+    checks: list[JudgeFreeCheck]
+    funnel: Funnel
+
+
+def _correct_samples(samples: Sequence[Sample], problems: dict[str, Problem], limit: int | None) -> list[Sample]:
+    correct = [s for s in samples if s.correct]
+    for s in correct:
+        if s.problem_id not in problems:
+            raise InputError("samples.jsonl", f"no problem {s.problem_id!r} in problems/train.jsonl", None, "problem_id")
+        if "".join(s.steps) != s.response:
+            raise InputError("samples.jsonl", f"sample {s.id!r}: steps do not join to the response", None, "steps")
+    return correct if limit is None else correct[:limit]
+
+
+def _check_config(config: SCDPOConfig) -> None:
+    if config.max_attempts < 1 or config.max_steps < 1 or config.max_negatives_per_problem < 0 or config.rollouts < 1:
+        raise ConfigError("max_attempts, max_steps and rollouts must be >= 1, max_negatives_per_problem >= 0")
+    if not 0 < config.temperature_start <= config.temperature_cap:
+        raise ConfigError(f"need 0 < temperature_start <= temperature_cap, got {config.temperature_start} and {config.temperature_cap}")
+
+
+def run(config: SCDPOConfig, problems: dict[str, Problem], samples: Sequence[Sample], generator: Generator,
+        fmt: PromptFormat | None = None, tokenizer: Any = None, branch_store: RecordStore[Branch] | None = None,
+        check_store: RecordStore[JudgeFreeCheck] | None = None) -> Outputs:
+    """Negatives for the correct samples not yet in ``branch_store``, then every pair from all stored branches.
+
+    Per problem, branch points (seeded order) run ``max_negatives_per_problem - found``
+    at a time, one attempt each per round, so the cap is never exceeded; all problems of
+    a chunk advance together, one batched generator call per generated step.
+    """
+    _check_config(config)
+    fmt = fmt or prompt_format(config.generator)
+    if tokenizer is None:
+        from stepdpo.models import load_tokenizer
+
+        tokenizer = load_tokenizer(config.tokenizer or config.generator.model)
+    checker = PrefixChecker(fmt, tokenizer)
+    stored: dict[str, Branch] = {b.key: b for b in branch_store.records()} if branch_store is not None else {}
+    funnel = Funnel("scdpo")
+    correct = _correct_samples(samples, problems, config.limit)
+    funnel.records_in = len(correct)
+
+    # Branch points per problem in a seeded order; those whose correct sample merges tokens across the point are dropped.
+    queue: dict[str, list[_Job]] = defaultdict(list)
+    for s in correct:
+        points = branch_points(s, config.branch, config.seed)
+        if not points:
+            funnel.drop("single-step solution (no branch point)")
+        problem = problems[s.problem_id]
+        for k in points:
+            prefix = "".join(s.steps[:k])
+            if f"{s.id}@{k}" in stored:
+                continue
+            if not checker.tokens_shared(problem.question, prefix, s.response):
+                funnel.drop("branch point splits a token of the correct sample")
+                continue
+            queue[s.problem_id].append(_Job(problem, s, k, prefix))
+    for problem_id, jobs in queue.items():
+        random.Random(f"{config.seed}:{problem_id}").shuffle(jobs)
+
+    found = Counter(b.problem_id for b in stored.values() if b.negative is not None)
+    new: list[Branch] = []
+    problem_ids = sorted(queue)
+    chunk_size = max(1, config.chunk_size)
+    with tqdm(total=sum(len(v) for v in queue.values()), desc="scdpo", unit="branch") as bar:
+        for chunk_index, start in enumerate(range(0, len(problem_ids), chunk_size)):
+            chunk = problem_ids[start: start + chunk_size]
+            active: dict[str, list[_Job]] = {p: [] for p in chunk}
+            finished: list[_Job] = []
+            round_index = 0
+            while True:
+                for p in chunk:  # refill: never more open branch points than negatives still allowed
+                    while queue[p] and len(active[p]) < config.max_negatives_per_problem - found[p]:
+                        active[p].append(queue[p].pop(0))
+                jobs = [job for p in chunk for job in active[p]]
+                if not jobs:
+                    break
+                seed = config.seed + 1_000_003 * chunk_index + 1_009 * round_index
+                continuations = continue_stepwise(jobs, config, generator, fmt, seed)
+                judge(continuations, checker)
+                round_index += 1
+                for p in chunk:
+                    for job in list(active[p]):
+                        if job.negative is not None or job.attempts >= config.max_attempts:
+                            active[p].remove(job)
+                            finished.append(job)
+                            found[p] += job.negative is not None
+                            bar.update(1)
+            dropped = sum(len(queue[p]) for p in chunk)
+            bar.update(dropped)
+            records = [job.record() for job in finished]
+            if branch_store is not None:
+                branch_store.append(records)
+            new += records
+    branches = list(stored.values()) + new
+    for p in problem_ids:
+        if queue[p]:
+            funnel.drop("branch point not tried (problem reached its cap)", len(queue[p]))
+
+    samples_by_id = {s.id: s for s in correct}
+    branches = [b for b in branches if b.sample_id in samples_by_id]
+    with_negative = [b for b in branches if b.negative is not None]
+    checks: dict[str, JudgeFreeCheck] = {}
+    localizer_name = ""
+    if config.judge_free and with_negative:
+        rollout = RolloutConfig(search="linear", rollouts_per_prefix=config.rollouts, alive_threshold=config.alive_threshold,
+                                temperature=config.rollout_temperature, top_p=config.rollout_top_p,
+                                max_new_tokens=config.rollout_max_new_tokens, stop=tuple(config.stop), seed=config.seed)
+        localizer = RolloutLocalizer(rollout, generator, fmt)
+        localizer_name = localizer.name
+        checks = {c.key: c for c in (check_store.records() if check_store is not None else [])}
+        todo = [(problems[b.problem_id], samples_by_id[b.sample_id], b) for b in with_negative if b.key not in checks]
+        for start in tqdm(range(0, len(todo), chunk_size * 4), desc="judge-free rollouts", unit="chunk"):
+            results = confirm_dead(todo[start: start + chunk_size * 4], localizer)
+            if check_store is not None:
+                check_store.append(results)
+            checks.update((c.key, c) for c in results)
+
+    scdpo, judge_free = [], []
+    for b in with_negative:
+        problem, sample = problems[b.problem_id], samples_by_id[b.sample_id]
+        scdpo.append(scdpo_pair(problem, sample, b, config.dataset))
+        if not config.judge_free:
+            continue
+        check = checks[b.key]
+        if not check.dead:
+            funnel.drop("judge-free: rejected step alive in rollouts")
+            continue
+        pair = judge_free_pair(problem, sample, b, check, localizer_name, config.dataset)
+        if pair is None:
+            funnel.drop("judge-free: first wrong step equals the correct step")
+        else:
+            judge_free.append(pair)
+    for b in branches:
+        if b.negative is None:
+            funnel.drop("retry budget spent without a wrong answer")
+    dpo = dpo_pairs(PairsConfig(max_dpo_pairs_per_problem=config.max_dpo_pairs_per_problem, dataset=config.dataset),
+                    problems, [s for s in samples if s.problem_id in {c.problem_id for c in correct}]) if config.dpo else []
+
+    outcomes: Counter = Counter()
+    for b in branches:
+        outcomes.update(b.outcomes)
+    funnel.records_out = len(scdpo)
+    funnel.extra = {
+        "correct_samples_with_pair": len({b.sample_id for b in with_negative}),
+        "problems_with_pair": len({b.problem_id for b in with_negative}),
+        "branch_points_tried": len(branches),
+        "attempts": sum(b.attempts for b in branches),
+        "retries": sum(b.attempts - 1 for b in branches),
+        "generated_tokens": sum(b.tokens for b in branches),
+        **{f"attempts_{reason.replace(' ', '_')}": count for reason, count in sorted(outcomes.items())},
+        "scdpo_pairs": len(scdpo), "judge_free_pairs": len(judge_free), "dpo_pairs": len(dpo),
+        "judge_free_rollouts": sum(checks[b.key].trials for b in with_negative if b.key in checks),
+    }
+    return Outputs(scdpo=scdpo, judge_free=judge_free, dpo=dpo, branches=branches, checks=list(checks.values()), funnel=funnel)
+
+
+def command(config: SCDPOConfig) -> int:
+    started = time.perf_counter()
+    rd = RunDir(config.run_dir)
+    if not rd.samples.is_file():
+        raise InputError(str(rd.samples), "not found: run `stepdpo sample` first")
+    problems = read_problems(rd)
+    samples = RecordStore(rd.samples, Sample).records()
+    generator = build_generator(config.generator)
+    out = run(config, problems, samples, generator, prompt_format(config.generator),
+              branch_store=RecordStore(rd.root / "scdpo" / "branches.jsonl", Branch, key="key"),
+              check_store=RecordStore(rd.root / "scdpo" / "judge_free.jsonl", JudgeFreeCheck, key="key"))
+    write_pairs(out.scdpo + out.dpo, rd.pairs, "scdpo_pairs")
+    if config.judge_free:
+        write_pairs(out.judge_free, rd.pairs, "judge_free_pairs")
+    out.funnel.extra = {**(out.funnel.extra or {}), "wall_s": round(time.perf_counter() - started, 2)}
+    out.funnel.save(rd)
+    print(out.funnel.render())
+    return 0
