@@ -92,8 +92,11 @@ def run(config: RectifyConfig, problems: dict[str, Problem], samples: dict[str, 
     new: list[Rectification] = []
     chunk_size = max(1, config.chunk_size)
     with tqdm(total=len(usable), initial=len(usable) - len(todo), desc="rectify", unit="error") as bar:
-        for chunk_index, start in enumerate(range(0, len(todo), chunk_size)):
-            chunk = todo[start: start + chunk_size]
+        # Chunks are cut from all usable errors, not from what is left, so a resumed run seeds each chunk as an uninterrupted one does.
+        for chunk_index, start in enumerate(range(0, len(usable), chunk_size)):
+            chunk = [x for x in usable[start: start + chunk_size] if x.sample_id not in done]
+            if not chunk:
+                continue
             jobs = []
             for x in chunk:
                 sample, problem = samples[x.sample_id], problems[x.problem_id]
