@@ -145,10 +145,10 @@ def test_real_eval_of_embedded_model(tmp_path, monkeypatch):
     from stepdpo.stages.evaluate import command
 
     monkeypatch.chdir(tmp_path)
-    cfg = EvalConfig(model="smollm2-135m", data=["multiarith:test"], limit=8, max_new_tokens=96, run_dir=str(tmp_path / "run"))
+    cfg = EvalConfig(model="smollm2-135m", data=["multiarith:test"], limit=4, max_new_tokens=48, run_dir=str(tmp_path / "run"))
     assert command(cfg) == 0
     results = json.loads((tmp_path / "run" / "eval" / "smollm2-135m" / "results.json").read_text())
     multiarith = results["sets"]["multiarith:test"]
-    assert multiarith["problems"] == 8 and multiarith["total"] == 8 and 0 < multiarith["generated_tokens"] <= 8 * 96
+    assert multiarith["problems"] == 4 and multiarith["total"] == 4 and 0 < multiarith["generated_tokens"] <= 4 * 48
     assert results["fingerprint"]["sha256"] and results["generator"]
     assert (tmp_path / "run" / "funnel" / "eval-smollm2-135m.json").is_file()
