@@ -92,3 +92,109 @@ def wrong_sample_rows(problems: Sequence[Problem], prompt: str = "q") -> list[di
 
 def problem_rows(problems: Sequence[Problem]) -> list[dict]:
     return [record_to_dict(p) for p in problems]
+
+
+class FaultServer:
+    """A local OpenAI-compatible chat server that answers each request with the next scripted behaviour.
+
+    Behaviours: 'ok' (a verdict 'Step 1: correct; Step 2: incorrect'), '429', '429-retry-after', '500', '503',
+    'reset' (connection closed without a reply), 'hang' (no reply for ``hang_s``), 'bad-json', 'no-choices',
+    'wrong-format' (a reply without a verdict). When the script runs out, ``default`` answers.
+    """
+
+    VERDICT = "The student multiplies wrongly in step 2.\nStep 1: correct; Step 2: incorrect"
+
+    def __init__(self, script: list[str], default: str = "ok", hang_s: float = 3.0):
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        self.script = list(script)
+        self.default = default
+        self.hang_s = hang_s
+        self.requests: list[tuple[str, str]] = []  # (behaviour, Authorization header)
+        self.lock = threading.Lock()
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args) -> None:  # keep test output clean
+                pass
+
+            def _send(self, status: int, body: bytes, headers: dict[str, str] | None = None) -> None:
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                for k, v in (headers or {}).items():
+                    self.send_header(k, v)
+                self.end_headers()
+                self.wfile.write(body)
+
+            def do_POST(self) -> None:
+                self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                with server.lock:
+                    behaviour = server.script.pop(0) if server.script else server.default
+                    server.requests.append((behaviour, self.headers.get("Authorization", "")))
+
+                def reply(text: str) -> bytes:
+                    return json.dumps({"id": "x", "object": "chat.completion", "choices": [
+                        {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}]}).encode()
+
+                if behaviour == "ok":
+                    self._send(200, reply(server.VERDICT))
+                elif behaviour == "wrong-format":
+                    self._send(200, reply("I think the second step is the culprit."))
+                elif behaviour == "429":
+                    self._send(429, b'{"error": "rate limited"}')
+                elif behaviour == "429-retry-after":
+                    self._send(429, b'{"error": "rate limited"}', {"Retry-After": "0.2"})
+                elif behaviour in ("400", "500", "503"):
+                    self._send(int(behaviour), b'{"error": "server error"}')
+                elif behaviour == "bad-json":
+                    self._send(200, b'{"choices": [{"message": ')
+                elif behaviour == "no-choices":
+                    self._send(200, b'{"id": "x", "choices": []}')
+                elif behaviour == "hang":
+                    time.sleep(server.hang_s)
+                    self.close_connection = True
+                elif behaviour == "reset":
+                    import socket
+                    import struct
+
+                    self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                    self.close_connection = True
+                    self.connection.close()
+                else:
+                    raise ValueError(behaviour)
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.port = self.httpd.server_address[1]
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    def __enter__(self) -> "FaultServer":
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+
+def judge_args(run_dir: Path, base_url: str, **overrides: str) -> list[str]:
+    """``stepdpo locate --localizer judge`` against ``base_url`` with small, bounded retry settings."""
+    options = {"--generator.max-retries": "2", "--generator.retry-backoff-s": "0.01", "--generator.request-timeout-s": "1",
+               "--generator.max-concurrency": "1", "--chunk-size": "2", **overrides}
+    return ["locate", "--localizer", "judge", "--generator.backend", "openai", "--generator.base-url", base_url,
+            "--generator.model", "judge", "--run-dir", str(run_dir), *[x for kv in options.items() for x in kv]]
+
+
+def prepare_judge_run(run_dir: Path, count: int) -> list[dict]:
+    """A run directory with ``count`` problems and one wrong sample each; returns the sample rows."""
+    problems = toy_problems(count)
+    write_jsonl(run_dir / "problems" / "train.jsonl", problem_rows(problems))
+    samples = wrong_sample_rows(problems)
+    write_jsonl(run_dir / "samples.jsonl", samples)
+    return samples

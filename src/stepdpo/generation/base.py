@@ -65,6 +65,7 @@ class GeneratorConfig:
     max_concurrency: int = field(default=8, metadata={"help": "Requests in flight at once (openai backend)."})
     request_timeout_s: float = field(default=120.0, metadata={"help": "Per-request timeout in seconds (openai backend)."})
     max_retries: int = field(default=6, metadata={"help": "Retries on timeouts, 429 and 5xx (openai backend)."})
+    retry_backoff_s: float = field(default=1.0, metadata={"help": "First wait before a retry, doubled each retry; a server's Retry-After wins (openai backend)."})
     backoff_initial_s: float = field(default=1.0, metadata={"help": "First retry delay in seconds, doubled per retry, with full jitter (openai backend)."})
     backoff_max_s: float = field(default=60.0, metadata={"help": "Longest retry delay in seconds, unless the server's Retry-After asks for more (openai backend)."})
     tensor_parallel_size: int = field(default=1, metadata={"help": "vLLM tensor parallelism."})
