@@ -150,7 +150,8 @@ class HFGenerator:
             # Explicit values: unset ones would be filled from the model's or the global defaults (top_k=50).
             temperature=params.temperature if sample else 1.0,
             top_p=params.top_p if sample else 1.0,
-            top_k=params.top_k if sample else 0,
+            # Greedy: None keeps the default, which generate's validation does not flag as unused.
+            top_k=params.top_k if sample else None,
             num_beams=1,
             eos_token_id=self.eos_ids,
             pad_token_id=self.pad_id,

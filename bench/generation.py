@@ -1,0 +1,166 @@
+"""Generated tokens per second of the hf backend on the embedded model, against a naive loop.
+
+    .venv/bin/python bench/generation.py            # writes bench/results/generation.json
+
+Prompts are GSM8K test questions in SmolLM2's chat template (about 100
+tokens); sampling at T=0.8, max_new_tokens 128. For each batch size B and
+samples per prompt n, ``HFGenerator`` generates ``max(B, n)`` rows (B/n
+prompts x n samples per batch), so every batch is full once. The naive
+baseline is what a first script does: one prompt at a time,
+``model.generate(..., num_return_sequences=n)``, float32, no batching across
+prompts. Throughput counts generated tokens up to end-of-sequence (padding
+after a finished row is not counted). A short torch.profiler trace of one
+batch says where the time goes. The CPU is shared with other work: the load
+average is recorded beside every number.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import torch
+
+from stepdpo.generation.base import GeneratorConfig, SamplingParams
+from stepdpo.generation.hf import HFGenerator, cpu_supports_bf16
+from stepdpo.models import load_model, load_tokenizer
+
+ROOT = Path(__file__).resolve().parents[1]
+GSM8K = ROOT.parent / "shared" / "data" / "gsm8k" / "test.jsonl"
+
+
+def make_prompts(tokenizer, count: int) -> list[str]:
+    questions = [json.loads(line)["question"] for line in GSM8K.read_text(encoding="utf-8").splitlines()[:count]]
+    return [
+        tokenizer.apply_chat_template([{"role": "user", "content": q + " Reason step by step."}], tokenize=False, add_generation_prompt=True)
+        for q in questions
+    ]
+
+
+def naive(model, tokenizer, prompts: list[str], n: int, max_new_tokens: int) -> dict:
+    """One prompt at a time with num_return_sequences=n, float32."""
+    tokens = 0
+    start = time.perf_counter()
+    torch.manual_seed(0)
+    for prompt in prompts:
+        ids = tokenizer(prompt, add_special_tokens=False, return_tensors="pt")["input_ids"]
+        with torch.inference_mode():
+            out = model.generate(
+                input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=True, temperature=0.8, top_k=0,
+                max_new_tokens=max_new_tokens, num_return_sequences=n, pad_token_id=tokenizer.pad_token_id,
+            )
+        for row in out[:, ids.shape[1] :].tolist():
+            tokens += next((i + 1 for i, t in enumerate(row) if t == tokenizer.eos_token_id), len(row))
+    seconds = time.perf_counter() - start
+    return {"rows": len(prompts) * n, "tokens": tokens, "seconds": round(seconds, 2), "tok_per_s": round(tokens / seconds, 1), "load": os.getloadavg()[0]}
+
+
+def ours(gen: HFGenerator, prompts: list[str], n: int, max_new_tokens: int) -> dict:
+    params = SamplingParams(n=n, temperature=0.8, max_new_tokens=max_new_tokens, seed=0)
+    start = time.perf_counter()
+    out = gen.generate(prompts, params)
+    seconds = time.perf_counter() - start
+    tokens = sum(c.num_tokens for cs in out for c in cs)
+    return {"rows": len(prompts) * n, "tokens": tokens, "seconds": round(seconds, 2), "tok_per_s": round(tokens / seconds, 1), "load": os.getloadavg()[0]}
+
+
+def profile(gen: HFGenerator, prompts: list[str], steps: int) -> dict:
+    """Self CPU time by operator group over one batch of ``steps`` new tokens."""
+    from torch.profiler import ProfilerActivity, profile as torch_profile
+
+    params = SamplingParams(temperature=0.8, max_new_tokens=steps, seed=0)
+    gen.generate(prompts, params)  # warm-up
+    with torch_profile(activities=[ProfilerActivity.CPU]) as prof:
+        start = time.perf_counter()
+        gen.generate(prompts, params)
+        wall = time.perf_counter() - start
+    groups: dict[str, float] = defaultdict(float)
+    vocab = gen.model.config.vocab_size
+    for event in prof.key_averages(group_by_input_shape=True):
+        name, shapes = event.key, str(event.input_shapes)
+        seconds = event.self_cpu_time_total / 1e6
+        if name in ("aten::mm", "aten::addmm", "aten::bmm", "aten::linear", "aten::matmul"):
+            groups["vocab projection (lm_head matmul)" if str(vocab) in shapes else "other matmuls (layers)"] += seconds
+        elif "attention" in name or "sdpa" in name or "softmax" in name and "_softmax" not in name:
+            groups["attention"] += seconds
+        elif name in ("aten::multinomial", "aten::sort", "aten::topk", "aten::_softmax", "aten::cumsum", "aten::div_", "aten::div", "aten::exponential_"):
+            groups["sampling (softmax, multinomial, sort)"] += seconds
+        elif name in ("aten::cat", "aten::index_copy_", "aten::copy_", "aten::index", "aten::slice", "aten::where"):
+            groups["cache / copies / indexing"] += seconds
+        else:
+            groups["other ops"] += seconds
+    total = sum(groups.values())
+    return {
+        "rows": len(prompts),
+        "new_tokens": steps,
+        "wall_s": round(wall, 2),
+        "profiled_op_s": round(total, 2),
+        "python_and_framework_overhead_s": round(max(0.0, wall - total), 2),
+        "by_group_s": {k: round(v, 3) for k, v in sorted(groups.items(), key=lambda kv: -kv[1])},
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8, 32, 64])
+    parser.add_argument("--ns", type=int, nargs="+", default=[1, 8])
+    parser.add_argument("--max-new-tokens", type=int, default=128)
+    parser.add_argument("--naive-prompts", type=int, default=3, help="prompts in the naive baseline, per n")
+    parser.add_argument("--bf16-batch", type=int, default=32, help="also time bf16 autocast at this batch size (0: skip)")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default); 1 avoids spin-waiting threads on a crowded CPU")
+    parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "generation.json"))
+    args = parser.parse_args()
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    tokenizer = load_tokenizer("smollm2-135m")
+    prompts = make_prompts(tokenizer, max(args.batch_sizes) * 2)
+    lengths = [len(tokenizer(p, add_special_tokens=False)["input_ids"]) for p in prompts]
+    model = load_model("smollm2-135m")
+    results: dict = {
+        "command": "python bench/generation.py " + " ".join(f"--{k.replace('_', '-')} {' '.join(map(str, v)) if isinstance(v, list) else v}" for k, v in vars(args).items() if k != "out"),
+        "machine": {"cpu_threads": torch.get_num_threads(), "platform": platform.platform(), "avx512_bf16": cpu_supports_bf16(), "torch": torch.__version__},
+        "prompt_tokens": {"mean": round(sum(lengths) / len(lengths), 1), "min": min(lengths), "max": max(lengths)},
+        "max_new_tokens": args.max_new_tokens,
+        "temperature": 0.8,
+        "load_at_start": os.getloadavg(),
+        "naive": {},
+        "hf": {},
+    }
+    gen = HFGenerator.from_model(model, tokenizer, GeneratorConfig(dtype="float32"))
+    gen.generate(prompts[:2], SamplingParams(max_new_tokens=4))  # warm-up: lazy initialisation is not throughput
+    for n in args.ns:
+        results["naive"][f"n={n}"] = naive(model, tokenizer, prompts[: args.naive_prompts], n, args.max_new_tokens)
+        print("naive", n, results["naive"][f"n={n}"], flush=True)
+    for n in args.ns:
+        for batch in args.batch_sizes:
+            gen.config.batch_size = batch
+            rows = max(batch, n)
+            key = f"n={n},batch={batch}"
+            results["hf"][key] = ours(gen, prompts[: rows // n], n, args.max_new_tokens)
+            print("hf", key, results["hf"][key], flush=True)
+    if args.bf16_batch:
+        bf16 = HFGenerator.from_model(model, tokenizer, GeneratorConfig(dtype="bfloat16", batch_size=args.bf16_batch))
+        results["hf_bf16_autocast"] = {f"n=1,batch={args.bf16_batch}": ours(bf16, prompts[: args.bf16_batch], 1, args.max_new_tokens)}
+        print("bf16", results["hf_bf16_autocast"], flush=True)
+    gen.config.batch_size = 32
+    results["profile"] = profile(gen, prompts[:32], steps=16)
+    print("profile", results["profile"], flush=True)
+    ratios = {}
+    for n in args.ns:
+        best = max((v for k, v in results["hf"].items() if k.startswith(f"n={n},")), key=lambda v: v["tok_per_s"])
+        ratios[f"n={n}"] = round(best["tok_per_s"] / results["naive"][f"n={n}"]["tok_per_s"], 2)
+    results["best_over_naive"] = ratios
+    results["load_at_end"] = os.getloadavg()
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+    print(json.dumps(ratios))
+
+
+if __name__ == "__main__":
+    main()
