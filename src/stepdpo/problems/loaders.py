@@ -19,7 +19,7 @@ from typing import Any, Callable, Iterable, Iterator
 
 from stepdpo.errors import ConfigError, InputError, StepdpoError
 from stepdpo.problems.answers import format_number, gsm8k_final, gsm8k_to_steps, last_boxed
-from stepdpo.records import Problem, read_jsonl_dicts
+from stepdpo.records import Problem
 
 FILE_SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")
 QUESTION_FIELDS = ("question", "problem", "Problem", "input", "prompt", "query", "Question")
@@ -275,6 +275,35 @@ def _decode(path: Path, raw: bytes) -> str:
         raise InputError(str(path), f"not valid UTF-8 (byte {err.start})", raw.count(b"\n", 0, err.start) + 1) from None
 
 
+def _jsonl_rows(path: Path) -> Iterator[tuple[int, dict[str, Any] | InputError]]:
+    """(line, object) per non-blank line; a line that is not a UTF-8 JSON object yields (line, InputError) instead of
+    raising, so :func:`convert_rows` can skip it under ``on_bad_row="skip"`` and go on with the next line."""
+    for number, line in enumerate(path.read_bytes().split(b"\n"), start=1):
+        if not line.strip():
+            continue
+        item: dict[str, Any] | InputError
+        try:
+            item = _jsonl_object(path, number, line)
+        except InputError as err:
+            item = err
+        yield number, item
+
+
+def _jsonl_object(path: Path, number: int, line: bytes) -> dict[str, Any]:
+    """One JSONL line as an object: UTF-8, valid JSON and a JSON object, else an InputError at its line."""
+    try:
+        text = line.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise InputError(str(path), f"not valid UTF-8 (byte {err.start})", number) from None
+    try:
+        obj = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise InputError(str(path), f"malformed JSON: {err.msg} at column {err.colno}", number) from None
+    if not isinstance(obj, dict):
+        raise InputError(str(path), f"expected a JSON object, got {type(obj).__name__}", number)
+    return obj
+
+
 def read_rows(path: Path) -> tuple[Iterator[tuple[int, dict[str, Any]]], list[str] | None]:
     """(iterator of (line or row number, row), the table's columns when the format has a header).
 
@@ -285,7 +314,7 @@ def read_rows(path: Path) -> tuple[Iterator[tuple[int, dict[str, Any]]], list[st
     if not path.is_file():
         raise InputError(str(path), "file not found")
     if suffix == ".jsonl":
-        return read_jsonl_dicts(path), None
+        return _jsonl_rows(path), None
     if suffix == ".json":
         text = _decode(path, path.read_bytes())
         try:
@@ -328,7 +357,7 @@ def read_rows(path: Path) -> tuple[Iterator[tuple[int, dict[str, Any]]], list[st
 
 
 def convert_rows(
-    rows: Iterable[tuple[int, dict[str, Any]]],
+    rows: Iterable[tuple[int, dict[str, Any] | InputError]],
     convert: Converter,
     where: str,
     report: LoadReport,
@@ -340,6 +369,8 @@ def convert_rows(
     for index, (line, row) in enumerate(rows):
         report.rows += 1
         try:
+            if isinstance(row, InputError):
+                raise row
             try:
                 problem = convert(row, index)
             except BadRow as bad:

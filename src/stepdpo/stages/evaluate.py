@@ -63,6 +63,7 @@ class EvalConfig:
     ks: list[int] = field(default_factory=list, metadata={"help": "k values for pass@k and maj@k (each <= n); empty: 1 and n."})
     max_new_tokens: int = field(default=512, metadata={"help": "Most tokens generated per response."})
     last_number_fallback: bool = field(default=True, metadata={"help": "Grade a response without a boxed/'The answer is' answer by its last number."})
+    on_bad_row: Literal["error", "skip"] = field(default="error", metadata={"help": "A test-set row that cannot be used: stop with an error naming file, line and field, or skip it and count it in the funnel."})
     chunk_size: int = field(default=64, metadata={"help": "Problems per generation call; their samples are on disk after each call."})
     run_dir: str = field(default="runs/default", metadata={"help": "Run directory (the output goes to RUN/eval/<name>, the funnel to RUN/funnel)."})
     name: Optional[str] = field(default=None, metadata={"help": "Evaluation name (folder under RUN/eval); None: derived from the model."})
@@ -375,17 +376,25 @@ def render_table(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def load_sets(config: EvalConfig) -> dict[str, list[Problem]]:
-    from stepdpo.problems import load_problems
+def load_sets(config: EvalConfig, skipped: dict[str, int] | None = None) -> dict[str, list[Problem]]:
+    """The test sets by spec; with ``on_bad_row='skip'`` the skipped rows are counted into ``skipped`` (by set and reason)."""
+    from stepdpo.problems import load_problems_with_report
 
-    return {spec: load_problems(spec, limit=config.limit, seed=config.seed) for spec in data_specs(config)}
+    sets = {}
+    for spec in data_specs(config):
+        sets[spec], report = load_problems_with_report(spec, limit=config.limit, seed=config.seed, on_bad_row=config.on_bad_row)
+        if skipped is not None:
+            for reason, count in report.reasons.items():
+                skipped[f"bad row in {spec}: {reason}"] = skipped.get(f"bad row in {spec}: {reason}", 0) + count
+    return sets
 
 
 def command(config: EvalConfig) -> int:
     from stepdpo.generation.base import build_generator
 
     check_config(config)
-    problems_by_set = load_sets(config)
+    skipped: dict[str, int] = {}
+    problems_by_set = load_sets(config, skipped)
     generator = build_generator(replace(config.generator, model=model_name(config)))
     results = run(config, problems_by_set, generator)
     out = output_dir(config)
@@ -396,6 +405,8 @@ def command(config: EvalConfig) -> int:
     extra: dict[str, float | int | str] = {f"{name} accuracy": s["accuracy"] for name, s in results["sets"].items()}
     extra["resumed (already on disk)"] = records_in - records_out
     funnel = Funnel(stage=f"eval-{out.name}", records_in=records_in, records_out=records_out, extra=extra)
+    for reason, count in skipped.items():
+        funnel.drop(reason, count)
     funnel.save(RunDir(config.run_dir))
     print(funnel.render())
     return 0

@@ -15,7 +15,7 @@ import os
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
-from typing import Iterable, Optional, Sequence
+from typing import Iterable, Literal, Optional, Sequence
 
 from tqdm.auto import tqdm
 
@@ -41,6 +41,7 @@ class SampleConfig:
     top_p: float = field(default=0.95, metadata={"help": "Nucleus sampling (the paper: 0.95)."})
     max_new_tokens: int = field(default=512, metadata={"help": "Token limit of each sample."})
     stop: tuple[str, ...] = field(default=(), metadata={"help": "Extra stop strings (end-of-sequence always stops)."})
+    on_bad_row: Literal["error", "skip"] = field(default="error", metadata={"help": "A problem row that cannot be used: stop with an error naming file, line and field, or skip it and count it in the funnel."})
     chunk_size: int = field(default=16, metadata={"help": "Problems per generation call; results are saved after each chunk."})
     run_dir: str = field(default="runs/default", metadata={"help": "Run directory: reads/writes problems/train.jsonl and samples.jsonl."})
     generator: GeneratorConfig = field(default_factory=GeneratorConfig, metadata={"help": "The policy that samples."})
@@ -123,11 +124,11 @@ def read_problems(run_dir: RunDir, name: str = "train") -> dict[str, Problem]:
 
 
 def command(config: SampleConfig) -> int:
-    from stepdpo.problems import load_problems
+    from stepdpo.problems import load_problems_with_report
 
     started = time.perf_counter()
     rd = RunDir(config.run_dir).ensure()
-    problems = load_problems(config.data, limit=config.limit, seed=config.seed)
+    problems, report = load_problems_with_report(config.data, limit=config.limit, seed=config.seed, on_bad_row=config.on_bad_row)
     save_problems(rd.problems("train"), problems)
     generator = build_generator(config.generator)
     samples = run(config, problems, generator, prompt_format(config.generator), RecordStore(rd.samples, Sample))
@@ -137,6 +138,8 @@ def command(config: SampleConfig) -> int:
                            "no_answer": sum(s.predicted is None for s in samples),
                            "truncated": sum(s.finish_reason == "length" for s in samples),
                            "wall_s": round(time.perf_counter() - started, 2)})
+    for reason, count in report.reasons.items():
+        funnel.drop(f"bad problem row: {reason}", count)
     funnel.save(rd)
     print(funnel.render())
     return 0
