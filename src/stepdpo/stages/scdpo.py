@@ -42,7 +42,6 @@ Resumable: every finished branch point is appended to ``RUN/scdpo/branches.jsonl
 
 from __future__ import annotations
 
-import logging
 import random
 import time
 from collections import Counter, defaultdict
@@ -61,8 +60,6 @@ from stepdpo.stages.pairs import PairsConfig, check_pair, dpo_pairs, write_pairs
 from stepdpo.stages.rectify import normalize_ws
 from stepdpo.stages.sample import read_problems
 from stepdpo.steps import STEP_HEADER, PromptFormat, next_marker, split_steps
-
-log = logging.getLogger(__name__)
 
 STEP_STOP = "\nStep "
 """Stop string that ends a call after one step (the next step's marker is not generated)."""
