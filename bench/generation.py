@@ -75,7 +75,7 @@ def profile(gen: HFGenerator, prompts: list[str], steps: int) -> dict:
 
     params = SamplingParams(temperature=0.8, max_new_tokens=steps, seed=0)
     gen.generate(prompts, params)  # warm-up
-    with torch_profile(activities=[ProfilerActivity.CPU]) as prof:
+    with torch_profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
         start = time.perf_counter()
         gen.generate(prompts, params)
         wall = time.perf_counter() - start
