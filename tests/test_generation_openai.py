@@ -128,7 +128,7 @@ def make(server, monkeypatch):
             max_concurrency=4,
             request_timeout_s=TIMEOUT_S,
             max_retries=max_retries,
-            backoff_initial_s=0.01,
+            retry_backoff_s=0.01,
             backoff_max_s=0.05,
         )
         sleep = (lambda s: (sleeps.append(s), time.sleep(min(s, 0.05)))) if sleeps is not None else time.sleep

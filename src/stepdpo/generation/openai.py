@@ -1,133 +1,239 @@
-"""Any OpenAI-compatible server as a generator (``/v1/completions``) and chat backend (``/v1/chat/completions``).
+"""Any OpenAI-compatible server (vLLM serve, llama.cpp, TGI, hosted APIs).
 
-Requests run ``max_concurrency`` at a time. A request that times out, cannot
-connect, is reset, gets 429 or 5xx, or returns a body that is not a usable
-completion (malformed JSON, no choices) is retried up to ``max_retries`` times
-with exponential backoff (``retry_backoff_s * 2**attempt``, or the server's
-``Retry-After`` when it sends one, capped at ``MAX_WAIT_S``). After the last
-retry the completion comes back with ``finish_reason='error: <reason>'`` and
-empty text, so callers record the failure per item and keep finished work.
-The API key is read from the environment variable ``api_key_env`` and only
-ever placed in the Authorization header: it is never logged or returned.
+``generate`` posts to ``/completions`` (prompts are complete texts), ``chat``
+posts to ``/chat/completions`` (for LLM judges). Requests run in a thread pool
+of ``max_concurrency``; timeouts, connection errors, 408/409/429 and 5xx responses,
+malformed JSON and responses without choices are retried with exponential
+backoff and full jitter (``retry_backoff_s * 2**retry``, capped at
+``backoff_max_s``); a 429 or 503 with ``Retry-After`` waits what the server
+asks instead.
+
+Failures do not raise: when a request still fails after ``max_retries``
+retries (or fails with a 4xx that retrying cannot fix), every completion it
+was to produce comes back as ``Completion(text="", num_tokens=0,
+finish_reason="error: <reason>")``. Callers record such items as failed and
+can retry them later; the rest of the batch is kept.
+
+The API key is read from the environment variable ``config.api_key_env`` at
+construction, sent only in the ``Authorization`` header, and never logged,
+put in an error message, or shown in ``repr``. Server-provided text that ends
+up in a reason (a short excerpt of a 4xx body) is scrubbed of it too.
+
+``top_k`` is not an OpenAI parameter; it is sent only when it is > 0 (vLLM's
+server accepts it). Servers report completion tokens as a total per request:
+with several choices in one response, each gets an even share of that total.
 """
 
 from __future__ import annotations
 
+import email.utils
+import json
 import logging
 import os
+import random
 import time
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Callable
 
 import httpx
 
+from stepdpo.errors import ConfigError
 from stepdpo.generation.base import Completion, GeneratorConfig, SamplingParams
 
 log = logging.getLogger(__name__)
 
-MAX_WAIT_S = 60.0
-RETRY_STATUS = {408, 409, 429, 500, 502, 503, 504}
+_BODY_EXCERPT = 200
+# Request timeout, conflict and rate limiting are transient; other 4xx are the client's fault.
+_RETRY_STATUS = {408, 409, 429}
 
 
-class RequestFailed(Exception):
-    """One attempt failed; ``retry`` says whether another attempt may succeed; ``wait_s`` is the server's Retry-After."""
+@dataclass
+class _Failure(Exception):
+    """One failed attempt: why, whether retrying may help, and how long the server asked us to wait."""
 
-    def __init__(self, reason: str, retry: bool, wait_s: float | None = None):
-        super().__init__(reason)
-        self.reason = reason
-        self.retry = retry
-        self.wait_s = wait_s
+    reason: str
+    retryable: bool
+    retry_after: float | None = None
 
 
-def _retry_after(response: httpx.Response) -> float | None:
-    value = response.headers.get("retry-after")
-    if value is None:
+def _retry_after_seconds(value: str | None) -> float | None:
+    """Parse ``Retry-After``: delta-seconds or an HTTP date."""
+    if not value:
         return None
     try:
         return max(0.0, float(value))
     except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
         return None
+    return max(0.0, when.timestamp() - time.time())
+
+
+class _Secret:
+    """Holds a string whose repr and str never show it (safe in vars(), tracebacks with locals, debug dumps)."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str):
+        self._value = value
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return "<secret>"
+
+    __str__ = __repr__
 
 
 class OpenAIGenerator:
-    """Generation through an OpenAI-compatible HTTP API with bounded retries."""
+    """A :class:`~stepdpo.generation.base.Generator` talking to an OpenAI-compatible HTTP API."""
 
-    def __init__(self, config: GeneratorConfig):
+    def __init__(self, config: GeneratorConfig, sleep: Callable[[float], None] = time.sleep):
+        if config.max_concurrency < 1:
+            raise ConfigError(f"max_concurrency must be >= 1, got {config.max_concurrency}")
+        if config.max_retries < 0:
+            raise ConfigError(f"max_retries must be >= 0, got {config.max_retries}")
+        if config.request_timeout_s <= 0:
+            raise ConfigError(f"request_timeout_s must be > 0, got {config.request_timeout_s}")
         self.config = config
-        self.name = f"openai:{config.model}"
-        key = os.environ.get(config.api_key_env, "")
-        headers = {"Authorization": f"Bearer {key}"} if key else {}
-        self._client = httpx.Client(base_url=config.base_url.rstrip("/") + "/", headers=headers,
-                                    timeout=httpx.Timeout(config.request_timeout_s))
+        self.name = f"openai:{config.model}@{config.base_url}"
+        key = os.environ.get(config.api_key_env)
+        self._api_key = _Secret(key) if key else None
+        self._sleep = sleep
+        self._base_url = config.base_url.rstrip("/")
+        # httpx.Client is thread-safe; one pool shared by the workers reuses connections.
+        limits = httpx.Limits(max_connections=config.max_concurrency, max_keepalive_connections=config.max_concurrency)
+        self._http = httpx.Client(timeout=config.request_timeout_s, limits=limits)
 
-    def _post_once(self, endpoint: str, body: dict[str, Any]) -> list[dict[str, Any]]:
-        try:
-            response = self._client.post(endpoint, json=body)
-        except httpx.TimeoutException:
-            raise RequestFailed("timeout", retry=True) from None
-        except httpx.TransportError as err:
-            raise RequestFailed(f"connection error ({type(err).__name__})", retry=True) from None
-        if response.status_code != 200:
-            retry = response.status_code in RETRY_STATUS
-            raise RequestFailed(f"HTTP {response.status_code}", retry=retry, wait_s=_retry_after(response))
-        try:
-            choices = response.json()["choices"]
-        except (ValueError, KeyError, TypeError):
-            raise RequestFailed("malformed response body", retry=True) from None
-        if not isinstance(choices, list) or not choices:
-            raise RequestFailed("no choices in response", retry=True)
-        return choices
+    def __repr__(self) -> str:
+        return f"OpenAIGenerator(model={self.config.model!r}, base_url={self.config.base_url!r})"
 
-    def _post(self, endpoint: str, body: dict[str, Any]) -> list[dict[str, Any]] | str:
-        """The response's choices, or the reason of the last failure."""
-        for attempt in range(self.config.max_retries + 1):
-            try:
-                return self._post_once(endpoint, body)
-            except RequestFailed as err:
-                if not err.retry or attempt == self.config.max_retries:
-                    log.warning("%s request failed after %d attempt(s): %s", endpoint, attempt + 1, err.reason)
-                    return err.reason
-                wait = err.wait_s if err.wait_s is not None else self.config.retry_backoff_s * 2 ** attempt
-                time.sleep(min(wait, MAX_WAIT_S))
-        raise AssertionError("unreachable")
-
-    def _completions(self, choices: list[dict[str, Any]] | str, n: int, text_of) -> list[Completion]:
-        if isinstance(choices, str):
-            return [Completion(text="", num_tokens=0, finish_reason=f"error: {choices}") for _ in range(n)]
-        out = []
-        for choice in sorted(choices, key=lambda c: c.get("index", 0) if isinstance(c, dict) else 0)[:n]:
-            text = text_of(choice) if isinstance(choice, dict) else None
-            if not isinstance(text, str):
-                out.append(Completion(text="", num_tokens=0, finish_reason="error: choice without text"))
-                continue
-            finish = choice.get("finish_reason") or "stop"
-            out.append(Completion(text=text, num_tokens=len(text.split()), finish_reason="length" if finish == "length" else "stop"))
-        out += [Completion(text="", num_tokens=0, finish_reason="error: fewer choices than requested")] * (n - len(out))
-        return out
-
-    def _params(self, params: SamplingParams) -> dict[str, Any]:
-        body: dict[str, Any] = {"model": self.config.model, "n": params.n, "temperature": params.temperature,
-                                "top_p": params.top_p, "max_tokens": params.max_new_tokens}
-        if params.stop:
-            body["stop"] = list(params.stop)
-        if params.seed is not None:
-            body["seed"] = params.seed
-        return body
-
-    def _map(self, fn, items: list) -> list:
-        with ThreadPoolExecutor(max_workers=max(1, self.config.max_concurrency)) as pool:
-            return list(pool.map(fn, items))
+    # -- public API -------------------------------------------------------------------
 
     def generate(self, prompts: list[str], params: SamplingParams) -> list[list[Completion]]:
-        """``params.n`` completions of each prompt (``/completions``), in prompt order."""
-        def one(prompt: str) -> list[Completion]:
-            choices = self._post("completions", {**self._params(params), "prompt": prompt})
-            return self._completions(choices, params.n, lambda c: c.get("text"))
-        return self._map(one, prompts)
+        """``params.n`` completions per prompt from ``/completions``, in prompt order."""
+        return self._run("/completions", [{"prompt": p} for p in prompts], params)
 
     def chat(self, conversations: list[list[dict]], params: SamplingParams) -> list[list[Completion]]:
-        """``params.n`` replies to each conversation (``/chat/completions``), in order."""
-        def one(messages: list[dict]) -> list[Completion]:
-            choices = self._post("chat/completions", {**self._params(params), "messages": messages})
-            return self._completions(choices, params.n, lambda c: (c.get("message") or {}).get("content"))
-        return self._map(one, conversations)
+        """``params.n`` assistant replies per conversation (a list of ``{"role", "content"}``) from ``/chat/completions``."""
+        return self._run("/chat/completions", [{"messages": c} for c in conversations], params)
+
+    # -- internals --------------------------------------------------------------------
+
+    def _run(self, endpoint: str, inputs: list[dict], params: SamplingParams) -> list[list[Completion]]:
+        from tqdm.auto import tqdm
+
+        if params.n < 1:
+            raise ConfigError(f"sampling n must be >= 1, got {params.n}")
+        if not inputs:
+            return []
+        with ThreadPoolExecutor(max_workers=min(self.config.max_concurrency, len(inputs))) as pool:
+            futures = [pool.submit(self._one_input, endpoint, item, params) for item in inputs]
+            with tqdm(total=len(futures), desc=f"openai {endpoint}", unit="req", disable=len(futures) < 2, leave=False) as bar:
+                for future in futures:
+                    future.add_done_callback(lambda _: bar.update())
+                return [future.result() for future in futures]
+
+    def _one_input(self, endpoint: str, item: dict, params: SamplingParams) -> list[Completion]:
+        """n completions for one prompt/conversation: one request with ``n``, then single requests for missing choices."""
+        completions = self._request(endpoint, item, params, params.n, params.seed)
+        for extra in range(len(completions), params.n):
+            seed = None if params.seed is None else params.seed + extra
+            completions.extend(self._request(endpoint, item, params, 1, seed))
+        return completions
+
+    def _payload(self, item: dict, params: SamplingParams, n: int, seed: int | None) -> dict[str, Any]:
+        payload: dict[str, Any] = {
+            "model": self.config.model,
+            **item,
+            "n": n,
+            "temperature": params.temperature,
+            "top_p": params.top_p,
+            "max_tokens": params.max_new_tokens,
+        }
+        if params.top_k > 0:
+            payload["top_k"] = params.top_k
+        if params.stop:
+            payload["stop"] = list(params.stop)
+        if seed is not None:
+            payload["seed"] = seed
+        return payload
+
+    def close(self) -> None:
+        """Close the pooled connections."""
+        self._http.close()
+
+    def _request(self, endpoint: str, item: dict, params: SamplingParams, n: int, seed: int | None) -> list[Completion]:
+        """POST once per attempt until success or retries run out; returns up to n completions (or n error completions)."""
+        payload = self._payload(item, params, n, seed)
+        headers = {"Content-Type": "application/json"}
+        if self._api_key:
+            headers["Authorization"] = f"Bearer {self._api_key.reveal()}"
+        attempts = self.config.max_retries + 1
+        for attempt in range(attempts):
+            try:
+                return self._attempt(endpoint, payload, headers, n)
+            except _Failure as failure:
+                reason = self._scrub(failure.reason)
+                if not failure.retryable or attempt == attempts - 1:
+                    tries = f"{attempt + 1} attempt{'s' if attempt else ''}"
+                    log.warning("%s%s failed after %s: %s", self._base_url, endpoint, tries, reason)
+                    return [Completion(text="", num_tokens=0, finish_reason=f"error: {reason} (after {tries})") for _ in range(n)]
+                delay = self._delay(attempt, failure.retry_after)
+                log.info("%s%s: %s; retry %d/%d in %.2fs", self._base_url, endpoint, reason, attempt + 1, self.config.max_retries, delay)
+                self._sleep(delay)
+        raise AssertionError("unreachable: the last attempt returns")
+
+    def _delay(self, retry: int, retry_after: float | None) -> float:
+        """Exponential backoff with full jitter, or the server's Retry-After when it gave one."""
+        if retry_after is not None:
+            return retry_after
+        cap = min(self.config.backoff_max_s, self.config.retry_backoff_s * 2**retry)
+        return random.uniform(0, cap)
+
+    def _attempt(self, endpoint: str, payload: dict, headers: dict, n: int) -> list[Completion]:
+        try:
+            response = self._http.post(self._base_url + endpoint, json=payload, headers=headers)
+        except httpx.TimeoutException:
+            raise _Failure(f"timeout after {self.config.request_timeout_s:g}s", retryable=True) from None
+        except httpx.TransportError as err:
+            raise _Failure(f"connection error ({type(err).__name__})", retryable=True) from None
+        status = response.status_code
+        if status in _RETRY_STATUS or status >= 500:
+            retry_after = _retry_after_seconds(response.headers.get("Retry-After"))
+            raise _Failure(f"HTTP {status}", retryable=True, retry_after=retry_after)
+        if status >= 400:
+            excerpt = " ".join(response.text[:_BODY_EXCERPT].split())
+            raise _Failure(f"HTTP {status}: {excerpt}", retryable=False)
+        try:
+            body = response.json()
+            choices = body["choices"]
+            if not isinstance(choices, list):
+                raise TypeError("choices is not a list")
+            usage = body.get("usage") or {}
+            completions = [self._completion(choice, usage, len(choices)) for choice in choices[:n]]
+        except (ValueError, KeyError, TypeError, AttributeError) as err:
+            raise _Failure(f"malformed response ({type(err).__name__})", retryable=True) from None
+        if not completions:
+            raise _Failure("no choices in response", retryable=True)
+        return completions
+
+    @staticmethod
+    def _completion(choice: dict, usage: dict, num_choices: int) -> Completion:
+        if "message" in choice:
+            text = choice["message"].get("content") or ""
+        else:
+            text = choice["text"]
+        if not isinstance(text, str):
+            raise TypeError("completion text is not a string")
+        total = usage.get("completion_tokens")
+        tokens = int(total) // num_choices if isinstance(total, (int, float)) else 0
+        finish = choice.get("finish_reason") or "length"
+        return Completion(text=text, num_tokens=tokens, finish_reason="stop" if finish in ("stop", "eos") else str(finish))
+
+    def _scrub(self, text: str) -> str:
+        return text.replace(self._api_key.reveal(), "***") if self._api_key else text
