@@ -174,3 +174,10 @@ def test_model_text_is_never_evaluated(tmp_path):
         assert is_correct(f"\\boxed{{{payload}}}", "5") is False
         assert is_correct(f"\\boxed{{{payload}}}", f"x+{payload}") is False
     assert not marker.exists()
+
+
+def test_grade_responses_extracts_before_matching():
+    from stepdpo.grading import grade_responses
+
+    responses = [("Step 1: 2+3=5 so 7", "7"), ("Step 1: x\nThe answer is: 9", "9"), ("Step 1: \\boxed{4}", "5")]
+    assert grade_responses(responses) == [True, True, False]

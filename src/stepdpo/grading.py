@@ -450,6 +450,11 @@ def is_correct(response: str, gold: str, *, last_number_fallback: bool = True, t
     return answers_match(extract_answer(response, last_number_fallback=last_number_fallback), gold, timeout_s=timeout_s)
 
 
+def grade_responses(pairs: Iterable[tuple[str, str]], *, timeout_s: float = 5.0) -> list[bool]:
+    """``is_correct`` over ``(response, gold)`` pairs: the final answer is extracted from each response first."""
+    return grade_many(((extract_answer(response), gold) for response, gold in pairs), timeout_s=timeout_s)
+
+
 def grade_many(pairs: Iterable[tuple[str | None, str]], *, timeout_s: float = 5.0) -> list[bool]:
     """``answers_match`` over ``(pred, gold)`` pairs, in order; repeated pairs are judged once."""
     return [answers_match(pred, gold, timeout_s=timeout_s) for pred, gold in pairs]

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Generator as Coroutine, Literal, Sequence
 
 from stepdpo.generation.base import Generator, SamplingParams
-from stepdpo.grading import grade_many
+from stepdpo.grading import grade_responses
 from stepdpo.localizers.base import STATUS_OK, empty_response
 from stepdpo.records import LocatedError, Problem, Sample
 from stepdpo.steps import PromptFormat, next_marker
@@ -166,7 +166,7 @@ class RolloutLocalizer:
             params = SamplingParams(n=cfg.rollouts_per_prefix, temperature=cfg.temperature, top_p=cfg.top_p,
                                     max_new_tokens=cfg.max_new_tokens, stop=tuple(cfg.stop), seed=cfg.seed + round_index)
             outputs = self.generator.generate(prompts, params)
-            graded = grade_many([(prefix + next_marker(prefix) + completion.text, state.problem.answer)
+            graded = grade_responses([(prefix + next_marker(prefix) + completion.text, state.problem.answer)
                                  for state, prefix, completions in zip(pending, prefixes, outputs) for completion in completions])
             at = 0
             for state, completions in zip(pending, outputs):

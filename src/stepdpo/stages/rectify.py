@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 
 from stepdpo.errors import InputError
 from stepdpo.generation.base import Generator, GeneratorConfig, SamplingParams, build_generator, prompt_format
-from stepdpo.grading import grade_many
+from stepdpo.grading import grade_responses
 from stepdpo.localizers.base import STATUS_OK
 from stepdpo.records import LocatedError, Problem, RecordStore, Rectification, Sample
 from stepdpo.rundir import Funnel, RunDir
@@ -108,7 +108,7 @@ def run(config: RectifyConfig, problems: dict[str, Problem], samples: dict[str, 
             params = SamplingParams(n=config.r, temperature=config.temperature, top_p=config.top_p,
                                     max_new_tokens=config.max_new_tokens, stop=tuple(config.stop), seed=config.seed + chunk_index)
             outputs = generator.generate(prompts, params)
-            graded = grade_many([(prefix + next_marker(prefix) + c.text, problem.answer)
+            graded = grade_responses([(prefix + next_marker(prefix) + c.text, problem.answer)
                                  for (_, _, problem, _, prefix), cs in zip(jobs, outputs) for c in cs])
             at = 0
             chunk_out = []

@@ -20,7 +20,7 @@ from typing import Iterable, Literal, Optional, Sequence
 from tqdm.auto import tqdm
 
 from stepdpo.generation.base import Generator, GeneratorConfig, SamplingParams, build_generator, prompt_format
-from stepdpo.grading import extract_answer, grade_many
+from stepdpo.grading import extract_answer, grade_responses
 from stepdpo.metrics import pass_at_k
 from stepdpo.records import Problem, RecordStore, Sample, atomic_write_text, record_to_dict
 from stepdpo.rundir import Funnel, RunDir
@@ -95,7 +95,7 @@ def run(config: SampleConfig, problems: Sequence[Problem], generator: Generator,
             params = SamplingParams(n=config.k, temperature=config.temperature, top_p=config.top_p,
                                     max_new_tokens=config.max_new_tokens, stop=tuple(config.stop), seed=config.seed + chunk_index)
             outputs = generator.generate(prompts, params)
-            graded = grade_many([(FIRST_MARKER + c.text, p.answer) for p, cs in zip(chunk, outputs) for c in cs])
+            graded = grade_responses([(FIRST_MARKER + c.text, p.answer) for p, cs in zip(chunk, outputs) for c in cs])
             at = 0
             chunk_samples: list[Sample] = []
             for problem, prompt, completions in zip(chunk, prompts, outputs):

@@ -146,7 +146,7 @@ def run(config: TrainConfig, pairs: list[StepPair], model: Any = None, tokenizer
     prompt_format = PromptFormat(style=config.prompt_style, chat_template_owner=tokenizer)
     options = TokenizeOptions(mode=config.mode, max_length=config.max_length, max_prompt_length=config.max_prompt_length)
     kept, dropped = tokenize_pairs(pairs, tokenizer, prompt_format, options)
-    funnel = Funnel("train", records_in=len(pairs), dropped=dict(dropped) or None)
+    funnel = Funnel(f"train-{config.name or config.mode}", records_in=len(pairs), dropped=dict(dropped) or None)
     if not kept:
         raise InputError("<pairs>", f"no trainable pairs among {len(pairs)} (dropped: {dropped})")
     train_index, eval_index = _split(len(kept), config.eval_split, config.seed)
