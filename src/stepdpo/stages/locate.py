@@ -29,7 +29,7 @@ from stepdpo.localizers.judge import JudgeConfig, JudgeLocalizer
 from stepdpo.localizers.rollout import RolloutConfig, RolloutLocalizer
 from stepdpo.records import LocatedError, Problem, RecordStore, Sample, record_to_dict
 from stepdpo.rundir import Funnel, RunDir
-from stepdpo.stages.sample import read_problems
+from stepdpo.stages.sample import read_problems, read_samples
 from stepdpo.steps import PromptFormat
 
 
@@ -126,10 +126,8 @@ def funnel_for(located: Sequence[LocatedError], wrong_samples: int, wall_s: floa
 def command(config: LocateConfig) -> int:
     started = time.perf_counter()
     rd = RunDir(config.run_dir)
-    if not rd.samples.is_file():
-        raise InputError(str(rd.samples), "not found: run `stepdpo sample` first")
+    samples = read_samples(rd)
     problems = read_problems(rd)
-    samples = RecordStore(rd.samples, Sample).records()
     generator = build_generator(config.generator) if config.localizer in ("rollout", "judge") else None
     localizer = build_localizer(config, generator)
     located = run(config, problems, samples, localizer, RecordStore(rd.located, LocatedError, key="sample_id"),

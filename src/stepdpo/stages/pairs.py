@@ -28,7 +28,7 @@ from stepdpo.errors import InputError
 from stepdpo.records import LocatedError, Problem, RecordStore, Rectification, Sample, StepPair, atomic_write_text, record_to_dict
 from stepdpo.rundir import Funnel, RunDir
 from stepdpo.stages.rectify import normalize_ws
-from stepdpo.stages.sample import read_problems
+from stepdpo.stages.sample import read_problems, read_samples
 from stepdpo.steps import STEP_HEADER
 
 
@@ -148,7 +148,7 @@ def command(config: PairsConfig) -> int:
     if not rd.rectified.is_file():
         raise InputError(str(rd.rectified), "not found: run `stepdpo rectify` first")
     problems = read_problems(rd)
-    samples = RecordStore(rd.samples, Sample).records()
+    samples = read_samples(rd)
     located = RecordStore(rd.located, LocatedError, key="sample_id").records() if rd.located.is_file() else []
     rectified = RecordStore(rd.rectified, Rectification, key="sample_id").records()
     funnel = Funnel("pairs", records_in=len(rectified))

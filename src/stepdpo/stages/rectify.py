@@ -25,7 +25,7 @@ from stepdpo.grading import grade_responses
 from stepdpo.localizers.base import STATUS_OK
 from stepdpo.records import LocatedError, Problem, RecordStore, Rectification, Sample
 from stepdpo.rundir import Funnel, RunDir
-from stepdpo.stages.sample import read_problems
+from stepdpo.stages.sample import read_problems, read_samples
 from stepdpo.steps import PromptFormat, next_marker, prefix_before, split_steps
 
 
@@ -150,7 +150,7 @@ def command(config: RectifyConfig) -> int:
     if not rd.located.is_file():
         raise InputError(str(rd.located), "not found: run `stepdpo locate` first")
     problems = read_problems(rd)
-    samples = {s.id: s for s in RecordStore(rd.samples, Sample).records()}
+    samples = {s.id: s for s in read_samples(rd)}
     located = RecordStore(rd.located, LocatedError, key="sample_id").records()
     generator = build_generator(config.generator)
     rectified = run(config, problems, samples, located, generator, prompt_format(config.generator),

@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 from stepdpo.generation.base import Generator, GeneratorConfig, SamplingParams, build_generator, prompt_format
 from stepdpo.grading import extract_answer, grade_responses
 from stepdpo.metrics import pass_at_k
+from stepdpo.errors import InputError
 from stepdpo.records import Problem, RecordStore, Sample, atomic_write_text, record_to_dict
 from stepdpo.rundir import Funnel, RunDir
 from stepdpo.steps import FIRST_MARKER, PromptFormat, split_steps
@@ -121,6 +122,13 @@ def save_problems(path: str | os.PathLike, problems: Sequence[Problem]) -> None:
 def read_problems(run_dir: RunDir, name: str = "train") -> dict[str, Problem]:
     """The run's problems by id (written by ``stepdpo sample``)."""
     return {p.id: p for p in RecordStore(run_dir.problems(name), Problem).records()}
+
+
+def read_samples(run_dir: RunDir) -> list[Sample]:
+    """The run's samples (written by ``stepdpo sample``); a clear error when there are none yet."""
+    if not run_dir.samples.is_file():
+        raise InputError(str(run_dir.samples), "not found: run `stepdpo sample` first")
+    return RecordStore(run_dir.samples, Sample).records()
 
 
 def command(config: SampleConfig) -> int:

@@ -58,7 +58,7 @@ from stepdpo.records import Problem, RecordStore, Sample, StepPair
 from stepdpo.rundir import Funnel, RunDir
 from stepdpo.stages.pairs import PairsConfig, check_pair, dpo_pairs, write_pairs
 from stepdpo.stages.rectify import normalize_ws
-from stepdpo.stages.sample import read_problems
+from stepdpo.stages.sample import read_problems, read_samples
 from stepdpo.steps import STEP_HEADER, PromptFormat, next_marker, split_steps
 
 STEP_STOP = "\nStep "
@@ -495,10 +495,8 @@ def run(config: SCDPOConfig, problems: dict[str, Problem], samples: Sequence[Sam
 def command(config: SCDPOConfig) -> int:
     started = time.perf_counter()
     rd = RunDir(config.run_dir)
-    if not rd.samples.is_file():
-        raise InputError(str(rd.samples), "not found: run `stepdpo sample` first")
+    samples = read_samples(rd)
     problems = read_problems(rd)
-    samples = RecordStore(rd.samples, Sample).records()
     generator = build_generator(config.generator)
     out = run(config, problems, samples, generator, prompt_format(config.generator),
               branch_store=RecordStore(rd.root / "scdpo" / "branches.jsonl", Branch, key="key"),

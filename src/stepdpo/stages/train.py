@@ -235,7 +235,7 @@ def command(config: TrainConfig) -> int:
     paths = [Path(p) for p in config.pairs] or [run_dir.pairs / RUN_PAIR_FILES[config.mode]]
     for path in paths:
         if not path.is_file():
-            raise InputError(str(path), f"pair file not found (run `stepdpo pairs` first, or pass --pairs)")
+            raise InputError(str(path), "pair file not found (run `stepdpo pairs` first, or pass --pairs)")
     pairs = read_pairs(paths)
     out_dir = resolve_output_dir(config)
     out_dir.mkdir(parents=True, exist_ok=True)
