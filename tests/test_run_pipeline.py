@@ -26,12 +26,19 @@ def _answers() -> dict[str, str]:
 
 
 def _script(answers: dict[str, str]):
-    """Even-numbered samples solve the problem, odd ones give gold + 1 after a wrong step."""
+    """Even-numbered samples solve the problem in two steps, odd ones give gold + 1 after a wrong step.
+
+    A prompt that already holds a wrong step never recovers, so rollouts confirm it is dead,
+    and sampling above temperature 1 always goes wrong, so every SCDPO branch finds a negative.
+    """
 
     def script(prompt: str, params, index: int) -> str:
         gold = next((a for q, a in answers.items() if q in prompt), "0")
         step = int(re.findall(r"Step (\d+):", prompt)[-1]) if "Step" in prompt else 1
-        if index % 2 == 0:
+        drifted = params.temperature > 1.0  # SCDPO's rising temperature always derails here
+        if index % 2 == 0 and "slipped" not in prompt and not drifted:
+            if step == 1:  # correct solutions have two steps, so they have a branch point
+                return f" Start from the numbers given.\nStep 2: {gold} is the result.\nThe answer is: \\boxed{{{gold}}}"
             return f" {gold} is the result.\nThe answer is: \\boxed{{{gold}}}"
         wrong = int(gold) + 1
         return f" {wrong} is the result (step {step} slipped).\nThe answer is: \\boxed{{{wrong}}}"
@@ -43,17 +50,16 @@ def _script(answers: dict[str, str]):
 def scripted(monkeypatch):
     generator = ScriptedGenerator(_script(_answers()))
     from stepdpo.generation import base
-    from stepdpo.stages import locate, rectify, sample
+    from stepdpo.stages import locate, rectify, sample, scdpo
 
-    for module in (base, locate, rectify, sample):
+    for module in (base, locate, rectify, sample, scdpo):
         monkeypatch.setattr(module, "build_generator", lambda config: generator)
     return generator
 
 
-def test_run_chains_every_stage_and_resumes(tmp_path, tiny_model_dir, scripted):
-    run_dir = tmp_path / "run"
-    argv = [
-        "run", "--run-dir", str(run_dir), "--model", str(tiny_model_dir), "--do-sft", "False",
+def _argv(run_dir, model_dir) -> list[str]:
+    return [
+        "run", "--run-dir", str(run_dir), "--model", str(model_dir), "--do-sft", "False",
         "--generator.prompt-style", "plain",
         "--sample.data", TRAIN_SPEC, "--sample.k", "2",
         "--locate.rollout.rollouts-per-prefix", "2",
@@ -61,6 +67,11 @@ def test_run_chains_every_stage_and_resumes(tmp_path, tiny_model_dir, scripted):
         "--train.batch-size", "2", "--train.epochs", "1", "--train.logging-steps", "1", "--train.report-to", "none",
         "--eval.data", TEST_SPEC, "--eval.limit", "6",
     ]
+
+
+def test_run_chains_every_stage_and_resumes(tmp_path, tiny_model_dir, scripted):
+    run_dir = tmp_path / "run"
+    argv = _argv(run_dir, tiny_model_dir) + ["--methods", "step-dpo", "dpo"]
     assert main(argv) == 0
     for path in ["config.yaml", "samples.jsonl", "located.jsonl", "rectified.jsonl", "pairs/step_pairs.jsonl",
                  "pairs/dpo_pairs.jsonl", "train/step-dpo/final/config.json", "train/dpo/final/config.json",
@@ -78,3 +89,24 @@ def test_run_chains_every_stage_and_resumes(tmp_path, tiny_model_dir, scripted):
     timings = json.loads((run_dir / "timings.json").read_text())
     assert not any(name.startswith("train-") for name in timings)
     assert len(scripted.calls) == calls_before  # nothing was generated again
+
+
+def test_run_trains_scdpo_and_judge_free_from_correct_samples(tmp_path, tiny_model_dir, scripted):
+    run_dir = tmp_path / "run"
+    argv = _argv(run_dir, tiny_model_dir) + [
+        "--methods", "scdpo", "judge-free", "--scdpo.branch", "every", "--scdpo.max-attempts", "2", "--scdpo.rollouts", "2",
+    ]
+    assert main(argv) == 0
+    for method in ("scdpo", "judge-free"):
+        assert (run_dir / f"train/{method}/final/config.json").is_file(), method
+        assert (run_dir / f"eval/{method}/results.json").is_file(), method
+        assert (run_dir / f"compare_{method}.json").is_file(), method
+    assert not (run_dir / "train/step-dpo").exists()
+    scdpo_pairs = [json.loads(line) for line in (run_dir / "pairs/scdpo_pairs.jsonl").read_text().splitlines()]
+    assert {p["kind"] for p in scdpo_pairs} == {"scdpo", "dpo"}
+    judge_free = [json.loads(line) for line in (run_dir / "pairs/judge_free_pairs.jsonl").read_text().splitlines()]
+    assert judge_free and all("slipped" in p["rejected"] and "slipped" not in p["chosen"] for p in judge_free)
+    train_config = (run_dir / "train/judge-free/train_config.yaml").read_text()
+    assert "mode: step-dpo" in train_config and "judge_free_pairs.jsonl" in train_config
+    report = (run_dir / "report/report.html").read_text()
+    assert "judge-free" in report and "scdpo" in report

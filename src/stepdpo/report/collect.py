@@ -27,7 +27,7 @@ from stepdpo.rundir import Funnel, RunDir
 # Pipeline order of funnel stages; a stage named e.g. "train-dpo" sorts with "train".
 STAGE_ORDER = ("sft", "sample", "locate", "rectify", "pairs", "scdpo", "train", "eval", "compare", "report")
 # Preferred order of evaluations / training runs, so "base" always comes first.
-METHOD_ORDER = ("base", "sft", "dpo", "step-dpo", "scdpo")
+METHOD_ORDER = ("base", "sft", "dpo", "step-dpo", "scdpo", "judge-free")
 
 
 class SectionError(Exception):

@@ -16,7 +16,7 @@ from stepdpo.report.collect import METHOD_ORDER, Curve, EvalSet, order_key
 from stepdpo.rundir import Funnel
 
 DPI = 110
-_FIXED_COLOURS = {"base": "#8c8c8c", "sft": "#8c8c8c", "step-dpo": "#1f77b4", "dpo": "#ff7f0e", "scdpo": "#2ca02c"}
+_FIXED_COLOURS = {"base": "#8c8c8c", "sft": "#8c8c8c", "step-dpo": "#1f77b4", "dpo": "#ff7f0e", "scdpo": "#2ca02c", "judge-free": "#9467bd"}
 _CYCLE = ("#d62728", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22", "#7f7f7f")
 
 

@@ -1,8 +1,8 @@
 """`stepdpo run`: the whole method in one run directory.
 
-SFT (optional) -> sample -> locate -> rectify -> pairs [-> scdpo] -> eval of the
-starting policy -> for each method: train -> eval -> compare with the start ->
-report. Every stage is the same ``command(config)`` the CLI runs on its own, so
+SFT (optional) -> sample -> locate -> rectify -> pairs [-> scdpo, when a method
+needs its pairs] -> eval of the starting policy -> for each method: train -> eval
+-> compare with the start -> report. Every stage is the same ``command(config)`` the CLI runs on its own, so
 each one skips what is already on disk and resumes what is partial: a killed run
 continues where it stopped when started again with the same arguments.
 """
@@ -19,25 +19,31 @@ from stepdpo.config import save_config
 from stepdpo.generation.base import GeneratorConfig
 from stepdpo.records import atomic_write_json
 from stepdpo.rundir import RunDir
-from stepdpo.stages import compare, evaluate, locate, pairs, rectify, sample, sft, train
+from stepdpo.stages import compare, evaluate, locate, pairs, rectify, sample, scdpo, sft, train
 from stepdpo.stages.compare import CompareConfig
 from stepdpo.stages.evaluate import EvalConfig
 from stepdpo.stages.locate import LocateConfig
 from stepdpo.stages.pairs import PairsConfig
 from stepdpo.stages.rectify import RectifyConfig
 from stepdpo.stages.sample import SampleConfig
+from stepdpo.stages.scdpo import SCDPOConfig
 from stepdpo.stages.sft import SFTConfig
 from stepdpo.stages.train import TrainConfig
 
 log = logging.getLogger(__name__)
 
-Method = Literal["step-dpo", "dpo"]
+Method = Literal["step-dpo", "dpo", "scdpo", "judge-free"]
 
-# method -> (training mode, pair files under RUN/pairs)
+# method -> (training mode, pair files under RUN/pairs). scdpo_pairs.jsonl holds the
+# step-controlled pairs and the naive whole-solution pairs the paper trains on together;
+# judge-free pairs are single-step pairs, so they train exactly like Step-DPO's.
 METHOD_DATA: dict[str, tuple[str, tuple[str, ...]]] = {
     "step-dpo": ("step-dpo", ("step_pairs.jsonl",)),
     "dpo": ("dpo", ("dpo_pairs.jsonl",)),
+    "scdpo": ("scdpo", ("scdpo_pairs.jsonl",)),
+    "judge-free": ("step-dpo", ("judge_free_pairs.jsonl",)),
 }
+SCDPO_METHODS = ("scdpo", "judge-free")
 
 
 @dataclass
@@ -56,6 +62,7 @@ class RunConfig:
     locate: LocateConfig = field(default_factory=LocateConfig, metadata={"help": "First-wrong-step localization."})
     rectify: RectifyConfig = field(default_factory=lambda: RectifyConfig(r=8, max_new_tokens=256), metadata={"help": "Rectification of the located step."})
     pairs: PairsConfig = field(default_factory=PairsConfig, metadata={"help": "Pair building."})
+    scdpo: SCDPOConfig = field(default_factory=lambda: SCDPOConfig(branch="random", max_step_tokens=64, max_steps=6, rollouts=4, rollout_max_new_tokens=160), metadata={"help": "Step-controlled negatives and judge-free pairs from correct samples (run when methods include scdpo or judge-free)."})
     train: TrainConfig = field(default_factory=TrainConfig, metadata={"help": "Preference training (mode and name are set per method)."})
     eval: EvalConfig = field(default_factory=lambda: EvalConfig(data=["synthetic:test?n=200&min_steps=2&max_steps=4", "multiarith:test", "svamp:test"], limit=200, prompt="step", max_new_tokens=256), metadata={"help": "Evaluation of the starting policy and of every trained model."})
 
@@ -77,6 +84,10 @@ class RunConfig:
                 eval=replace(base.eval, data=["synthetic:test?n=32&min_steps=2&max_steps=4", "multiarith:test"], limit=32, max_new_tokens=160),
             )
         raise ValueError(f"unknown preset {name!r} (default, quick)")
+
+
+def _has_records(path: Path) -> bool:
+    return path.is_file() and any(line.strip() for line in path.open(encoding="utf-8"))
 
 
 def _timed(timings: dict[str, float], run_dir: RunDir, name: str, step: Callable[[], Any]) -> Any:
@@ -110,6 +121,9 @@ def command(config: RunConfig) -> int:
     _timed(timings, rd, "locate", lambda: locate.command(replace(config.locate, run_dir=root, generator=generator)))
     _timed(timings, rd, "rectify", lambda: rectify.command(replace(config.rectify, run_dir=root, seed=config.seed, generator=generator)))
     _timed(timings, rd, "pairs", lambda: pairs.command(replace(config.pairs, run_dir=root)))
+    if any(method in SCDPO_METHODS for method in config.methods):
+        scdpo_config = replace(config.scdpo, run_dir=root, seed=config.seed, generator=generator, judge_free="judge-free" in config.methods)
+        _timed(timings, rd, "scdpo", lambda: scdpo.command(scdpo_config))
 
     def evaluate_model(model: str, name: str) -> None:
         eval_config = replace(config.eval, model=model, name=name, run_dir=root, seed=config.seed, output_dir=None, generator=replace(generator, model=model))
@@ -121,6 +135,12 @@ def command(config: RunConfig) -> int:
         train_config = replace(config.train, model=policy, mode=mode, name=method, run_dir=root, output_dir="", seed=config.seed,
                                prompt_style=config.generator.prompt_style, pairs=[str(rd.pairs / f) for f in files])
         final = train.resolve_output_dir(train_config) / "final"
+        if not any(_has_records(Path(path)) for path in train_config.pairs):
+            # A small run can leave a method without pairs (e.g. no correct samples to branch
+            # from); the other methods' results are still worth having.
+            log.warning("%s: no pairs in %s, not trained", method, ", ".join(train_config.pairs))
+            print(f"{method}: skipped, no pairs in {', '.join(train_config.pairs)}")
+            continue
         if (final / "config.json").is_file():
             log.info("train %s: %s is complete, skipping", method, final)
         else:
