@@ -128,6 +128,7 @@ def run(config: TrainConfig, pairs: list[StepPair], model: Any = None, tokenizer
 
     ``callbacks`` are extra ``transformers.TrainerCallback`` objects (progress hooks, early stopping).
     """
+    import torch
     from transformers import TrainingArguments, set_seed
     from transformers.trainer_utils import get_last_checkpoint
 
@@ -188,6 +189,12 @@ def run(config: TrainConfig, pairs: list[StepPair], model: Any = None, tokenizer
         remove_unused_columns=False,  # the collator needs the pair fields the model's forward does not name
         dataloader_num_workers=0,
         dataloader_pin_memory=False,
+        # Without an accelerator, say so: only then does accelerate form a gloo process group from the
+        # torchrun environment (WORLD_SIZE, RANK) instead of running every launched process as a lone rank 0.
+        use_cpu=not torch.accelerator.is_available(),
+        # Every trainable parameter takes part in the packed forward; the search for unused ones costs an extra
+        # autograd traversal per step (and DDP warns about it).
+        ddp_find_unused_parameters=False,
     )
     trainer = PreferenceTrainer(
         model=model,
