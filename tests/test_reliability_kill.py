@@ -10,9 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from reliability_helpers import (complete_lines, kill_when, problem_rows, strict_lines, toy_problems, write_jsonl,
-                                 wrong_sample_rows)
+from reliability_helpers import (complete_lines, kill_when, problem_rows, run_stepdpo, strict_lines, toy_problems,
+                                 write_jsonl, wrong_sample_rows)
 from stepdpo import cli
+from test_train import make_pairs
 
 KILL_SEEDS = (1, 2)
 
@@ -141,3 +142,86 @@ def test_killed_pairs_never_leaves_partial_datasets(tmp_path):
     assert cli.main(["pairs", "--run-dir", str(killed)]) == 0
     for rel, data in expected.items():
         assert (killed / rel).read_bytes() == data
+
+
+TRAIN_STEPS, SAVE_STEPS = 12, 3
+
+
+def train_args(pairs: Path, model: Path, out: Path) -> list[str]:
+    return ["train", "--pairs", str(pairs), "--model", str(model), "--output-dir", str(out), "--run-dir", str(out.parent / "run"),
+            "--learning-rate", "2e-3", "--batch-size", "2", "--max-steps", str(TRAIN_STEPS), "--save-steps", str(SAVE_STEPS),
+            "--logging-steps", "1", "--eval-split", "0", "--report-to", "none"]
+
+
+def checkpoints(out: Path) -> dict[int, bool]:
+    """Step of each checkpoint folder -> whether it is complete (the Trainer writes trainer_state.json last)."""
+
+    def complete(folder: Path) -> bool:
+        try:
+            json.loads((folder / "trainer_state.json").read_text(encoding="utf-8"))
+            return True
+        except (OSError, ValueError):  # absent, or caught between its creation and its write
+            return False
+
+    return {int(d.name.split("-")[1]): complete(d) for d in out.glob("checkpoint-*") if d.is_dir()} if out.is_dir() else {}
+
+
+def train_losses(metrics: list[dict]) -> list[tuple[int, float]]:
+    return [(m["step"], m["loss"]) for m in metrics if m["split"] == "train" and "loss" in m]
+
+
+@pytest.mark.slow
+def test_killed_train_resumes_from_its_last_complete_checkpoint(tmp_path, tiny_model_dir):
+    """SIGKILL `stepdpo train` once its first checkpoint is on disk and again as the next one appears; the rerun resumes
+    from the newest complete checkpoint (skipping a half-saved one), keeps the metrics written before it, and ends
+    with the step count and loss curve of a run never killed."""
+    pairs = tmp_path / "pairs.jsonl"
+    write_jsonl(pairs, [p.__dict__ for p in make_pairs(16)])
+    straight_out, out, child_log = tmp_path / "straight", tmp_path / "killed", tmp_path / "child.log"
+    straight = run_stepdpo(train_args(pairs, tiny_model_dir, straight_out))
+    assert straight.returncode == 0, straight.stderr[-3000:]
+    args = train_args(pairs, tiny_model_dir, out)
+
+    assert kill_when(args, lambda: any(checkpoints(out).values()), log_path=child_log), "train finished before its first checkpoint"
+    first = max(step for step, complete in checkpoints(out).items() if complete)
+    assert 0 < first < TRAIN_STEPS
+    assert kill_when(args, lambda: any(step > first for step in checkpoints(out)), log_path=child_log)
+    assert f"resuming from {out / f'checkpoint-{first}'}" in child_log.read_text(encoding="utf-8")
+    state = checkpoints(out)
+    newest = max(state)
+    if state[newest]:
+        # The second kill came after that checkpoint was whole: leave what a kill between its model files and its
+        # trainer_state.json leaves, so the skip of a half-saved checkpoint is exercised on every run.
+        (out / f"checkpoint-{newest}" / "trainer_state.json").unlink()
+    resume_at = max(step for step, complete in checkpoints(out).items() if complete)
+    kept_before = [m for m in strict_lines(out / "metrics.jsonl") if m["step"] <= resume_at]
+    assert [s for s, _ in train_losses(kept_before)] == list(range(1, resume_at + 1))
+
+    rerun = run_stepdpo(args)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert f"resuming from {out / f'checkpoint-{resume_at}'}" in rerun.stderr
+    assert f"skipping {out / f'checkpoint-{newest}'}: incomplete" in rerun.stderr
+    metrics = strict_lines(out / "metrics.jsonl")
+    assert metrics[:len(kept_before)] == kept_before, "metrics written before the checkpoint changed on resume"
+    resumed, reference = train_losses(metrics), train_losses(strict_lines(straight_out / "metrics.jsonl"))
+    assert [s for s, _ in resumed] == [s for s, _ in reference] == list(range(1, TRAIN_STEPS + 1)), "steps lost or repeated"
+    for (_, a), (_, b) in zip(resumed, reference):
+        assert a == pytest.approx(b, rel=1e-4, abs=1e-5)
+    result, straight_result = (json.loads((d / "result.json").read_text(encoding="utf-8")) for d in (out, straight_out))
+    assert result["global_step"] == straight_result["global_step"] == TRAIN_STEPS
+    assert (out / "final" / "model.safetensors").is_file()
+
+
+def test_last_complete_checkpoint_skips_half_saved_ones(tmp_path):
+    from stepdpo.stages.train import last_complete_checkpoint
+
+    assert last_complete_checkpoint(tmp_path / "absent") is None
+    assert last_complete_checkpoint(tmp_path) is None
+    for step, state in ((3, '{"global_step": 3}'), (6, '{"global_st'), (9, None)):  # whole, torn state, no state yet
+        folder = tmp_path / f"checkpoint-{step}"
+        folder.mkdir()
+        (folder / "model.safetensors").write_bytes(b"weights")
+        if state is not None:
+            (folder / "trainer_state.json").write_text(state, encoding="utf-8")
+    (tmp_path / "checkpoint-12.tmp").mkdir()  # not a checkpoint name
+    assert last_complete_checkpoint(tmp_path) == str(tmp_path / "checkpoint-3")

@@ -18,9 +18,11 @@ Layout of ``output_dir`` (``RUN/train/<mode>`` by default)::
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import random
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Optional
@@ -107,6 +109,25 @@ def _split(n: int, fraction: float, seed: int) -> tuple[list[int], list[int]]:
     return sorted(order[n_eval:]), sorted(order[:n_eval])
 
 
+def last_complete_checkpoint(out_dir: Path) -> Optional[str]:
+    """The newest ``out_dir/checkpoint-<step>`` whose ``trainer_state.json`` parses, or None.
+
+    The Trainer writes a checkpoint's files in place and ``trainer_state.json`` last, so a folder
+    without it (or with it torn) is what a run killed while saving leaves; resuming from it would fail.
+    """
+    if not out_dir.is_dir():
+        return None
+    numbered = [(int(m.group(1)), path) for path in out_dir.iterdir() if path.is_dir() and (m := re.fullmatch(r"checkpoint-(\d+)", path.name))]
+    for _, path in sorted(numbered, reverse=True):
+        try:
+            json.loads((path / "trainer_state.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            log.warning("skipping %s: incomplete (the run was stopped while saving it)", path)
+            continue
+        return str(path)
+    return None
+
+
 def _load_model(config: TrainConfig) -> Any:
     from stepdpo.models import load_model
 
@@ -130,7 +151,6 @@ def run(config: TrainConfig, pairs: list[StepPair], model: Any = None, tokenizer
     """
     import torch
     from transformers import TrainingArguments, set_seed
-    from transformers.trainer_utils import get_last_checkpoint
 
     from stepdpo.models import load_tokenizer
     from stepdpo.training.data import PackedCollator, PairDataset
@@ -206,7 +226,7 @@ def run(config: TrainConfig, pairs: list[StepPair], model: Any = None, tokenizer
         callbacks=[MetricsJsonlCallback(out_dir), *(callbacks or [])],
         loss_settings=LossSettings(config.loss_type, config.beta, config.label_smoothing, config.sft_weight),
     )
-    last = get_last_checkpoint(str(out_dir)) if config.resume and out_dir.is_dir() else None
+    last = last_complete_checkpoint(out_dir) if config.resume else None
     if last:
         log.info("resuming from %s", last)
     trainer.train(resume_from_checkpoint=last)

@@ -26,6 +26,7 @@ from typing import Any
 import torch
 from transformers import Trainer, TrainerCallback
 
+from stepdpo.records import atomic_write_text
 from stepdpo.training.losses import DEFAULT_BETA, LossType, preference_loss
 from stepdpo.training.packing import packed_logps
 
@@ -127,8 +128,10 @@ class MetricsJsonlCallback(TrainerCallback):
     def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         if not state.is_world_process_zero or not self.path.exists():
             return
-        kept = [line for line in self.path.read_text(encoding="utf-8").splitlines() if line.strip() and json.loads(line)["step"] <= state.global_step]
-        self.path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+        # A last piece without a newline is a line torn by a kill; the rewrite is atomic so a kill now loses nothing.
+        lines = self.path.read_bytes().split(b"\n")[:-1]
+        kept = [line.decode("utf-8") for line in lines if line.strip() and json.loads(line)["step"] <= state.global_step]
+        atomic_write_text(self.path, "".join(line + "\n" for line in kept))
 
     def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, float] | None = None, **kwargs: Any) -> None:
         if not state.is_world_process_zero or not logs:
