@@ -292,3 +292,20 @@ def test_exact_finds_no_error_in_synthetic_reference_solutions():
         value = problem.metadata["step_values"][1]
         steps[1] = steps[1][::-1].replace(value[::-1], str(int(value) + 1)[::-1], 1)[::-1]
         assert first_mismatch(steps, problem.metadata["step_values"], problem.answer) == 2
+
+
+def test_locate_records_agreement_with_ground_truth():
+    from stepdpo.stages.locate import agreement_with_exact
+
+    problem = Problem(id="s", question="q", answer="6999", metadata={"step_values": ["7", "7000", "6999"]})
+    unlabeled = Problem(id="u", question="q", answer="1")
+    texts = {"s#0": "Step 1: 7\nStep 2: 700\nStep 3: 699", "s#1": "Step 1: 8\nStep 2: 800\nStep 3: 799",
+             "s#2": "Step 1: 7\nStep 2: 7000\nStep 3: 6998", "u#0": "Step 1: 2"}
+    samples = [Sample(id=i, problem_id=i.split("#")[0], prompt="", response=t, steps=split_steps(t), predicted=None, correct=False)
+               for i, t in texts.items()]
+    decisions = {"s#0": 2, "s#1": 2, "s#2": 1, "u#0": 1}  # truth: 2, 1, 3, unknown
+    located = [LocatedError(sample_id=i, problem_id=i.split("#")[0], first_wrong_step=k, localizer="rollout-binary")
+               for i, k in decisions.items()]
+    agreement = agreement_with_exact(located, {"s": problem, "u": unlabeled}, samples)
+    assert agreement == {"compared": 3, "exact": 1 / 3, "within_one": 2 / 3, "earlier": 1 / 3, "later": 1 / 3}
+    assert agreement_with_exact(located[3:], {"s": problem, "u": unlabeled}, samples) is None

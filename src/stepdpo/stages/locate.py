@@ -123,6 +123,26 @@ def funnel_for(located: Sequence[LocatedError], wrong_samples: int, wall_s: floa
     return funnel
 
 
+def agreement_with_exact(located: Sequence[LocatedError], problems: dict[str, Problem], samples: Sequence[Sample]) -> dict[str, float] | None:
+    """How often a localizer's first wrong step equals the ground truth, on problems that carry it.
+
+    Synthetic problems know every intermediate value, so :class:`ExactLocalizer` is free to
+    run beside any other localizer: this is the localizer's accuracy on the run's own
+    samples (``exact``: same step; ``within_one``: off by at most one step). None when no
+    decided sample has ground truth.
+    """
+    by_id = {s.id: s for s in samples}
+    decided = [x for x in located if x.status == STATUS_OK and x.sample_id in by_id
+               and problems[x.problem_id].metadata.get("step_values")]
+    truth = ExactLocalizer().locate_many([(problems[x.problem_id], by_id[x.sample_id]) for x in decided])
+    pairs = [(x.first_wrong_step, t.first_wrong_step) for x, t in zip(decided, truth) if t.status == STATUS_OK]
+    if not pairs:
+        return None
+    return {"compared": len(pairs), "exact": sum(a == b for a, b in pairs) / len(pairs),
+            "within_one": sum(abs(a - b) <= 1 for a, b in pairs) / len(pairs),
+            "earlier": sum(a < b for a, b in pairs) / len(pairs), "later": sum(a > b for a, b in pairs) / len(pairs)}
+
+
 def command(config: LocateConfig) -> int:
     started = time.perf_counter()
     rd = RunDir(config.run_dir)
@@ -134,6 +154,10 @@ def command(config: LocateConfig) -> int:
                   rd.root / "located_failed.jsonl")
     funnel = funnel_for(located, sum(not s.correct for s in samples), time.perf_counter() - started)
     funnel.extra = {**(funnel.extra or {}), "localizer": localizer.name}
+    if localizer.name != "exact":
+        agreement = agreement_with_exact(located, problems, samples)
+        if agreement is not None:
+            funnel.extra.update({f"vs_exact_{key}": round(value, 4) for key, value in agreement.items()})
     funnel.save(rd)
     print(funnel.render())
     return 0
