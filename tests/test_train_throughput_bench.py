@@ -74,7 +74,7 @@ def test_end_to_end_on_a_tiny_model(bench, tiny_model_dir, tmp_path):
     out = tmp_path / "tt.json"
     argv = [
         "--model", str(tiny_model_dir), "--profiles", "realistic", "--systems", "ours", "trl-best",
-        "--prefix-tokens", "130", "--step-tokens", "6", "--n-pairs", "5", "--batch-size", "2",
+        "--prefix-tokens", "200", "--step-tokens", "6", "--n-pairs", "5", "--batch-size", "2",
         "--steps", "1", "--warmup", "1", "--threads", "1", "--out", str(out),
     ]
     assert bench.main(argv) == 0
@@ -86,8 +86,8 @@ def test_end_to_end_on_a_tiny_model(bench, tiny_model_dir, tmp_path):
     assert ours["step0_loss"] == pytest.approx(math.log(2), abs=1e-4)
     assert trl["step0_loss"] == pytest.approx(math.log(2), abs=1e-4)
     # TRL appends EOS to each completion; ours does not for a step that does not end the solution.
-    assert ours["tokens"] == {"prefix": 130, "chosen": 6, "rejected": 6}
-    assert trl["tokens"] == {"prefix": 130, "chosen": 7, "rejected": 7}
+    assert ours["tokens"] == {"prefix": 200, "chosen": 6, "rejected": 6}
+    assert trl["tokens"] == {"prefix": 200, "chosen": 7, "rejected": 7}
     assert ours["precompute_seconds"] > 0 and trl["precompute_seconds"] > 0
     assert ours["peak_rss_mb"] > 0 and len(ours["loadavg_before"]) == 3
     assert "ours/trl-best" in profile["ratios"]
