@@ -110,3 +110,23 @@ def test_run_trains_scdpo_and_judge_free_from_correct_samples(tmp_path, tiny_mod
     assert "mode: step-dpo" in train_config and "judge_free_pairs.jsonl" in train_config
     report = (run_dir / "report/report.html").read_text()
     assert "judge-free" in report and "scdpo" in report
+
+
+def test_presets_and_the_shipped_config_compose(tmp_path):
+    from pathlib import Path
+
+    from stepdpo.config import parse_cli
+    from stepdpo.stages.pipeline import RunConfig
+
+    shipped = str(Path(__file__).resolve().parents[1] / "configs" / "default.yaml")
+    default = parse_cli(RunConfig, ["--config", shipped], prog="stepdpo run")
+    quick = parse_cli(RunConfig, ["--config", shipped, "--preset", "quick", "--sample.k", "3"], prog="stepdpo run")
+    assert default.methods == ["step-dpo", "dpo", "scdpo", "judge-free"] and default.do_sft
+    # The shipped YAML names the run only, so it must not undo the quick preset's sizes.
+    assert quick.preset == "quick" and quick.sample.k == 3
+    assert quick.sample.data != default.sample.data and quick.eval.limit < default.eval.limit
+    assert quick.sft.data != default.sft.data and quick.rectify.r < default.rectify.r
+    # Problems for SFT, error collection and the test set never share a computation or a seed.
+    assert "synthetic:train" in default.sft.data[0] and "seed=0" in default.sft.data[0]
+    assert "synthetic:train" in default.sample.data and "seed=1" in default.sample.data
+    assert default.eval.data[0].startswith("synthetic:test")

@@ -52,7 +52,7 @@ class SyntheticSpec:
     max_steps: int = 6
     seed: int = 0
     difficulty: int = 1
-    """1: numbers mostly below 100, results below 1,000; 2: below 1,000 / 10,000; 3: below 10,000 / 100,000."""
+    """0: numbers below 20, results below 100 (small models); 1: numbers mostly below 100, results below 1,000; 2: below 1,000 / 10,000; 3: below 10,000 / 100,000."""
 
 
 _INT_OPTIONS = ("n", "min_steps", "max_steps", "seed", "difficulty")
@@ -117,6 +117,7 @@ class _Ranges:
 
 
 _RANGES = {
+    0: _Ranges(start=(3, 20), delta=(1, 10), factor=(2, 3), price=(2, 5), cap=99, multiplicand=20),
     1: _Ranges(start=(6, 60), delta=(2, 30), factor=(2, 5), price=(2, 9), cap=999, multiplicand=60),
     2: _Ranges(start=(20, 400), delta=(5, 200), factor=(2, 9), price=(3, 60), cap=9999, multiplicand=600),
     3: _Ranges(start=(100, 3000), delta=(20, 1500), factor=(2, 12), price=(5, 250), cap=99999, multiplicand=6000),

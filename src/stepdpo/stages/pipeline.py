@@ -17,6 +17,7 @@ from typing import Any, Callable, Literal
 
 from stepdpo.config import save_config
 from stepdpo.generation.base import GeneratorConfig
+from stepdpo.localizers.rollout import RolloutConfig
 from stepdpo.records import atomic_write_json
 from stepdpo.rundir import RunDir
 from stepdpo.stages import compare, evaluate, locate, pairs, rectify, sample, scdpo, sft, train
@@ -31,6 +32,10 @@ from stepdpo.stages.sft import SFTConfig
 from stepdpo.stages.train import TrainConfig
 
 log = logging.getLogger(__name__)
+
+# The default problems: 2-3 steps with numbers below 20 (synthetic difficulty 0), where the
+# 135M model after SFT is neither hopeless nor perfect.
+_PROBLEMS = "min_steps=2&max_steps=3&difficulty=0"
 
 Method = Literal["step-dpo", "dpo", "scdpo", "judge-free"]
 
@@ -54,17 +59,18 @@ class RunConfig:
     preset: Literal["default", "quick"] = field(default="default", metadata={"help": "default: the full CPU demo (<= 60 min on 2 cores); quick: every stage on less data (<= 10 min). Options given in YAML or flags override the preset."})
     model: str = field(default="smollm2-135m", metadata={"help": "Starting model: Hugging Face id, local path, or 'smollm2-135m'."})
     do_sft: bool = field(default=True, metadata={"help": "Start with supervised fine-tuning on step-format solutions (the embedded model needs it)."})
-    methods: list[Method] = field(default_factory=lambda: ["step-dpo", "dpo"], metadata={"help": "Preference-training runs to make from the same data, each evaluated against the starting policy."})
+    methods: list[Method] = field(default_factory=lambda: ["step-dpo", "dpo", "scdpo", "judge-free"], metadata={"help": "Preference-training runs to make from the same data, each evaluated against the starting policy."})
     seed: int = field(default=0, metadata={"help": "Seed of every stage (problem subsets, sampling, training)."})
+    stop_after: Literal["", "sft", "pairs"] = field(default="", metadata={"help": "Stop after this stage: sft (e.g. to start several seeds from one SFT model), pairs (all preference data built, nothing trained); '': run everything."})
     generator: GeneratorConfig = field(default_factory=lambda: GeneratorConfig(batch_size=32), metadata={"help": "Generation backend for sampling, rollouts, rectification and evaluation (its model is set by the run)."})
-    sft: SFTConfig = field(default_factory=SFTConfig, metadata={"help": "SFT stage."})
-    sample: SampleConfig = field(default_factory=lambda: SampleConfig(data="synthetic:train?n=400&min_steps=2&max_steps=4&seed=1", k=4, max_new_tokens=256), metadata={"help": "Error collection (problems disjoint from the SFT data by seed)."})
-    locate: LocateConfig = field(default_factory=LocateConfig, metadata={"help": "First-wrong-step localization."})
-    rectify: RectifyConfig = field(default_factory=lambda: RectifyConfig(r=8, max_new_tokens=256), metadata={"help": "Rectification of the located step."})
+    sft: SFTConfig = field(default_factory=lambda: SFTConfig(data=[f"synthetic:train?n=640&{_PROBLEMS}&seed=0"], learning_rate=2e-4), metadata={"help": "SFT stage (640 small-number synthetic problems: what brings the embedded model into a middling accuracy band)."})
+    sample: SampleConfig = field(default_factory=lambda: SampleConfig(data=f"synthetic:train?n=96&{_PROBLEMS}&seed=1", k=4, max_new_tokens=160), metadata={"help": "Error collection (problems disjoint from the SFT data by seed)."})
+    locate: LocateConfig = field(default_factory=lambda: LocateConfig(limit=64, rollout=RolloutConfig(rollouts_per_prefix=4, max_new_tokens=160)), metadata={"help": "First-wrong-step localization."})
+    rectify: RectifyConfig = field(default_factory=lambda: RectifyConfig(r=6, max_new_tokens=160), metadata={"help": "Rectification of the located step."})
     pairs: PairsConfig = field(default_factory=PairsConfig, metadata={"help": "Pair building."})
-    scdpo: SCDPOConfig = field(default_factory=lambda: SCDPOConfig(branch="random", max_step_tokens=64, max_steps=6, rollouts=4, rollout_max_new_tokens=160), metadata={"help": "Step-controlled negatives and judge-free pairs from correct samples (run when methods include scdpo or judge-free)."})
-    train: TrainConfig = field(default_factory=TrainConfig, metadata={"help": "Preference training (mode and name are set per method)."})
-    eval: EvalConfig = field(default_factory=lambda: EvalConfig(data=["synthetic:test?n=200&min_steps=2&max_steps=4", "multiarith:test", "svamp:test"], limit=200, prompt="step", max_new_tokens=256), metadata={"help": "Evaluation of the starting policy and of every trained model."})
+    scdpo: SCDPOConfig = field(default_factory=lambda: SCDPOConfig(branch="random", limit=32, max_step_tokens=48, max_steps=4, rollouts=4, rollout_max_new_tokens=160), metadata={"help": "Step-controlled negatives and judge-free pairs from correct samples (run when methods include scdpo or judge-free)."})
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=3.0, logging_steps=2), metadata={"help": "Preference training (mode and name are set per method)."})
+    eval: EvalConfig = field(default_factory=lambda: EvalConfig(data=[f"synthetic:test?n=64&{_PROBLEMS}", "multiarith:test", "svamp:test"], limit=64, prompt="step", max_new_tokens=160), metadata={"help": "Evaluation of the starting policy and of every trained model."})
 
     @classmethod
     def preset_config(cls, name: str) -> "RunConfig":
@@ -76,12 +82,13 @@ class RunConfig:
             return replace(
                 base,
                 preset="quick",
-                sft=replace(base.sft, data=["synthetic:train?n=300&min_steps=2&max_steps=4&seed=0"], epochs=1.0),
-                sample=replace(base.sample, data="synthetic:train?n=24&min_steps=2&max_steps=4&seed=1", k=2, max_new_tokens=160),
-                locate=replace(base.locate, limit=12),
-                rectify=replace(base.rectify, r=4, max_new_tokens=160),
+                sft=replace(base.sft, data=[f"synthetic:train?n=96&{_PROBLEMS}&seed=0"]),
+                sample=replace(base.sample, data=f"synthetic:train?n=16&{_PROBLEMS}&seed=1", k=2),
+                locate=replace(base.locate, limit=8, rollout=replace(base.locate.rollout, rollouts_per_prefix=2)),
+                rectify=replace(base.rectify, r=2),
+                scdpo=replace(base.scdpo, limit=4, max_attempts=2, rollouts=2),
                 train=replace(base.train, epochs=1.0, logging_steps=1),
-                eval=replace(base.eval, data=["synthetic:test?n=32&min_steps=2&max_steps=4", "multiarith:test"], limit=32, max_new_tokens=160),
+                eval=replace(base.eval, data=[f"synthetic:test?n=16&{_PROBLEMS}", "multiarith:test"], limit=16),
             )
         raise ValueError(f"unknown preset {name!r} (default, quick)")
 
@@ -115,6 +122,9 @@ def command(config: RunConfig) -> int:
             log.info("sft: %s is complete, skipping", policy)
         else:
             _timed(timings, rd, "sft", lambda: sft.command(sft_config))
+    if config.stop_after == "sft":
+        print(f"stopped after sft: {policy}")
+        return 0
     generator = replace(config.generator, model=policy)
 
     _timed(timings, rd, "sample", lambda: sample.command(replace(config.sample, run_dir=root, seed=config.seed, generator=generator)))
@@ -124,6 +134,9 @@ def command(config: RunConfig) -> int:
     if any(method in SCDPO_METHODS for method in config.methods):
         scdpo_config = replace(config.scdpo, run_dir=root, seed=config.seed, generator=generator, judge_free="judge-free" in config.methods)
         _timed(timings, rd, "scdpo", lambda: scdpo.command(scdpo_config))
+    if config.stop_after == "pairs":
+        print(f"stopped after pairs: {rd.pairs}")
+        return 0
 
     def evaluate_model(model: str, name: str) -> None:
         eval_config = replace(config.eval, model=model, name=name, run_dir=root, seed=config.seed, output_dir=None, generator=replace(generator, model=model))
