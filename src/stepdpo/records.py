@@ -100,6 +100,8 @@ class Rectification:
     """The whole continuations, aligned with ``chosen``."""
     tried: int = 0
     reached_gold: int = 0
+    evidence: dict[str, Any] = field(default_factory=dict)
+    """The judge's verdict on each candidate when ``stepdpo rectify --confirm`` ran (empty otherwise)."""
 
 
 @dataclass
