@@ -385,6 +385,9 @@ def test_rectify_command_confirm_end_to_end(tmp_path, monkeypatch, capsys):
     rectified = RecordStore(run_dir / "rectified.jsonl", Rectification, key="sample_id").records()
     assert [r.chosen for r in rectified] == [["Step 2: 6 + 4 = 10\n"]] * 2
     assert all(len(r.evidence["candidates"]) == 4 for r in rectified)
+    assert cli.main(["pairs", "--run-dir", str(run_dir)]) == 0
+    step_pairs = [json.loads(line) for line in (run_dir / "pairs" / "step_pairs.jsonl").read_text().splitlines()]
+    assert step_pairs and all(p["provenance"]["chosen_confirmed_by"] == rectified[0].evidence["judge"] for p in step_pairs)
 
     # Without --confirm no judge is built.
     built.clear()
