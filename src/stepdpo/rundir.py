@@ -5,12 +5,17 @@
       problems/<name>.jsonl    problems each stage was given (train / test)
       sft/model/               the SFT checkpoint (when the run starts with SFT)
       samples.jsonl            stepdpo sample
-      located.jsonl            stepdpo locate
-      rectified.jsonl          stepdpo rectify
-      pairs/                   stepdpo pairs: step_pairs.{jsonl,parquet}, dpo_pairs.*, hf/
+      located.jsonl            stepdpo locate (located_failed.jsonl: judge calls to retry)
+      rectified.jsonl          stepdpo rectify (with --confirm also rectify_candidates.jsonl,
+                               rectify_verdicts.jsonl, rectify_judge_failed.jsonl)
+      scdpo/                   stepdpo scdpo: branches.jsonl, judge_free.jsonl (rollout checks)
+      pairs/                   stepdpo pairs: step_pairs.{jsonl,parquet}, dpo_pairs.*, hf/;
+                               stepdpo scdpo: scdpo_pairs.*, judge_free_pairs.*
       train/<name>/            stepdpo train: checkpoints, metrics.jsonl, final model
       eval/<name>/             stepdpo eval: results.json, samples.jsonl
       funnel/<stage>.json      records in, out, and dropped by reason, per stage
+      compare_<method>.json    stepdpo compare of each trained model against the start
+      timings.json             wall seconds per stage of `stepdpo run`
       report/                  report.html, report.md, plots
 """
 
