@@ -15,6 +15,7 @@ import io
 import json
 import math
 import random
+import re
 import shutil
 import subprocess
 from html.parser import HTMLParser
@@ -31,6 +32,7 @@ from stepdpo.report import ReportConfig, run
 from stepdpo.metrics import wilson_interval
 from stepdpo.report.collect import normalize_metric_row, parse_eval_results
 from stepdpo.report.markdown import fenced, md_escape
+from stepdpo.report.plots import method_colours
 from stepdpo.report.tables import MISSING, word_diff
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -195,6 +197,52 @@ def _decode_png(uri: str) -> bytes:
     return png
 
 
+class _Cells(HTMLParser):
+    """Every <table> of a page as rows of cell texts (header row first)."""
+
+    def __init__(self):
+        super().__init__()
+        self.tables: list[list[list[str]]] = []
+        self._cell: list[str] | None = None
+
+    def handle_starttag(self, tag, attrs):
+        if tag == "table":
+            self.tables.append([])
+        elif tag == "tr":
+            self.tables[-1].append([])
+        elif tag in ("td", "th"):
+            self._cell = []
+
+    def handle_endtag(self, tag):
+        if tag in ("td", "th") and self._cell is not None:
+            self.tables[-1][-1].append("".join(self._cell))
+            self._cell = None
+
+    def handle_data(self, data):
+        if self._cell is not None:
+            self._cell.append(data)
+
+
+def html_tables(page: str) -> list[list[list[str]]]:
+    parser = _Cells()
+    parser.feed(page)
+    return [[[" ".join(cell.splitlines()) for cell in row] for row in table] for table in parser.tables]
+
+
+def markdown_tables(md: str) -> list[list[list[str]]]:
+    """Every pipe table of the Markdown as rows of unescaped cell texts (header row first, the |---| line dropped)."""
+    tables: list[list[list[str]]] = []
+    previous = ""
+    for line in md.splitlines():
+        if line.startswith("| ") and line.endswith(" |"):
+            if not previous.startswith("|"):
+                tables.append([])
+            cells = re.split(r"(?<!\\) \| ", line[2:-2])
+            tables[-1].append([re.sub(r"\\(.)", r"\1", cell) for cell in cells])
+        previous = line
+    return tables
+
+
 def assert_self_contained(page: str) -> int:
     """No scripts, no stylesheets or images from elsewhere; every <img> an embedded PNG. Returns the image count."""
     import matplotlib.image
@@ -289,6 +337,57 @@ def test_full_report_is_self_contained_with_every_section(tmp_path):
         assert image.parent == paths.markdown.parent and image.read_bytes().startswith(PNG_SIGNATURE)
         assert f"]({image.name})" in md
     assert "## Pipeline funnel" in md and "| sft | 2000 | 2000 |" in md
+
+
+def add_new_methods(root: Path) -> None:
+    """scdpo and judge-free evaluated and trained, and the locate funnel's agreement with ground truth, as those stages write them."""
+    for name, correct in (("judge-free", 75), ("scdpo", 71)):
+        _write_json(root / f"eval/{name}/results.json", {"model": f"run/train/{name}/final", "sets": {
+            "synthetic:2step:test": {"problems": 200, "accuracy": correct / 200, "correct": correct, "total": 200, "pass_at_k": {"1": correct / 200}}}})
+        _write_jsonl(root / f"train/{name}/metrics.jsonl", [
+            {"step": step, "split": "train", "loss": 0.6, "rewards/margins": 0.1 * step, "rewards/accuracies": 0.6} for step in (10, 20, 30)])
+    locate = json.loads((root / "funnel/locate.json").read_text(encoding="utf-8"))
+    locate["extra"].update({"localizer": "rollout", "vs_exact_compared": 57, "vs_exact_exact": 0.6234, "vs_exact_within_one": 0.9,
+                            "vs_exact_earlier": 0.2, "vs_exact_later": 0.1754})
+    _write_json(root / "funnel/locate.json", locate)
+
+
+def test_html_and_markdown_tables_carry_the_same_cells(tmp_path):
+    root = make_full_run(tmp_path / "run")
+    add_new_methods(root)
+    paths = run(ReportConfig(run_dir=str(root)))
+    page = paths.html.read_text(encoding="utf-8")
+    md = paths.markdown.read_text(encoding="utf-8")
+    tables = html_tables(page)
+    # wall time, config, accuracy, comparisons, training, funnel, localizer summary, status counts
+    assert len(tables) == 8
+    assert tables == markdown_tables(md)
+    assert ["problems.test", "['synthetic:2step:test:200', 'gsm8k:test[:100]']"] in tables[1]  # escaped brackets read back
+    # The new methods, in METHOD_ORDER after step-dpo, in the accuracy and training tables.
+    evaluations = [row[1] for row in tables[2] if row[0] == "synthetic:2step:test"]
+    assert evaluations == ["base", "dpo", "step-dpo", "scdpo", "judge-free"]
+    assert [row[0] for row in tables[4][1:]] == ["dpo", "step-dpo", "scdpo", "judge-free"]
+    line = "agreement with ground truth: 62.3% same step, 90.0% within one (n=57)"
+    localization = page[page.index('<section id="localization">'):page.index('<section id="pairs">')]
+    assert html.escape(line) in localization
+    assert md_escape(line) in md[md.index("## Localization"):md.index("## Step pairs")]
+
+
+def test_agreement_line_only_when_locate_recorded_it(tmp_path):
+    root = make_full_run(tmp_path / "run")
+    page = run(ReportConfig(run_dir=str(root))).html.read_text(encoding="utf-8")
+    assert "agreement with ground truth" not in page
+    add_new_methods(root)
+    (root / "located.jsonl").unlink()  # the line comes from the funnel, so it stays beside the missing-file line
+    page = run(ReportConfig(run_dir=str(root))).html.read_text(encoding="utf-8")
+    assert html.escape(MISSING["localization"]) in page and "62.3% same step" in page
+
+
+def test_known_methods_keep_their_colours_and_others_get_unused_ones():
+    names = ["base", "dpo", "step-dpo", "scdpo", "judge-free", "my-method", "other", "third"]
+    colours = method_colours(names)
+    assert len(set(colours.values())) == len(names)
+    assert (colours["scdpo"], colours["judge-free"]) == (method_colours(["scdpo"])["scdpo"], method_colours(["x", "judge-free"])["judge-free"])
 
 
 def test_model_text_is_escaped(tmp_path):

@@ -13,19 +13,7 @@ from datetime import datetime, timezone
 from stepdpo import __version__
 from stepdpo.records import StepPair
 from stepdpo.report.collect import RunData
-from stepdpo.report.tables import (
-    MISSING,
-    Table,
-    compare_table,
-    config_table,
-    eval_table,
-    funnel_table,
-    localization_tables,
-    select_curves,
-    training_table,
-    wall_table,
-    word_diff,
-)
+from stepdpo.report.tables import Block, Facts, Figure, Label, Pairs, Table, Text, sections, word_diff
 
 CSS = """
 body { font: 14px/1.45 system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; color: #222; margin: 0; background: #f6f7f9; }
@@ -42,7 +30,6 @@ table { border-collapse: collapse; margin: 8px 0 14px; font-size: 13px; }
 th, td { border: 1px solid #dde0e4; padding: 3px 8px; text-align: left; vertical-align: top; }
 th { background: #f0f2f5; font-weight: 600; }
 td.num { text-align: right; font-variant-numeric: tabular-nums; }
-.row { display: flex; flex-wrap: wrap; gap: 28px; align-items: flex-start; }
 .config { max-height: 420px; overflow: auto; }
 .config td { text-align: left; }
 .config td:first-child { font-family: ui-monospace, Menlo, Consolas, monospace; font-size: 12px; }
@@ -59,9 +46,6 @@ ins { background: #c9f2d2; text-decoration: none; border-radius: 2px; }
 del { background: #fbd0d0; text-decoration: line-through; text-decoration-color: #b55; border-radius: 2px; }
 """
 
-SECTIONS = (("overview", "Run"), ("accuracy", "Accuracy"), ("training", "Training (Fig. 2)"), ("funnel", "Pipeline funnel"), ("localization", "Localization"), ("pairs", "Step pairs"))
-
-
 def esc(text: object) -> str:
     """HTML-escape anything (quotes included), so file contents can only ever be text."""
     return html.escape(str(text), quote=True)
@@ -71,32 +55,19 @@ def data_uri(png: bytes) -> str:
     return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
 
 
-def _table(table: Table, css_class: str = "") -> str:
+def _table(table: Table) -> str:
     head = "".join(f"<th>{esc(h)}</th>" for h in table.headers)
     body = []
     for row in table.rows:
         cells = "".join(f'<td class="num">{esc(c)}</td>' if _numeric(c) else f"<td>{esc(c)}</td>" for c in row)
         body.append(f"<tr>{cells}</tr>")
-    cls = f' class="{css_class}"' if css_class else ""
-    return f"<table{cls}><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+    markup = f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+    return f'<div class="config">{markup}</div>' if table.scroll else markup
 
 
 def _numeric(cell: str) -> bool:
     stripped = cell.replace("%", "").replace(" ", "").replace("/", "").replace("+", "").replace("-", "").replace(".", "").replace("e", "")
     return stripped.isdigit()
-
-
-def _missing(key: str) -> str:
-    return f'<p class="missing">{esc(MISSING[key])}</p>'
-
-
-def _errors(errors: list[str]) -> str:
-    return "".join(f'<div class="error">{esc(e)}</div>' for e in errors)
-
-
-def _figure(images: dict[str, bytes], key: str, alt: str) -> str:
-    png = images.get(key)
-    return f'<figure><img src="{data_uri(png)}" alt="{esc(alt)}"></figure>' if png else ""
 
 
 def _segments(segments: list[tuple[str, str]]) -> str:
@@ -130,93 +101,47 @@ def render_pair(index: int, pair: StepPair) -> str:
     )
 
 
+TEXT_CLASSES = {"note": "meta", "missing": "missing"}
+
+
+def render_block(block: Block, images: dict[str, bytes]) -> str:
+    """One block of the shared model as HTML; a figure without its image is left out."""
+    if isinstance(block, Table):
+        return _table(block)
+    if isinstance(block, Text):
+        if block.kind == "error":
+            return f'<div class="error">{esc(block.text)}</div>'
+        return f'<p class="{TEXT_CLASSES[block.kind]}">{esc(block.text)}</p>'
+    if isinstance(block, Figure):
+        png = images.get(block.key)
+        return f'<figure><img src="{data_uri(png)}" alt="{esc(block.alt)}"></figure>' if png else ""
+    if isinstance(block, Label):
+        return f'<div class="label">{esc(block.text)}</div>'
+    if isinstance(block, Facts):
+        return "<p>" + "<br>".join(f"<b>{esc(name)}:</b> {esc(value)}" for name, value in block.items) + "</p>"
+    if not isinstance(block, Pairs):
+        raise TypeError(f"not a report block: {block!r}")
+    intro = (f'<p class="meta">The first {len(block.pairs)} of {block.total} pairs. Words only in the chosen step are '
+             "<ins>marked</ins>; words only in the rejected step are <del>struck</del>.</p>")
+    return intro + "".join(render_pair(i, pair) for i, pair in enumerate(block.pairs, start=1))
+
+
 def render_html(data: RunData, images: dict[str, bytes]) -> str:
     """The whole page. ``images`` maps figure keys ('accuracy', 'training', 'funnel', 'localization') to PNG bytes."""
-    header = data.header
-    parts: list[str] = []
-
-    parts.append('<section id="overview"><h2>Run</h2>')
-    parts.append(f"<p><b>Run directory:</b> <code>{esc(header.run_dir)}</code><br><b>Model:</b> {esc(header.model or 'not recorded')}</p>")
-    parts.append('<div class="row"><div><div class="label">Wall time per stage</div>')
-    parts.append(_errors([header.wall_error] if header.wall_error else []))
-    parts.append(_table(wall_table(header)) if header.wall_s else _missing("wall"))
-    parts.append('</div><div><div class="label">Configuration</div>')
-    if header.config_error:
-        parts.append(_errors([header.config_error]))
-    elif header.config is None:
-        parts.append(_missing("config"))
-    else:
-        parts.append(f'<div class="config">{_table(config_table(header))}</div>')
-    parts.append("</div></div></section>")
-
-    parts.append('<section id="accuracy"><h2>Accuracy before and after training</h2>')
-    parts.append(_errors(data.eval_errors))
-    if data.evals:
-        parts.append(_figure(images, "accuracy", "accuracy per test set and evaluation, with 95% confidence intervals"))
-        parts.append(_table(eval_table(data.evals)))
-        parts.append('<p class="meta">CI from: "reported" by <code>stepdpo eval</code>; "wilson" computed here (Wilson score interval) from correct / n.</p>')
-    elif not data.eval_errors:
-        parts.append(_missing("accuracy"))
-    parts.append('<div class="label">Paired comparisons</div>')
-    parts.append(_errors(data.compare_errors))
-    parts.append(_table(compare_table(data.comparisons)) if data.comparisons else _missing("compare"))
-    parts.append("</section>")
-
-    parts.append('<section id="training"><h2>Training: preference accuracy and reward margin (the paper\'s Fig. 2)</h2>')
-    parts.append(_errors(data.train_errors))
-    curves = select_curves(data.curves)
-    if curves:
-        parts.append(_figure(images, "training", "preference accuracy, reward margin and rewards over training steps"))
-        parts.append(_table(training_table(curves)))
-        parts.append('<p class="meta">Eval split of each run; a run that logged no eval rows is shown on its train split.</p>')
-    elif not data.train_errors:
-        parts.append(_missing("training"))
-    parts.append("</section>")
-
-    parts.append('<section id="funnel"><h2>Pipeline funnel</h2>')
-    parts.append(_errors(data.funnel_errors))
-    if data.funnels:
-        parts.append(_figure(images, "funnel", "records in and out per pipeline stage"))
-        parts.append(_table(funnel_table(data.funnels)))
-    elif not data.funnel_errors:
-        parts.append(_missing("funnel"))
-    parts.append("</section>")
-
-    parts.append('<section id="localization"><h2>Localization of first errors</h2>')
-    if data.located_error:
-        parts.append(_errors([data.located_error]))
-    elif data.located is None:
-        parts.append(_missing("localization"))
-    elif not data.located:
-        parts.append('<p class="missing">located.jsonl is empty.</p>')
-    else:
-        parts.append(_figure(images, "localization", "histogram of first wrong steps, rollout cost and status counts"))
-        summary, status = localization_tables(data.located)
-        parts.append(_table(summary))
-        parts.append(_table(status))
-    parts.append("</section>")
-
-    parts.append('<section id="pairs"><h2>Step pairs</h2>')
-    if data.pairs_error:
-        parts.append(_errors([data.pairs_error]))
-    elif data.pairs is None:
-        parts.append(_missing("pairs"))
-    elif not data.pairs:
-        parts.append('<p class="missing">pairs/step_pairs.jsonl is empty.</p>')
-    else:
-        parts.append(f'<p class="meta">The first {len(data.pairs)} of {data.pairs_total} pairs. Words only in the chosen step are <ins>marked</ins>; words only in the rejected step are <del>struck</del>.</p>')
-        parts.extend(render_pair(i, pair) for i, pair in enumerate(data.pairs, start=1))
-    parts.append("</section>")
-
-    nav = "".join(f'<a href="#{key}">{esc(title)}</a>' for key, title in SECTIONS)
+    parts = sections(data)
+    body = "".join(
+        f'<section id="{section.key}"><h2>{esc(section.title)}</h2>{"".join(render_block(b, images) for b in section.blocks)}</section>'
+        for section in parts
+    )
+    nav = "".join(f'<a href="#{section.key}">{esc(section.nav)}</a>' for section in parts)
+    run_dir = data.header.run_dir
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    title = f"Step-DPO run report: {header.run_dir}"
     return (
         "<!DOCTYPE html>\n"
         '<html lang="en"><head><meta charset="utf-8">'
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
-        f"<title>{esc(title)}</title><style>{CSS}</style></head>"
+        f"<title>{esc(f'Step-DPO run report: {run_dir}')}</title><style>{CSS}</style></head>"
         f"<body><main><h1>Step-DPO run report</h1>"
-        f'<p class="meta">{esc(header.run_dir)} · generated {esc(stamp)} by stepdpo {esc(__version__)}</p>'
-        f"<nav>{nav}</nav>{''.join(parts)}</main></body></html>\n"
+        f'<p class="meta">{esc(run_dir)} · generated {esc(stamp)} by stepdpo {esc(__version__)}</p>'
+        f"<nav>{nav}</nav>{body}</main></body></html>\n"
     )

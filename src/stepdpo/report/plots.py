@@ -17,7 +17,8 @@ from stepdpo.rundir import Funnel
 
 DPI = 110
 _FIXED_COLOURS = {"base": "#8c8c8c", "sft": "#8c8c8c", "step-dpo": "#1f77b4", "dpo": "#ff7f0e", "scdpo": "#2ca02c", "judge-free": "#9467bd"}
-_CYCLE = ("#d62728", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22", "#7f7f7f")
+# Spare colours for other runs: none of the fixed ones, so a custom run never looks like a known method.
+_CYCLE = ("#d62728", "#8c564b", "#e377c2", "#17becf", "#bcbd22", "#7f7f7f")
 
 
 def method_colours(names: list[str]) -> dict[str, str]:

@@ -1,6 +1,10 @@
-"""Section tables and diffs as plain strings, shared by the HTML and Markdown renderers.
+"""The report as one model of plain strings, shared by the HTML and Markdown renderers.
 
-Cells are unescaped text here; each renderer escapes for its own format.
+:func:`sections` turns a :class:`~stepdpo.report.collect.RunData` into
+:class:`Section` objects: a title and blocks (:class:`Table`, :class:`Text`,
+:class:`Figure`, :class:`Label`, :class:`Facts`, :class:`Pairs`). Cells and texts
+are unescaped here; each renderer only escapes them for its own format and lays
+the blocks out, so both outputs carry the same cells and lines.
 """
 
 from __future__ import annotations
@@ -10,9 +14,10 @@ import re
 import statistics
 from collections import Counter
 from dataclasses import dataclass
+from typing import Literal, Union
 
-from stepdpo.records import LocatedError
-from stepdpo.report.collect import METHOD_ORDER, Comparison, Curve, EvalSet, Header, flatten, order_key
+from stepdpo.records import LocatedError, StepPair
+from stepdpo.report.collect import METHOD_ORDER, Comparison, Curve, EvalSet, Header, RunData, flatten, order_key
 from stepdpo.rundir import Funnel
 
 DASH = "–"
@@ -22,6 +27,58 @@ DASH = "–"
 class Table:
     headers: list[str]
     rows: list[list[str]]
+    scroll: bool = False
+    """A long table (the flattened config): the HTML page gives it a scrolling box."""
+
+
+@dataclass
+class Text:
+    text: str
+    kind: Literal["note", "missing", "error"] = "note"
+    """'missing': an absent or empty input; 'error': an unreadable one (file, line, field)."""
+
+
+@dataclass
+class Figure:
+    key: str
+    """'accuracy', 'training', 'funnel' or 'localization'; a renderer without that image leaves it out."""
+    alt: str
+
+
+@dataclass
+class Label:
+    """A sub-heading inside a section."""
+
+    text: str
+
+
+@dataclass
+class Facts:
+    """(name, value) lines, e.g. the run directory and the model."""
+
+    items: list[tuple[str, str]]
+
+
+@dataclass
+class Pairs:
+    """Step pairs, drawn by each renderer in its own diff notation."""
+
+    pairs: list[StepPair]
+    total: int
+    """How many pairs the run has (``pairs`` are the first ones)."""
+
+
+Block = Union[Table, Text, Figure, Label, Facts, Pairs]
+
+
+@dataclass
+class Section:
+    key: str
+    """Anchor id in the HTML page."""
+    nav: str
+    """Short name for the HTML page's navigation bar."""
+    title: str
+    blocks: list[Block]
 
 
 def _fmt(value: float | None, digits: int = 3) -> str:
@@ -45,7 +102,7 @@ def config_table(header: Header, max_value_chars: int = 120) -> Table:
     for key, value in flatten(header.config or {}):
         text = repr(value) if isinstance(value, (list, tuple)) else str(value)
         rows.append([key, text if len(text) <= max_value_chars else text[: max_value_chars - 1] + "…"])
-    return Table(["option", "value"], rows)
+    return Table(["option", "value"], rows, scroll=True)
 
 
 def wall_table(header: Header) -> Table:
@@ -195,3 +252,75 @@ MISSING = {
     "localization": "No located errors (located.jsonl) in this run directory.",
     "pairs": "No step pairs (pairs/step_pairs.jsonl) in this run directory.",
 }
+
+
+def agreement_line(funnels: list[Funnel]) -> str | None:
+    """The locate funnel's agreement with ground truth (``extra.vs_exact_*``, on synthetic problems), as one line."""
+    for f in funnels:
+        extra = f.extra or {}
+        if f.stage == "locate" and all(isinstance(extra.get(f"vs_exact_{k}"), (int, float)) for k in ("exact", "within_one", "compared")):
+            return (f"agreement with ground truth: {_pct(extra['vs_exact_exact'])} same step, "
+                    f"{_pct(extra['vs_exact_within_one'])} within one (n={int(extra['vs_exact_compared'])})")
+    return None
+
+
+def _state(error: str | None, records: list | None, missing_key: str, file_name: str) -> list[Block]:
+    """What a section built on one records file shows instead of its content (its error, its absence or
+    its emptiness); empty when there are records to show."""
+    if error:
+        return [Text(error, "error")]
+    if records is None:
+        return [Text(MISSING[missing_key], "missing")]
+    return [] if records else [Text(f"{file_name} is empty.", "missing")]
+
+
+def _listed(errors: list[str], present: bool, content: list[Block], missing_key: str) -> list[Block]:
+    """A section built on several files: their errors, then the content, or the missing line when there are no errors either."""
+    blocks: list[Block] = [Text(e, "error") for e in errors]
+    if present:
+        return blocks + content
+    return blocks if errors else [Text(MISSING[missing_key], "missing")]
+
+
+def sections(data: RunData) -> list[Section]:
+    """The whole report in order: Run, Accuracy, Training, Pipeline funnel, Localization, Step pairs."""
+    header = data.header
+    if header.config_error:
+        config: Block = Text(header.config_error, "error")
+    else:
+        config = Text(MISSING["config"], "missing") if header.config is None else config_table(header)
+    overview: list[Block] = [
+        Facts([("Run directory", header.run_dir), ("Model", header.model or "not recorded")]),
+        Label("Wall time per stage"),
+        *([Text(header.wall_error, "error")] if header.wall_error else []),
+        wall_table(header) if header.wall_s else Text(MISSING["wall"], "missing"),
+        Label("Configuration"),
+        config,
+    ]
+    accuracy = _listed(data.eval_errors, bool(data.evals), [
+        Figure("accuracy", "accuracy per test set and evaluation, with 95% confidence intervals"),
+        eval_table(data.evals),
+        Text('CI from: "reported" by stepdpo eval; "wilson" computed here (Wilson score interval) from correct / n.'),
+    ], "accuracy")
+    accuracy += [Label("Paired comparisons"), *_listed(data.compare_errors, bool(data.comparisons), [compare_table(data.comparisons)], "compare")]
+    curves = select_curves(data.curves)
+    training = _listed(data.train_errors, bool(curves), [
+        Figure("training", "preference accuracy, reward margin and rewards over training steps"),
+        training_table(curves),
+        Text("Eval split of each run; a run that logged no eval rows is shown on its train split."),
+    ], "training")
+    funnel = _listed(data.funnel_errors, bool(data.funnels), [Figure("funnel", "records in and out per pipeline stage"), funnel_table(data.funnels)], "funnel")
+    localization = _state(data.located_error, data.located, "localization", "located.jsonl") or [
+        Figure("localization", "histogram of first wrong steps, rollout cost and status counts"), *localization_tables(data.located or [])]
+    agreement = agreement_line(data.funnels)
+    if agreement:
+        localization.append(Text(agreement))
+    pairs = _state(data.pairs_error, data.pairs, "pairs", "pairs/step_pairs.jsonl") or [Pairs(data.pairs or [], data.pairs_total)]
+    return [
+        Section("overview", "Run", "Run", overview),
+        Section("accuracy", "Accuracy", "Accuracy before and after training", accuracy),
+        Section("training", "Training (Fig. 2)", "Training: preference accuracy and reward margin (the paper's Fig. 2)", training),
+        Section("funnel", "Pipeline funnel", "Pipeline funnel", funnel),
+        Section("localization", "Localization", "Localization of first errors", localization),
+        Section("pairs", "Step pairs", "Step pairs", pairs),
+    ]
