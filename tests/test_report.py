@@ -30,7 +30,7 @@ from stepdpo.errors import ConfigError
 from stepdpo.records import LocatedError, StepPair, record_to_dict
 from stepdpo.report import ReportConfig, run
 from stepdpo.metrics import wilson_interval
-from stepdpo.report.collect import normalize_metric_row, parse_eval_results
+from stepdpo.report.collect import collect, normalize_metric_row, parse_eval_results
 from stepdpo.report.markdown import fenced, md_escape
 from stepdpo.report.plots import method_colours
 from stepdpo.report.tables import MISSING, word_diff
@@ -280,6 +280,20 @@ def test_eval_results_shapes(tmp_path):
     real = parse_eval_results("base", {"sets": {"s": {"problems": 4, "accuracy": 0.5, "correct": 2, "total": 4, "ci_low": 0.15, "ci_high": 0.85,
                                                       "pass_at_k": {"1": 0.5, "4": 0.75}, "maj_at_k": {"1": 0.5, "4": 0.5}, "per_problem": {}}}}, path)
     assert real[0].extra == {"pass@4": 0.75, "maj@4": 0.5} and real[0].total == 4
+
+
+def test_json_inputs_that_are_not_objects_are_named_and_intervals_read_in_every_shape(tmp_path):
+    _write_json(tmp_path / "compare-a.json", {"a": "base", "b": "dpo", "diff": 0.05, "ci": {"low": 0.01, "high": 0.09}, "p_value": 0.02})
+    _write_json(tmp_path / "compare-b.json", {"a": "base", "b": "sft", "diff": 0.05, "ci_low": 0.02, "ci_high": 0.08, "ci": [0.0, 1.0]})
+    _write_json(tmp_path / "compare-c.json", [1, 2])
+    _write_json(tmp_path / "funnel/sample.json", ["not", "a", "funnel"])
+    _write_json(tmp_path / "timings.json", 3)
+    data = collect(tmp_path)
+    assert [(c.b, c.ci_low, c.ci_high) for c in data.comparisons] == [("dpo", 0.01, 0.09), ("sft", 0.02, 0.08)]
+    assert len(data.compare_errors) == 1 and "compare-c.json: expected a JSON object, got list" in data.compare_errors[0]
+    assert data.funnels == [] and "sample.json: expected a JSON object, got list" in data.funnel_errors[0]
+    assert data.header.wall_error is not None and "timings.json: expected a JSON object, got int" in data.header.wall_error
+    assert (data.located, data.located_error, data.pairs, data.pairs_total) == (None, None, None, 0)
 
 
 def test_metric_rows_accept_trainer_style_keys():

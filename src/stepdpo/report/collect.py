@@ -55,6 +55,19 @@ def _read_json(path: Path) -> Any:
         raise SectionError(str(InputError(str(path), f"not valid UTF-8 (byte {err.start})"))) from None
 
 
+def _read_object(path: Path) -> dict[str, Any]:
+    """A JSON file that must hold one object; anything else is a SectionError naming the file."""
+    data = _read_json(path)
+    if not isinstance(data, dict):
+        raise SectionError(str(InputError(str(path), f"expected a JSON object, got {type(data).__name__}")))
+    return data
+
+
+def _method_files(root: Path, file_name: str) -> list[tuple[str, Path]]:
+    """(name, path) of every ``root/<name>/<file_name>`` (one per evaluation or training run), base first (METHOD_ORDER)."""
+    return sorted(((p.parent.name, p) for p in root.glob(f"*/{file_name}")), key=lambda item: order_key(item[0], METHOD_ORDER))
+
+
 def _number(value: Any) -> float | None:
     if isinstance(value, bool) or value is None:
         return None
@@ -68,6 +81,17 @@ def _first(data: dict[str, Any], *keys: str) -> Any:
         if key in data and data[key] is not None:
             return data[key]
     return None
+
+
+def _interval(data: dict[str, Any], ci_keys: tuple[str, ...], low_keys: tuple[str, ...], high_keys: tuple[str, ...]) -> tuple[float | None, float | None]:
+    """(low, high) from separate keys, else from a ``[low, high]`` list or a ``{"low", "high"}`` object under ``ci_keys``."""
+    low, high = _number(_first(data, *low_keys)), _number(_first(data, *high_keys))
+    ci = _first(data, *ci_keys)
+    if (low is None or high is None) and isinstance(ci, (list, tuple)) and len(ci) == 2:
+        low, high = _number(ci[0]), _number(ci[1])
+    elif (low is None or high is None) and isinstance(ci, dict):
+        low, high = _number(_first(ci, "low", "lo")), _number(_first(ci, "high", "hi"))
+    return low, high
 
 
 # --------------------------------------------------------------------------- header
@@ -168,11 +192,7 @@ def _parse_set(eval_name: str, set_name: str, data: dict[str, Any], model: str |
     accuracy = _as_fraction(accuracy)
     if correct is None and total is not None:
         correct = round(accuracy * total)
-    ci = _first(data, "ci", "ci95")
-    low = _number(data.get("ci_low"))
-    high = _number(data.get("ci_high"))
-    if (low is None or high is None) and isinstance(ci, (list, tuple)) and len(ci) == 2:
-        low, high = _number(ci[0]), _number(ci[1])
+    low, high = _interval(data, ("ci", "ci95"), ("ci_low",), ("ci_high",))
     if low is not None and high is not None:
         scale = max(low, high)
         low, high, source = _as_fraction(low, scale), _as_fraction(high, scale), "reported"
@@ -234,15 +254,10 @@ def parse_eval_results(eval_name: str, data: Any, path: Path) -> list[EvalSet]:
 
 def read_evals(run: RunDir) -> tuple[list[EvalSet], list[str], dict[str, float]]:
     """All ``eval/<name>/results.json`` files; returns (sets, errors, wall seconds by eval name)."""
-    root = run.root / "eval"
     sets: list[EvalSet] = []
     errors: list[str] = []
     walls: dict[str, float] = {}
-    if not root.is_dir():
-        return sets, errors, walls
-    names = sorted((p.parent.name for p in root.glob("*/results.json")), key=lambda n: order_key(n, METHOD_ORDER))
-    for name in names:
-        path = run.eval(name) / "results.json"
+    for name, path in _method_files(run.root / "eval", "results.json"):
         try:
             data = _read_json(path)
             sets.extend(parse_eval_results(name, data, path))
@@ -281,13 +296,7 @@ def _run_name(value: Any) -> str | None:
 
 
 def _parse_comparison(source: str, set_name: str, data: dict[str, Any], a: str, b: str) -> Comparison:
-    ci = _first(data, "ci", "ci95", "bootstrap_ci")
-    low = _number(_first(data, "ci_low", "diff_ci_low", "difference_ci_low"))
-    high = _number(_first(data, "ci_high", "diff_ci_high", "difference_ci_high"))
-    if (low is None or high is None) and isinstance(ci, (list, tuple)) and len(ci) == 2:
-        low, high = _number(ci[0]), _number(ci[1])
-    if isinstance(ci, dict):
-        low, high = _number(_first(ci, "low", "lo")), _number(_first(ci, "high", "hi"))
+    low, high = _interval(data, ("ci", "ci95", "bootstrap_ci"), ("ci_low", "diff_ci_low", "difference_ci_low"), ("ci_high", "diff_ci_high", "difference_ci_high"))
     p_value = _first(data, "mcnemar_p", "p_value", "p", "mcnemar_p_value")
     if isinstance(data.get("mcnemar"), dict):
         p_value = _first(data["mcnemar"], "p_value", "p", "pvalue")
@@ -313,12 +322,9 @@ def read_comparisons(run: RunDir) -> tuple[list[Comparison], list[str]]:
         if not path.is_file():
             continue
         try:
-            data = _read_json(path)
+            data = _read_object(path)
         except SectionError as err:
             errors.append(str(err))
-            continue
-        if not isinstance(data, dict):
-            errors.append(str(InputError(str(path), f"expected a JSON object, got {type(data).__name__}")))
             continue
         a = _run_name(_first(data, "a", "baseline", "name_a", "eval_a", "run_a")) or "A"
         b = _run_name(_first(data, "b", "candidate", "name_b", "eval_b", "run_b")) or "B"
@@ -385,14 +391,9 @@ def normalize_metric_row(row: dict[str, Any], index: int) -> tuple[str, float, d
 
 def read_training(run: RunDir) -> tuple[list[Curve], list[str]]:
     """``train/<name>/metrics.jsonl`` -> one curve per run and split that logged anything."""
-    root = run.root / "train"
     curves: list[Curve] = []
     errors: list[str] = []
-    if not root.is_dir():
-        return curves, errors
-    names = sorted((p.parent.name for p in root.glob("*/metrics.jsonl")), key=lambda n: order_key(n, METHOD_ORDER))
-    for name in names:
-        path = run.train(name) / "metrics.jsonl"
+    for name, path in _method_files(run.root / "train", "metrics.jsonl"):
         by_split: dict[str, dict[str, list[tuple[float, float]]]] = {}
         try:
             for index, (_, row) in enumerate(read_jsonl_dicts(path, allow_torn_tail=True)):
@@ -413,19 +414,13 @@ def read_training(run: RunDir) -> tuple[list[Curve], list[str]]:
 
 def read_funnels(run: RunDir) -> tuple[list[Funnel], list[str]]:
     """``funnel/*.json`` in pipeline order."""
-    root = run.root / "funnel"
     funnels: list[Funnel] = []
     errors: list[str] = []
-    if not root.is_dir():
-        return funnels, errors
-    for path in root.glob("*.json"):
+    for path in (run.root / "funnel").glob("*.json"):
         try:
-            data = _read_json(path)
+            data = _read_object(path)
         except SectionError as err:
             errors.append(str(err))
-            continue
-        if not isinstance(data, dict):
-            errors.append(str(InputError(str(path), f"expected a JSON object, got {type(data).__name__}")))
             continue
         known = {k: data[k] for k in ("stage", "records_in", "records_out", "dropped", "extra") if k in data}
         known.setdefault("stage", path.stem)
@@ -443,11 +438,9 @@ def read_timings(run: RunDir) -> tuple[dict[str, float], str | None]:
     if not path.is_file():
         return {}, None
     try:
-        data = _read_json(path)
+        data = _read_object(path)
     except SectionError as err:
         return {}, str(err)
-    if not isinstance(data, dict):
-        return {}, str(InputError(str(path), f"expected a JSON object, got {type(data).__name__}"))
     return {str(k): float(v) for k, v in data.items() if _number(v) is not None}, None
 
 
@@ -466,9 +459,15 @@ def stage_wall_times(timings: dict[str, float], funnels: list[Funnel], eval_wall
 # --------------------------------------------------------------------------- records
 
 
-def read_records(path: Path, record_type: type) -> list[Any]:
-    """Strictly typed records of a JSONL file (InputError names file, line and field)."""
-    return [record_from_dict(record_type, obj, path, number) for number, obj in read_jsonl_dicts(path, allow_torn_tail=True)]
+def read_records(path: Path, record_type: type) -> tuple[list[Any] | None, str | None]:
+    """(strictly typed records of a JSONL file, None), (None, None) when it is absent, or (None, the
+    InputError text naming file, line and field) when a line does not parse."""
+    if not path.is_file():
+        return None, None
+    try:
+        return [record_from_dict(record_type, obj, path, number) for number, obj in read_jsonl_dicts(path, allow_torn_tail=True)], None
+    except InputError as err:
+        return None, str(err)
 
 
 @dataclass
@@ -500,24 +499,8 @@ def collect(run_dir: str | Path, max_pairs: int = 12) -> RunData:
     comparisons, compare_errors = read_comparisons(run)
     curves, train_errors = read_training(run)
     funnels, funnel_errors = read_funnels(run)
-    located: list[LocatedError] | None = None
-    located_error = None
-    if run.located.is_file():
-        try:
-            located = read_records(run.located, LocatedError)
-        except InputError as err:
-            located_error = str(err)
-    pairs: list[StepPair] | None = None
-    pairs_error = None
-    pairs_total = 0
-    pairs_path = run.pairs / "step_pairs.jsonl"
-    if pairs_path.is_file():
-        try:
-            all_pairs = read_records(pairs_path, StepPair)
-            pairs_total = len(all_pairs)
-            pairs = all_pairs[:max_pairs]
-        except InputError as err:
-            pairs_error = str(err)
+    located, located_error = read_records(run.located, LocatedError)
+    all_pairs, pairs_error = read_records(run.pairs / "step_pairs.jsonl", StepPair)
     header = Header(
         run_dir=str(run.root),
         config=config,
@@ -538,7 +521,7 @@ def collect(run_dir: str | Path, max_pairs: int = 12) -> RunData:
         funnel_errors=funnel_errors,
         located=located,
         located_error=located_error,
-        pairs=pairs,
+        pairs=None if all_pairs is None else all_pairs[:max_pairs],
         pairs_error=pairs_error,
-        pairs_total=pairs_total,
+        pairs_total=len(all_pairs or []),
     )
