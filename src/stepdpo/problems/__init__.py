@@ -18,7 +18,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 from urllib.parse import parse_qs
 
 import tyro
@@ -95,7 +95,14 @@ def load_problems_with_report(
     answer_field: str | None = None,
     id_field: str | None = None,
 ) -> tuple[list[Problem], LoadReport]:
-    """Like :func:`load_problems`, also returning the :class:`LoadReport` (rows read, loaded, skipped by reason)."""
+    """Problems of a set (see the module docstring for specs), optionally a fixed random subset of ``limit``,
+    and the :class:`LoadReport` (rows read, loaded, skipped by reason).
+
+    Bad rows (malformed, missing or empty fields, duplicate ids) raise an
+    :class:`~stepdpo.errors.InputError` naming file, line and field, or with
+    ``on_bad_row="skip"`` are skipped and counted in the report. The ``*_field``
+    options name a file's or hub set's columns (as ``?question=...`` in the spec does).
+    """
     if on_bad_row not in ("error", "skip"):
         raise ConfigError(f"on_bad_row must be 'error' or 'skip', got {on_bad_row!r}")
     skip_bad = on_bad_row == "skip"
@@ -135,26 +142,13 @@ def load_problems_with_report(
     return _subset(problems, limit, seed), report
 
 
-def load_problems(
-    spec: str,
-    *,
-    limit: int | None = None,
-    seed: int = 0,
-    on_bad_row: Literal["error", "skip"] = "error",
-    question_field: str | None = None,
-    answer_field: str | None = None,
-    id_field: str | None = None,
-) -> list[Problem]:
-    """Problems of a set (see the module docstring for specs), optionally a fixed random subset of ``limit``.
+def load_problems(spec: str, **options: Any) -> list[Problem]:
+    """The problems of :func:`load_problems_with_report` without its report.
 
-    Bad rows (malformed, missing or empty fields, duplicate ids) raise an
-    :class:`~stepdpo.errors.InputError` naming file, line and field, or with
-    ``on_bad_row="skip"`` are skipped (counted by :func:`load_problems_with_report`).
+    ``options`` are its keywords (``limit``, ``seed``, ``on_bad_row``, ``question_field``,
+    ``answer_field``, ``id_field``); an unknown one is a TypeError naming it.
     """
-    problems, _ = load_problems_with_report(
-        spec, limit=limit, seed=seed, on_bad_row=on_bad_row, question_field=question_field, answer_field=answer_field, id_field=id_field
-    )
-    return problems
+    return load_problems_with_report(spec, **options)[0]
 
 
 @dataclass
