@@ -8,7 +8,8 @@ every test set against the starting (SFT) model:
   RUN0/sft/model --do-sft false`` for the others), as the paper applies every
   method to one fixed SFT model: the seed changes error collection,
   localization, rectification, pair building, training and the evaluation
-  subsets of the larger test sets;
+  the evaluation of the SFT model (greedy, on test subsets drawn with
+  ``eval.seed``) is computed once, by the first seed, and copied to the others;
 - the seeds run ``--parallel`` at a time, each with ``OMP_NUM_THREADS =
   cpu_count // parallel`` (oversubscribed torch threads measured 6-15x slower
   on this CPU).
@@ -30,6 +31,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -51,6 +53,18 @@ def run_command(seed: int, run_dir: Path, args: argparse.Namespace, seed0: Path)
     if run_dir != seed0:
         command += ["--model", str(seed0 / "sft" / "model"), "--do-sft", "False"]
     return command + args.extra
+
+
+def share_base_eval(run_dir: Path, seed0: Path) -> None:
+    """Give a seed's run the first seed's evaluation of the shared SFT model.
+
+    Greedy decoding of the same model on the same problems (``stepdpo run`` draws test
+    subsets with ``eval.seed``, not the run's seed) gives the same answers, so the run's
+    own evaluation stage finds it complete instead of computing it again.
+    """
+    source, target = seed0 / "eval" / "base", run_dir / "eval" / "base"
+    if run_dir != seed0 and (source / "results.json").is_file() and not target.exists():
+        shutil.copytree(source, target)
 
 
 def launch(command: list[str], run_dir: Path, threads: int) -> tuple[subprocess.Popen, Any]:
@@ -182,6 +196,8 @@ def main() -> int:
             batch = args.seeds[at: at + args.parallel]
             batch_start = time.time()
             threads = max(1, cpus // len(batch))
+            for seed in batch:
+                share_base_eval(root / f"seed{seed}", seed0)
             wait_all([(seed, *launch(run_command(seed, root / f"seed{seed}", args, seed0), root / f"seed{seed}", threads))
                       for seed in batch])
             walls.update({f"seed{seed}": round(time.time() - batch_start, 1) for seed in batch})

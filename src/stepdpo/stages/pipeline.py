@@ -1,7 +1,7 @@
 """`stepdpo run`: the whole method in one run directory.
 
-SFT (optional) -> sample -> locate -> rectify -> pairs [-> scdpo, when a method
-needs its pairs] -> eval of the starting policy -> for each method: train -> eval
+SFT (optional) -> eval of the starting policy -> sample -> locate -> rectify ->
+pairs [-> scdpo, when a method needs its pairs] -> for each method: train -> eval
 -> compare with the start -> report. Every stage is the same ``command(config)`` the CLI runs on its own, so
 each one skips what is already on disk and resumes what is partial: a killed run
 continues where it stopped when started again with the same arguments.
@@ -61,7 +61,7 @@ class RunConfig:
     do_sft: bool = field(default=True, metadata={"help": "Start with supervised fine-tuning on step-format solutions (the embedded model needs it)."})
     methods: list[Method] = field(default_factory=lambda: ["step-dpo", "dpo", "scdpo", "judge-free"], metadata={"help": "Preference-training runs to make from the same data, each evaluated against the starting policy."})
     seed: int = field(default=0, metadata={"help": "Seed of every stage (problem subsets, sampling, training)."})
-    stop_after: Literal["", "sft", "pairs"] = field(default="", metadata={"help": "Stop after this stage: sft (e.g. to start several seeds from one SFT model), pairs (all preference data built, nothing trained); '': run everything."})
+    stop_after: Literal["", "sft", "pairs"] = field(default="", metadata={"help": "Stop after this stage: sft (and the evaluation of the starting model; e.g. to start several seeds from one SFT model), pairs (all preference data built, nothing trained); '': run everything."})
     generator: GeneratorConfig = field(default_factory=lambda: GeneratorConfig(batch_size=32), metadata={"help": "Generation backend for sampling, rollouts, rectification and evaluation (its model is set by the run)."})
     sft: SFTConfig = field(default_factory=lambda: SFTConfig(data=[f"synthetic:train?n=640&{_PROBLEMS}&seed=0"], learning_rate=2e-4), metadata={"help": "SFT stage (640 small-number synthetic problems: what brings the embedded model into a middling accuracy band)."})
     sample: SampleConfig = field(default_factory=lambda: SampleConfig(data=f"synthetic:train?n=96&{_PROBLEMS}&seed=1", k=4, max_new_tokens=160), metadata={"help": "Error collection (problems disjoint from the SFT data by seed)."})
@@ -122,10 +122,18 @@ def command(config: RunConfig) -> int:
             log.info("sft: %s is complete, skipping", policy)
         else:
             _timed(timings, rd, "sft", lambda: sft.command(sft_config))
-    if config.stop_after == "sft":
-        print(f"stopped after sft: {policy}")
-        return 0
     generator = replace(config.generator, model=policy)
+
+    def evaluate_model(model: str, name: str) -> None:
+        # The test subsets follow eval.seed, not the run's seed: runs with different seeds are
+        # then measured on the same problems (and greedy decoding needs no seed).
+        eval_config = replace(config.eval, model=model, name=name, run_dir=root, output_dir=None, generator=replace(generator, model=model))
+        _timed(timings, rd, f"eval-{name}", lambda: evaluate.command(eval_config))
+
+    evaluate_model(policy, "base")
+    if config.stop_after == "sft":
+        print(f"stopped after sft and its evaluation: {policy}")
+        return 0
 
     _timed(timings, rd, "sample", lambda: sample.command(replace(config.sample, run_dir=root, seed=config.seed, generator=generator)))
     _timed(timings, rd, "locate", lambda: locate.command(replace(config.locate, run_dir=root, generator=generator)))
@@ -138,11 +146,6 @@ def command(config: RunConfig) -> int:
         print(f"stopped after pairs: {rd.pairs}")
         return 0
 
-    def evaluate_model(model: str, name: str) -> None:
-        eval_config = replace(config.eval, model=model, name=name, run_dir=root, seed=config.seed, output_dir=None, generator=replace(generator, model=model))
-        _timed(timings, rd, f"eval-{name}", lambda: evaluate.command(eval_config))
-
-    evaluate_model(policy, "base")
     for method in config.methods:
         mode, files = METHOD_DATA[method]
         train_config = replace(config.train, model=policy, mode=mode, name=method, run_dir=root, output_dir="", seed=config.seed,
