@@ -64,11 +64,11 @@ class RunConfig:
     stop_after: Literal["", "sft", "pairs"] = field(default="", metadata={"help": "Stop after this stage: sft (and the evaluation of the starting model; e.g. to start several seeds from one SFT model), pairs (all preference data built, nothing trained); '': run everything."})
     generator: GeneratorConfig = field(default_factory=lambda: GeneratorConfig(batch_size=32), metadata={"help": "Generation backend for sampling, rollouts, rectification and evaluation (its model is set by the run)."})
     sft: SFTConfig = field(default_factory=lambda: SFTConfig(data=[f"synthetic:train?n=640&{_PROBLEMS}&seed=0"], learning_rate=2e-4), metadata={"help": "SFT stage (640 small-number synthetic problems: what brings the embedded model into a middling accuracy band)."})
-    sample: SampleConfig = field(default_factory=lambda: SampleConfig(data=f"synthetic:train?n=96&{_PROBLEMS}&seed=1", k=4, max_new_tokens=160), metadata={"help": "Error collection (problems disjoint from the SFT data by seed)."})
-    locate: LocateConfig = field(default_factory=lambda: LocateConfig(limit=64, rollout=RolloutConfig(rollouts_per_prefix=4, max_new_tokens=160)), metadata={"help": "First-wrong-step localization."})
-    rectify: RectifyConfig = field(default_factory=lambda: RectifyConfig(r=6, max_new_tokens=160), metadata={"help": "Rectification of the located step."})
+    sample: SampleConfig = field(default_factory=lambda: SampleConfig(data=f"synthetic:train?n=32&{_PROBLEMS}&seed=1", k=4, max_new_tokens=160), metadata={"help": "Error collection (problems disjoint from the SFT data by seed)."})
+    locate: LocateConfig = field(default_factory=lambda: LocateConfig(limit=24, rollout=RolloutConfig(rollouts_per_prefix=4, max_new_tokens=160)), metadata={"help": "First-wrong-step localization."})
+    rectify: RectifyConfig = field(default_factory=lambda: RectifyConfig(r=4, max_new_tokens=160), metadata={"help": "Rectification of the located step."})
     pairs: PairsConfig = field(default_factory=PairsConfig, metadata={"help": "Pair building."})
-    scdpo: SCDPOConfig = field(default_factory=lambda: SCDPOConfig(branch="random", limit=32, max_step_tokens=48, max_steps=4, rollouts=4, rollout_max_new_tokens=160), metadata={"help": "Step-controlled negatives and judge-free pairs from correct samples (run when methods include scdpo or judge-free)."})
+    scdpo: SCDPOConfig = field(default_factory=lambda: SCDPOConfig(branch="random", limit=12, max_attempts=3, max_step_tokens=48, max_steps=4, rollouts=4, rollout_max_new_tokens=160), metadata={"help": "Step-controlled negatives and judge-free pairs from correct samples (run when methods include scdpo or judge-free)."})
     train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=3.0, logging_steps=2), metadata={"help": "Preference training (mode and name are set per method)."})
     eval: EvalConfig = field(default_factory=lambda: EvalConfig(data=[f"synthetic:test?n=64&{_PROBLEMS}", "multiarith:test", "svamp:test"], limit=64, prompt="step", max_new_tokens=160), metadata={"help": "Evaluation of the starting policy and of every trained model."})
 
@@ -83,7 +83,7 @@ class RunConfig:
                 base,
                 preset="quick",
                 sft=replace(base.sft, data=[f"synthetic:train?n=96&{_PROBLEMS}&seed=0"]),
-                sample=replace(base.sample, data=f"synthetic:train?n=16&{_PROBLEMS}&seed=1", k=2),
+                sample=replace(base.sample, data=f"synthetic:train?n=12&{_PROBLEMS}&seed=1", k=2),
                 locate=replace(base.locate, limit=8, rollout=replace(base.locate.rollout, rollouts_per_prefix=2)),
                 rectify=replace(base.rectify, r=2),
                 scdpo=replace(base.scdpo, limit=4, max_attempts=2, rollouts=2),
