@@ -14,9 +14,10 @@ import json
 import logging
 import os
 import tempfile
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Generic, Iterable, Iterator, TypeVar
+from typing import Any, Generic, Iterable, Iterator, Sequence, TypeVar
 
 import dacite
 
@@ -282,3 +283,15 @@ class RecordStore(Generic[RecordT]):
             handle.flush()
             os.fsync(handle.fileno())
         return len(lines)
+
+
+def append_failures(path: Path, failures: Sequence[Any]) -> None:
+    """Log failed attempts (one JSON line each, with a UTC time) so they can be inspected; they are retried on rerun."""
+    if not failures:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    with open(path, "a", encoding="utf-8") as handle:
+        handle.write("".join(json.dumps({"time": stamp, **record_to_dict(f)}, ensure_ascii=False) + "\n" for f in failures))
+        handle.flush()
+        os.fsync(handle.fileno())

@@ -10,8 +10,6 @@ the next run.
 
 from __future__ import annotations
 
-import json
-import os
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -27,7 +25,7 @@ from stepdpo.localizers.exact import ExactLocalizer
 from stepdpo.localizers.file import FileLocalizer
 from stepdpo.localizers.judge import JudgeConfig, JudgeLocalizer
 from stepdpo.localizers.rollout import RolloutConfig, RolloutLocalizer
-from stepdpo.records import LocatedError, Problem, RecordStore, Sample, record_to_dict
+from stepdpo.records import LocatedError, Problem, RecordStore, Sample, append_failures
 from stepdpo.rundir import Funnel, RunDir
 from stepdpo.stages.sample import read_problems, read_samples
 from stepdpo.steps import PromptFormat
@@ -60,18 +58,6 @@ def build_localizer(config: LocateConfig, generator: Generator | None, fmt: Prom
     if config.localizer == "judge":
         return JudgeLocalizer(config.judge, generator)  # type: ignore[arg-type]
     return RolloutLocalizer(config.rollout, generator, fmt or prompt_format(config.generator))
-
-
-def append_failures(path: Path, failures: Sequence[LocatedError]) -> None:
-    """Log failed attempts (one JSON line each, with a UTC time) so they can be inspected; they are retried on rerun."""
-    if not failures:
-        return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    with open(path, "a", encoding="utf-8") as handle:
-        handle.write("".join(json.dumps({"time": stamp, **record_to_dict(f)}, ensure_ascii=False) + "\n" for f in failures))
-        handle.flush()
-        os.fsync(handle.fileno())
 
 
 def run(config: LocateConfig, problems: dict[str, Problem], samples: Sequence[Sample], localizer: Localizer,

@@ -38,9 +38,7 @@ next run.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
-import os
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -54,7 +52,7 @@ from stepdpo.generation.base import Completion, Generator, GeneratorConfig, Samp
 from stepdpo.grading import grade_responses
 from stepdpo.localizers.base import FAILED_PREFIX, STATUS_OK
 from stepdpo.localizers.judge import JudgeConfig, first_wrong, load_template, parse_verdict, reference_text, render_template
-from stepdpo.records import LocatedError, Problem, RecordStore, Rectification, Sample, record_to_dict
+from stepdpo.records import LocatedError, Problem, RecordStore, Rectification, Sample, append_failures
 from stepdpo.rundir import Funnel, RunDir
 from stepdpo.stages.sample import read_problems, read_samples
 from stepdpo.steps import PromptFormat, next_marker, prefix_before, split_steps
@@ -244,13 +242,8 @@ class StepJudge:
         self.cache.update({v.key: v for v in decided})
         if self.store is not None:
             self.store.append(decided)
-        if failed and self.failures_path is not None:
-            self.failures_path.parent.mkdir(parents=True, exist_ok=True)
-            stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-            with open(self.failures_path, "a", encoding="utf-8") as handle:
-                handle.write("".join(json.dumps({"time": stamp, **record_to_dict(v)}, ensure_ascii=False) + "\n" for v in failed))
-                handle.flush()
-                os.fsync(handle.fileno())
+        if self.failures_path is not None:
+            append_failures(self.failures_path, failed)
         return [self.cache.get(key) or fresh[key] for key in keys]
 
 
