@@ -194,7 +194,8 @@ def run(config: SFTConfig, problems: list[Problem], model: Any = None, tokenizer
     """
     import torch
     from transformers import TrainingArguments, set_seed
-    from transformers.trainer_utils import get_last_checkpoint
+
+    from stepdpo.stages.train import last_complete_checkpoint
 
     funnel = funnel if funnel is not None else Funnel(stage="sft")
     funnel.records_in = len(problems)
@@ -274,7 +275,7 @@ def run(config: SFTConfig, problems: list[Problem], model: Any = None, tokenizer
         data_collator=SFTCollator(pad_token_id=tokenizer.pad_token_id),
         callbacks=[_metrics_callback(out / "metrics.jsonl")],
     )
-    resume = get_last_checkpoint(str(checkpoints)) if checkpoints.is_dir() else None
+    resume = last_complete_checkpoint(checkpoints)
     if resume:
         log.info("sft: resuming from %s", resume)
     started = time.time()
