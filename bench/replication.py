@@ -7,8 +7,8 @@ every test set against the starting (SFT) model:
   all cores); every seed then starts from that one SFT model (``--model
   RUN0/sft/model --do-sft false`` for the others), as the paper applies every
   method to one fixed SFT model: the seed changes error collection,
-  localization, rectification, pair building, training and the evaluation
-  the evaluation of the SFT model (greedy, on test subsets drawn with
+  localization, rectification, pair building and training;
+- the evaluation of the SFT model (greedy, on test subsets drawn with
   ``eval.seed``) is computed once, by the first seed, and copied to the others;
 - the seeds run ``--parallel`` at a time, each with ``OMP_NUM_THREADS =
   cpu_count // parallel`` (oversubscribed torch threads measured 6-15x slower
