@@ -258,6 +258,23 @@ def test_exact_first_mismatch():
     assert first_mismatch(split_steps("Step 1: 1\nStep 2: 2\nStep 3: 4"), ["1", "2"], "3") == 3
 
 
+def test_exact_blames_the_last_step_of_a_solution_that_concludes_too_early():
+    # Two right steps of three, then the answer: the step that gives 8 as the answer is the error.
+    early = split_steps("Step 1: 6 * 4 = 24\nStep 2: 4 * 2 = 8\nThe answer is: \\boxed{8}")
+    assert first_mismatch(early, ["24", "8", "32"], "32") == 2
+    # Cut off by the token limit, it concluded nothing: no step is to blame.
+    assert first_mismatch(early[:1], ["24", "8", "32"], "32", concluded=False) is None
+    # A wrong value is still found first.
+    assert first_mismatch(split_steps("Step 1: 6 * 4 = 23\nThe answer is: \\boxed{23}"), ["24", "8", "32"], "32") == 1
+
+    problem = Problem(id="z", question="q", answer="32", metadata={"step_values": ["24", "8", "32"]})
+    sample = Sample(id="z#0", problem_id="z", prompt="", response="".join(early), steps=early, predicted="8", correct=False, finish_reason="stop")
+    result = locate(ExactLocalizer(), problem, sample)
+    assert (result.first_wrong_step, result.status) == (2, "ok")
+    truncated = Sample(**{**sample.__dict__, "steps": early[:1], "response": early[0], "predicted": "", "finish_reason": "length"})
+    assert locate(ExactLocalizer(), problem, truncated).status == "no_wrong_step"
+
+
 def test_exact_localizer():
     problem = Problem(id="s", question="q", answer="6999", metadata={"step_values": ["7", "7000", "6999"]})
     sample = make_sample("s#0", "s", 3)

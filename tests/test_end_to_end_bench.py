@@ -1,0 +1,59 @@
+"""bench/end_to_end.py: reads GNU time's report and the run's stage timings of a `make` run."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[1] / "bench" / "end_to_end.py"
+
+GNU_TIME = """\
+run finished in 38.3 min (stages this invocation): report at runs/default/report/report.html
+\tCommand being timed: "make demo"
+\tElapsed (wall clock) time (h:mm:ss or m:ss): 1:02:03.50
+\tMaximum resident set size (kbytes): 6223248
+"""
+
+
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location("end_to_end", BENCH)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_parse_gnu_time_reads_hours_minutes_seconds_and_rss(bench):
+    assert bench.parse_gnu_time(GNU_TIME) == {"wall_s": 3723.5, "peak_rss_gib": 5.93}
+    assert bench.parse_gnu_time("\tElapsed (wall clock) time (h:mm:ss or m:ss): 40:24.63\n"
+                                "\tMaximum resident set size (kbytes): 1048576\n") == {"wall_s": 2424.6, "peak_rss_gib": 1.0}
+
+
+def test_parse_gnu_time_without_a_report_says_so(bench):
+    with pytest.raises(SystemExit, match="no GNU time report"):
+        bench.parse_gnu_time("make: *** [Makefile:21: demo] Error 1\n")
+
+
+def test_collect_splits_wall_time_into_stages_and_the_rest(tmp_path, bench):
+    clone = tmp_path / "clone"
+    run_dir = clone / "runs" / "default"
+    (run_dir / "report").mkdir(parents=True)
+    (run_dir / "report" / "report.html").write_text("<html></html>")
+    (run_dir / "timings.json").write_text(json.dumps({"sft": 3000.0, "eval-base": 600.0}))
+    subprocess.run(["git", "init", "-q", str(clone)], check=True)
+    subprocess.run(["git", "-C", str(clone), "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "--allow-empty", "-m", "x"], check=True)
+    time_log = tmp_path / "time.log"
+    time_log.write_text(GNU_TIME)
+
+    result = bench.collect(clone, time_log, "demo")
+
+    assert result["wall_s"] == 3723.5
+    assert result["stages_total_s"] == 3600.0
+    assert result["install_and_other_s"] == 123.5
+    assert result["report_exists"] is True
+    assert len(result["commit"]) >= 7
+    assert "| sft | 3000.0 |" in bench.markdown(result)
