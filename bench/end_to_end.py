@@ -2,6 +2,7 @@
 
     python3 bench/end_to_end.py --target demo          # clones HEAD beside ../shared, times it
     python3 bench/end_to_end.py --collect CLONE --time-log LOG   # tabulate a run made by hand
+    python3 bench/end_to_end.py --collect CLONE --time-log LOG --stages-from A/timings.json ...
 
 A fresh run clones the repository's HEAD into a new folder next to the checkout (so that
 ``../shared`` is beside it, as in CI) and runs ``/usr/bin/time -v make TARGET`` there: the
@@ -9,7 +10,12 @@ virtual environment is created and every package installed, the embedded model c
 and the whole job run. The wall time therefore includes the install (pip's download cache is
 whatever the machine has). ``--collect`` reads the same two things from a run someone made
 with that command: GNU time's report (wall clock, peak RSS) and the run's ``timings.json``
-(seconds per stage).
+(seconds per stage). ``--stages-from`` composes an estimate instead, for a config change
+whose longer stages were measured on their own: each stage takes the longest time any of
+the files, the clone's own included, records for it; the install time stays the clone's, and
+the wall clock becomes that install time plus the stages. The longest, because a stage
+skipped or resumed by an invocation is recorded there with the time of its skip only; it
+makes the estimate an upper bound where a change made a stage shorter.
 
 Writes bench/results/end_to_end_<target>.{json,md}. Keep the machine otherwise quiet: the
 time is only meaningful when nothing else shares the cores (the load averages are recorded).
@@ -43,19 +49,35 @@ def parse_gnu_time(text: str) -> dict[str, float]:
     return {"wall_s": round(seconds, 1), "peak_rss_gib": round(int(rss.group(1)) / 2**20, 2)}
 
 
-def collect(clone: Path, time_log: Path, target: str) -> dict:
+def merged_stages(files: list[Path]) -> dict[str, float]:
+    """Stage -> seconds over several timings.json files, the longest time of each stage."""
+    merged: dict[str, float] = {}
+    for path in files:
+        for stage, seconds in json.loads(path.read_text(encoding="utf-8")).items():
+            merged[stage] = max(seconds, merged.get(stage, 0.0))
+    return merged
+
+
+def collect(clone: Path, time_log: Path, target: str, stages_from: list[Path] | None = None) -> dict:
     timings_path = clone / RUN_DIRS[target] / "timings.json"
     timings = json.loads(timings_path.read_text(encoding="utf-8"))
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=clone, capture_output=True, text=True, check=True).stdout.strip()
     measured = parse_gnu_time(time_log.read_text(encoding="utf-8", errors="replace"))
+    install_s = round(measured["wall_s"] - sum(timings.values()), 1)
+    composed = {}
+    if stages_from:
+        timings = merged_stages([timings_path, *stages_from])
+        measured["wall_s"] = round(install_s + sum(timings.values()), 1)
+        composed = {"composed_from": [str(path) for path in stages_from]}
     return {
         "target": target,
         "commit": commit,
         "clone": str(clone),
         **measured,
+        **composed,
         "stages_s": timings,
         "stages_total_s": round(sum(timings.values()), 1),
-        "install_and_other_s": round(measured["wall_s"] - sum(timings.values()), 1),
+        "install_and_other_s": install_s,
         "report_exists": (clone / RUN_DIRS[target] / "report" / "report.html").is_file(),
         "cpu_count": os.cpu_count(),
         "time_log_mtime": datetime.fromtimestamp(time_log.stat().st_mtime, timezone.utc).isoformat(timespec="seconds"),
@@ -77,8 +99,10 @@ def markdown(result: dict) -> str:
     lines = [
         f"# `make {result['target']}` end to end on a fresh clone",
         "",
-        f"Commit {result['commit']}, {result['cpu_count']} CPU threads; clone {result['clone']}.",
+        f"Commit {result['commit']} (the clone's), {result['cpu_count']} CPU threads; clone {result['clone']}.",
         "",
+        *([f"**Composed, not one run**: install time and peak RSS from that clone's run; each stage its longest "
+           f"time in that run or in {', '.join(result['composed_from'])}.", ""] if "composed_from" in result else []),
         f"- wall clock: **{result['wall_s'] / 60:.1f} min** (install, model conversion and every stage)",
         f"- peak RSS: {result['peak_rss_gib']} GiB",
         f"- stages: {result['stages_total_s'] / 60:.1f} min; install and the rest: {result['install_and_other_s'] / 60:.1f} min",
@@ -98,12 +122,13 @@ def main() -> None:
     parser.add_argument("--target", choices=sorted(RUN_DIRS), default="demo")
     parser.add_argument("--collect", type=Path, help="an existing clone where `make TARGET` ran under /usr/bin/time -v")
     parser.add_argument("--time-log", type=Path, help="the output of that /usr/bin/time -v make TARGET (with --collect)")
+    parser.add_argument("--stages-from", type=Path, nargs="+", help="with --collect: more timings.json files; each stage takes its longest recorded time")
     parser.add_argument("--out", type=Path, help="default: bench/results/end_to_end_<target>.json")
     args = parser.parse_args()
     if args.collect:
         if args.time_log is None:
             parser.error("--collect needs --time-log")
-        result = collect(args.collect, args.time_log, args.target)
+        result = collect(args.collect, args.time_log, args.target, args.stages_from)
     else:
         clone, time_log, load = fresh_run(args.target)
         result = {**collect(clone, time_log, args.target), "load_average_end": load}

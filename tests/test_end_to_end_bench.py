@@ -57,3 +57,25 @@ def test_collect_splits_wall_time_into_stages_and_the_rest(tmp_path, bench):
     assert result["report_exists"] is True
     assert len(result["commit"]) >= 7
     assert "| sft | 3000.0 |" in bench.markdown(result)
+
+
+def test_stages_from_other_runs_compose_an_estimate_from_the_longest_time_per_stage(tmp_path, bench):
+    clone = tmp_path / "clone"
+    run_dir = clone / "runs" / "default"
+    run_dir.mkdir(parents=True)
+    (run_dir / "timings.json").write_text(json.dumps({"sft": 3000.0, "rectify": 100.0}))
+    subprocess.run(["git", "init", "-q", str(clone)], check=True)
+    subprocess.run(["git", "-C", str(clone), "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "--allow-empty", "-m", "x"], check=True)
+    time_log = tmp_path / "time.log"
+    time_log.write_text(GNU_TIME)  # 3723.5 s wall: 623.5 s outside the stages
+    first, resumed = tmp_path / "first.json", tmp_path / "resumed.json"
+    first.write_text(json.dumps({"rectify": 400.0, "train": 50.0}))
+    resumed.write_text(json.dumps({"sft": 1.0, "rectify": 2.0, "eval": 30.0}))  # sft and rectify only skipped here
+
+    result = bench.collect(clone, time_log, "demo", [first, resumed])
+
+    # sft: the clone's own time survives a file that does not name it (or only skipped it)
+    assert result["stages_s"] == {"sft": 3000.0, "rectify": 400.0, "train": 50.0, "eval": 30.0}
+    assert result["install_and_other_s"] == 623.5
+    assert result["wall_s"] == 623.5 + 3480.0
+    assert "Composed, not one run" in bench.markdown(result)
