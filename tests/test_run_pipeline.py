@@ -82,13 +82,18 @@ def test_run_chains_every_stage_and_resumes(tmp_path, tiny_model_dir, scripted):
     assert pairs and all(p["chosen"] != p["rejected"] for p in pairs)
     samples_before = (run_dir / "samples.jsonl").read_text()
     calls_before = len(scripted.calls)
+    timings_before = json.loads((run_dir / "timings.json").read_text())
+    assert {"sample", "rectify", "train-step-dpo", "train-dpo", "eval-base", "report"} <= set(timings_before)
 
     # A second invocation finds everything done: no new samples, no retraining, same outputs.
     assert main(argv) == 0
     assert (run_dir / "samples.jsonl").read_text() == samples_before
-    timings = json.loads((run_dir / "timings.json").read_text())
-    assert not any(name.startswith("train-") for name in timings)
     assert len(scripted.calls) == calls_before  # nothing was generated again
+    # The work's times survive the skip: training is not entered again, the other stages add their skip.
+    timings = json.loads((run_dir / "timings.json").read_text())
+    assert {name: timings[name] for name in timings if name.startswith("train-")} == \
+        {name: timings_before[name] for name in timings_before if name.startswith("train-")}
+    assert all(timings[name] >= timings_before[name] for name in timings_before)
 
 
 def test_run_trains_scdpo_and_judge_free_from_correct_samples(tmp_path, tiny_model_dir, scripted):

@@ -433,7 +433,7 @@ def read_funnels(run: RunDir) -> tuple[list[Funnel], list[str]]:
 
 
 def read_timings(run: RunDir) -> tuple[dict[str, float], str | None]:
-    """``RUN/timings.json`` ({stage: seconds}, written by `stepdpo run` for the stages of its last invocation)."""
+    """``RUN/timings.json`` ({stage: seconds}, written by `stepdpo run`, summed over its invocations)."""
     path = run.root / "timings.json"
     if not path.is_file():
         return {}, None

@@ -9,6 +9,7 @@ continues where it stopped when started again with the same arguments.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from dataclasses import dataclass, field, replace
@@ -99,11 +100,21 @@ def _has_records(path: Path) -> bool:
 
 
 def _timed(timings: dict[str, float], run_dir: RunDir, name: str, step: Callable[[], Any]) -> Any:
+    """Run one stage; add its seconds to ``timings`` (this invocation) and to RUN/timings.json.
+
+    RUN/timings.json sums every invocation's seconds per stage: a resumed run's stages skip
+    their finished work in a second or two, and the file (which the report shows) must still
+    say what the work took, not what its skip took.
+    """
     started = time.perf_counter()
     log.info("=== stage %s ===", name)
     result = step()
-    timings[name] = round(time.perf_counter() - started, 1)
-    atomic_write_json(run_dir.root / "timings.json", timings)
+    seconds = time.perf_counter() - started
+    timings[name] = round(seconds, 1)
+    path = run_dir.root / "timings.json"
+    recorded = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    recorded[name] = round(float(recorded.get(name, 0.0)) + seconds, 1)
+    atomic_write_json(path, recorded)
     return result
 
 
