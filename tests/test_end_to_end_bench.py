@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
-from pathlib import Path
 
 import pytest
 
-BENCH = Path(__file__).resolve().parents[1] / "bench" / "end_to_end.py"
 
 GNU_TIME = """\
 run finished in 38.3 min (stages this invocation): report at runs/default/report/report.html
@@ -20,11 +17,8 @@ run finished in 38.3 min (stages this invocation): report at runs/default/report
 
 
 @pytest.fixture(scope="module")
-def bench():
-    spec = importlib.util.spec_from_file_location("end_to_end", BENCH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def bench(load_bench):
+    return load_bench("end_to_end")
 
 
 def test_parse_gnu_time_reads_hours_minutes_seconds_and_rss(bench):

@@ -2,27 +2,19 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import random
-import sys
-from pathlib import Path
 
 import pytest
 
 from stepdpo.steps import STEP_HEADER
 
-BENCH = Path(__file__).resolve().parents[1] / "bench" / "train_throughput.py"
 
 
 @pytest.fixture(scope="module")
-def bench():
-    spec = importlib.util.spec_from_file_location("train_throughput", BENCH)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["train_throughput"] = module  # dataclasses resolve their module by name
-    spec.loader.exec_module(module)
-    return module
+def bench(load_bench):
+    return load_bench("train_throughput")
 
 
 def test_perturb_step_changes_every_standalone_result(bench):
