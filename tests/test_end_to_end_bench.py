@@ -32,16 +32,23 @@ def test_parse_gnu_time_without_a_report_says_so(bench):
         bench.parse_gnu_time("make: *** [Makefile:21: demo] Error 1\n")
 
 
-def test_collect_splits_wall_time_into_stages_and_the_rest(tmp_path, bench):
+def _clone_with_run(tmp_path, timings: dict[str, float]):
+    """A git clone whose runs/default holds ``timings``, and a GNU time log of 3723.5 s."""
     clone = tmp_path / "clone"
     run_dir = clone / "runs" / "default"
-    (run_dir / "report").mkdir(parents=True)
-    (run_dir / "report" / "report.html").write_text("<html></html>")
-    (run_dir / "timings.json").write_text(json.dumps({"sft": 3000.0, "eval-base": 600.0}))
+    run_dir.mkdir(parents=True)
+    (run_dir / "timings.json").write_text(json.dumps(timings))
     subprocess.run(["git", "init", "-q", str(clone)], check=True)
     subprocess.run(["git", "-C", str(clone), "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "--allow-empty", "-m", "x"], check=True)
     time_log = tmp_path / "time.log"
     time_log.write_text(GNU_TIME)
+    return clone, time_log
+
+
+def test_collect_splits_wall_time_into_stages_and_the_rest(tmp_path, bench):
+    clone, time_log = _clone_with_run(tmp_path, {"sft": 3000.0, "eval-base": 600.0})
+    (clone / "runs" / "default" / "report").mkdir()
+    (clone / "runs" / "default" / "report" / "report.html").write_text("<html></html>")
 
     result = bench.collect(clone, time_log, "demo")
 
@@ -54,14 +61,7 @@ def test_collect_splits_wall_time_into_stages_and_the_rest(tmp_path, bench):
 
 
 def test_stages_from_other_runs_compose_an_estimate_from_the_longest_time_per_stage(tmp_path, bench):
-    clone = tmp_path / "clone"
-    run_dir = clone / "runs" / "default"
-    run_dir.mkdir(parents=True)
-    (run_dir / "timings.json").write_text(json.dumps({"sft": 3000.0, "rectify": 100.0}))
-    subprocess.run(["git", "init", "-q", str(clone)], check=True)
-    subprocess.run(["git", "-C", str(clone), "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "--allow-empty", "-m", "x"], check=True)
-    time_log = tmp_path / "time.log"
-    time_log.write_text(GNU_TIME)  # 3723.5 s wall: 623.5 s outside the stages
+    clone, time_log = _clone_with_run(tmp_path, {"sft": 3000.0, "rectify": 100.0})  # 623.5 s outside the stages
     first, resumed = tmp_path / "first.json", tmp_path / "resumed.json"
     first.write_text(json.dumps({"rectify": 400.0, "train": 50.0}))
     resumed.write_text(json.dumps({"sft": 1.0, "rectify": 2.0, "eval": 30.0}))  # sft and rectify only skipped here

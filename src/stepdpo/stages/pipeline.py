@@ -9,7 +9,6 @@ continues where it stopped when started again with the same arguments.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from dataclasses import dataclass, field, replace
@@ -20,6 +19,7 @@ from stepdpo.config import save_config
 from stepdpo.generation.base import GeneratorConfig
 from stepdpo.localizers.rollout import RolloutConfig
 from stepdpo.records import atomic_write_json
+from stepdpo.report.collect import read_timings
 from stepdpo.rundir import RunDir
 from stepdpo.stages import compare, evaluate, locate, pairs, rectify, sample, scdpo, sft, train
 from stepdpo.stages.compare import CompareConfig
@@ -111,10 +111,9 @@ def _timed(timings: dict[str, float], run_dir: RunDir, name: str, step: Callable
     result = step()
     seconds = time.perf_counter() - started
     timings[name] = round(seconds, 1)
-    path = run_dir.root / "timings.json"
-    recorded = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
-    recorded[name] = round(float(recorded.get(name, 0.0)) + seconds, 1)
-    atomic_write_json(path, recorded)
+    recorded, _ = read_timings(run_dir)  # an unreadable file starts the sums again rather than failing the run
+    recorded[name] = round(recorded.get(name, 0.0) + seconds, 1)
+    atomic_write_json(run_dir.root / "timings.json", recorded)
     return result
 
 
