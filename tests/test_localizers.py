@@ -213,6 +213,61 @@ def test_judge_localizer_statuses():
     assert "Step 1: 3+4=7" in prompt and samples[0].response.strip() in prompt
 
 
+class ReadingJudge:
+    """A judge that reads the solution it is shown literally: it blames the ``Step N:`` whose text holds ``wrong``.
+
+    It knows only the step numbers written in the prompt, as a real judge does; where none
+    precedes the wrong line it cannot answer with a verdict.
+    """
+
+    name = "reading-judge"
+
+    def __init__(self, wrong: str):
+        self.wrong = wrong
+        self.seen: list[str] = []
+
+    def chat(self, conversations, params):
+        answers = []
+        for conversation in conversations:
+            content = conversation[0]["content"]
+            self.seen.append(content)
+            shown = content.split("### Student's solution", 1)[1].split("### Task", 1)[0]
+            number = None
+            for line in shown.splitlines():
+                marker = re.match(r"Step (\d+):", line)
+                number = int(marker.group(1)) if marker else number
+                if self.wrong in line:
+                    break
+            text = "I cannot tell which step." if number is None else "; ".join(
+                f"Step {i}: {'incorrect' if i == number else 'correct'}" for i in range(1, number + 1))
+            answers.append([Completion(text, 10, "stop")])
+        return answers
+
+
+@pytest.mark.parametrize("response, wrong_step, shown", [
+    # Text before 'Step 1:' is the project's step 1, so the student's 'Step 2:' is step 3.
+    ("Let me work this out.\nStep 1: Tom has 3 apples.\nStep 2: He gets 4 more: 3 + 4 = 8.\nThe answer is: \\boxed{8}", 3,
+     "Step 1: Let me work this out.\nStep 2: Tom has 3 apples.\nStep 3: He gets 4 more: 3 + 4 = 8.\nThe answer is: \\boxed{8}"),
+    # No markers: the project cuts paragraphs.
+    ("Tom has 3 apples.\n\nHe gets 4 more: 3 + 4 = 8.\n\nThe answer is 8.", 2,
+     "Step 1: Tom has 3 apples.\nStep 2: He gets 4 more: 3 + 4 = 8.\nStep 3: The answer is 8."),
+    # A numbered list in one paragraph is one step for the project, whatever its own numbers say.
+    ("1. Tom has 3 apples.\n2. He gets 4 more: 3 + 4 = 8.\n3. The answer is 8.", 1,
+     "Step 1: 1. Tom has 3 apples.\n2. He gets 4 more: 3 + 4 = 8.\n3. The answer is 8."),
+    # A numbered list in paragraphs: one step per paragraph.
+    ("1. Tom has 3 apples.\n\n2. He gets 4 more: 3 + 4 = 8.\n\n3. The answer is 8.", 2,
+     "Step 1: 1. Tom has 3 apples.\nStep 2: 2. He gets 4 more: 3 + 4 = 8.\nStep 3: 3. The answer is 8."),
+])
+def test_judge_sees_the_steps_as_the_project_cuts_them(response, wrong_step, shown):
+    steps = split_steps(response)
+    sample = Sample(id="p#0", problem_id="p", prompt="", response=response, steps=steps, predicted="8", correct=False)
+    judge = ReadingJudge("3 + 4 = 8")
+    result = locate(JudgeLocalizer(JudgeConfig(), judge), Problem(id="p", question="Tom has 3 apples and gets 4. How many?", answer="7"), sample)
+    assert result.status == "ok" and result.first_wrong_step == wrong_step
+    assert "3 + 4 = 8" in steps[result.first_wrong_step - 1]  # the verdict points at the step that holds the error
+    assert shown in judge.seen[0] and f"in {len(steps)} numbered steps" in judge.seen[0]
+
+
 def test_judge_template_file_and_braces(tmp_path):
     path = tmp_path / "judge.txt"
     path.write_text("P={problem}\nR={reference}\nA={response}", encoding="utf-8")

@@ -5,6 +5,12 @@ reference solution and the wrong answer. It writes a short analysis (at most
 about 200 words) and then one verdict per step, stopping at the first
 incorrect one: ``Step 1: correct; Step 2: neutral; Step 3: incorrect``.
 
+The judge is shown the student's solution as the project cuts it
+(:func:`numbered_solution`): one ``Step i:`` per element of ``split_steps``, so
+the numbers it answers with are the numbers the verdict is read against. A
+solution's own markers can disagree with that cut: text before ``Step 1:`` is
+the project's step 1, and a solution without markers is cut into paragraphs.
+
 Reading the verdict (:func:`parse_verdict`): every ``Step N: <label>`` with a
 label in {correct, neutral, incorrect} is found (markdown bold, any case,
 ``;``/newline separators allowed); the verdict is the part from the *last*
@@ -27,6 +33,7 @@ from stepdpo.errors import ConfigError
 from stepdpo.generation.base import Completion, SamplingParams
 from stepdpo.localizers.base import FAILED_PREFIX, STATUS_NO_WRONG_STEP, STATUS_OK, STATUS_UNPARSEABLE, empty_response
 from stepdpo.records import LocatedError, Problem, Sample
+from stepdpo.steps import step_body
 
 DEFAULT_JUDGE_TEMPLATE = """You are grading a student's step-by-step solution to a math problem. Its final answer is wrong.
 
@@ -36,22 +43,33 @@ DEFAULT_JUDGE_TEMPLATE = """You are grading a student's step-by-step solution to
 ### Correct reference solution
 {reference}
 
-### Student's solution (wrong final answer)
+### Student's solution (wrong final answer), in {num_steps} numbered steps
 {response}
 
 ### Task
 First write a short analysis (at most 200 words) of where the student's reasoning goes wrong, comparing it with the reference solution.
-Then, on the last line, judge the student's steps in order, each as correct, neutral (sound but not useful progress) or incorrect, and stop at the first incorrect step. Use exactly this form:
+Then, on the last line, judge the student's steps in order, by the numbers shown above (Step 1 to Step {num_steps}), each as correct, neutral (sound but not useful progress) or incorrect, and stop at the first incorrect step. Use exactly this form:
 Step 1: correct; Step 2: neutral; Step 3: incorrect"""
 
-_PLACEHOLDER = re.compile(r"\{(problem|reference|response)\}")
+_PLACEHOLDER = re.compile(r"\{(problem|reference|response|num_steps)\}")
 _VERDICT = re.compile(r"Step\s*(\d{1,4})[\s*_]*[:：.\-–][\s*_]*(correct|neutral|incorrect)\b", re.IGNORECASE)
 
 
-def render_template(template: str, problem: str, reference: str, response: str) -> str:
-    """Fill ``{problem}``, ``{reference}``, ``{response}`` in one pass (filled text is never re-scanned, braces in math are safe)."""
-    values = {"problem": problem.strip(), "reference": reference.strip(), "response": response.strip()}
+def render_template(template: str, problem: str, reference: str, response: str, num_steps: int | None = None) -> str:
+    """Fill ``{problem}``, ``{reference}``, ``{response}`` and ``{num_steps}`` in one pass (filled text is never re-scanned, braces in math are safe)."""
+    values = {"problem": problem.strip(), "reference": reference.strip(), "response": response.strip(),
+              "num_steps": "?" if num_steps is None else str(num_steps)}
     return _PLACEHOLDER.sub(lambda m: values[m.group(1)], template)
+
+
+def numbered_solution(steps: Sequence[str]) -> str:
+    """The solution as the project cut it: step i (``steps[i-1]``, from ``split_steps``) behind an explicit ``Step i:``.
+
+    A step's own marker, if any, is replaced, so the judge never sees two numberings: a preamble
+    before ``Step 1:`` becomes ``Step 1:`` and the student's ``Step 1:`` becomes ``Step 2:``; a
+    paragraph of a solution without markers gets the number of its paragraph.
+    """
+    return "\n".join(f"Step {i}: {step_body(step)}" for i, step in enumerate(steps, start=1))
 
 
 def parse_verdict(text: str) -> list[str] | None:
@@ -90,7 +108,7 @@ class JudgeConfig:
     """Options of the LLM-judge localizer (the judge model itself is the stage's generator, openai backend)."""
 
     setting: Literal["neutral_or_incorrect", "incorrect"] = field(default="neutral_or_incorrect", metadata={"help": "Which verdict marks the first wrong step: the first step judged neutral or incorrect (the release's default), or incorrect only."})
-    template: str | None = field(default=None, metadata={"help": "Path to a prompt template file with {problem}, {reference} and {response}; default: the built-in paper protocol."})
+    template: str | None = field(default=None, metadata={"help": "Path to a prompt template file with {problem}, {reference}, {response} (the solution with the project's step numbers) and optionally {num_steps}; default: the built-in paper protocol."})
     max_new_tokens: int = field(default=1024, metadata={"help": "Token limit of the judge's answer (analysis + verdict)."})
     temperature: float = field(default=0.0, metadata={"help": "Judge sampling temperature (0 = greedy)."})
 
@@ -102,7 +120,7 @@ def load_template(path: str | None) -> str:
         template = Path(path).read_text(encoding="utf-8")
     except OSError as err:
         raise ConfigError(f"{path}: cannot read judge template ({err.strerror})") from None
-    missing = [name for name in ("problem", "response") if "{" + name + "}" not in template]
+    missing = [name for name in ("problem", "response") if "{" + name + "}" not in template]  # {reference}, {num_steps}: optional
     if missing:
         raise ConfigError(f"{path}: judge template lacks placeholder(s) {', '.join('{' + m + '}' for m in missing)}")
     return template
@@ -130,8 +148,8 @@ class JudgeLocalizer:
     def locate_many(self, items: Sequence[tuple[Problem, Sample]]) -> list[LocatedError]:
         results: list[LocatedError | None] = [empty_response(p, s, self.name) for p, s in items]
         todo = [j for j, r in enumerate(results) if r is None]
-        conversations = [[{"role": "user", "content": render_template(self.template, items[j][0].question,
-                                                                      reference_text(items[j][0]), items[j][1].response)}]
+        conversations = [[{"role": "user", "content": render_template(self.template, items[j][0].question, reference_text(items[j][0]),
+                                                                      numbered_solution(items[j][1].steps), len(items[j][1].steps))}]
                          for j in todo]
         params = SamplingParams(n=1, temperature=self.config.temperature, max_new_tokens=self.config.max_new_tokens)
         outputs = self.backend.chat(conversations, params) if conversations else []

@@ -51,7 +51,7 @@ from stepdpo.errors import ConfigError, InputError
 from stepdpo.generation.base import Completion, Generator, GeneratorConfig, SamplingParams, build_generator, prompt_format
 from stepdpo.grading import grade_responses
 from stepdpo.localizers.base import FAILED_PREFIX, STATUS_OK
-from stepdpo.localizers.judge import JudgeConfig, first_wrong, load_template, parse_verdict, reference_text, render_template
+from stepdpo.localizers.judge import JudgeConfig, first_wrong, load_template, numbered_solution, parse_verdict, reference_text, render_template
 from stepdpo.records import LocatedError, Problem, RecordStore, Rectification, Sample, append_failures
 from stepdpo.rundir import Funnel, RunDir
 from stepdpo.stages.sample import read_problems, read_samples
@@ -225,8 +225,9 @@ class StepJudge:
         for key, job in zip(keys, jobs):
             if key not in self.cache:
                 todo.setdefault(key, job)
-        contents = [render_template(self.template, problem.question, reference_text(problem), rect.prefix + step)
-                    for problem, rect, step in todo.values()]
+        # The partial solution as the project cut it (prefix steps, then the candidate as step k), numbered so the labels line up with k.
+        contents = [render_template(self.template, problem.question, reference_text(problem), numbered_solution([*split_steps(rect.prefix), step]),
+                                    rect.first_wrong_step) for problem, rect, step in todo.values()]
         fresh: dict[str, StepVerdict] = {}
         for (key, (_, rect, step)), completion in zip(todo.items(), self._ask(contents) if contents else []):
             base = dict(key=key, sample_id=rect.sample_id, step_number=rect.first_wrong_step, step=step, judge=getattr(self.backend, "name", ""))
