@@ -66,3 +66,21 @@ def test_accelerate_launch_ddp_two_cpu_processes(tmp_path, tiny_model_dir):
             assert a == pytest.approx(b, abs=1e-4)
     assert train[0][1] == pytest.approx(math.log(2), abs=1e-6)  # the first batch: policy == reference in both runs
     assert train[-1][1] < 0.5  # and the runs moved: the shared curve is not a flat ln 2
+
+
+def test_ddp_counts_each_pair_once_at_the_uneven_epoch_end(tmp_path, tiny_model_dir):
+    """10 pairs at 4 per device on 2 ranks: the last global batch holds 2 real pairs (accelerate pads it with repeats).
+
+    Each logged ``pairs`` is the number of distinct training pairs of that step, so over an epoch they sum
+    to the pairs trained on (a per-rank count cut by gather_for_metrics said 8 + 8).
+    """
+    pairs = tmp_path / "pairs.jsonl"
+    write_jsonl(pairs, [p.__dict__ for p in make_pairs(10)])
+    out = tmp_path / "ddp"
+    args = [*train_args(pairs, tiny_model_dir, out, 4), "--eval-split", "0", "--epochs", "2"]
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(DDP_CONFIG), "-m", "stepdpo.cli", *args]
+    ddp = subprocess.run(launch, env=child_env(), capture_output=True, text=True, timeout=600)
+    assert ddp.returncode == 0, ddp.stdout[-3000:] + ddp.stderr[-3000:]
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text(encoding="utf-8").splitlines()]
+    counts = [row["pairs"] for row in rows if row["split"] == "train" and "pairs" in row]
+    assert counts == [8, 2, 8, 2]  # two epochs of ceil(10 / 8) = 2 steps

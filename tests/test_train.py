@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
@@ -138,8 +139,12 @@ def test_short_run_margin_rises(tiny_model_dir, tmp_path):
     assert train[0]["rewards/margins"] == pytest.approx(0.0, abs=1e-4)  # policy == reference before the first update
     assert train[-1]["rewards/margins"] > 0.5 and train[-1]["rewards/accuracies"] == 1.0
     assert evals[-1]["rewards/margins"] > evals[0]["rewards/margins"] > 0
-    for key in ("loss", "rewards/chosen", "rewards/rejected", "logps/chosen", "logps/rejected", "learning_rate", "pairs_per_second"):
+    for key in ("loss", "rewards/chosen", "rewards/rejected", "logps/chosen", "logps/rejected", "learning_rate", "pairs", "pairs_per_second"):
         assert key in train[-1]
+    assert sum(m["pairs"] for m in train) == 12 * 4  # 12 training pairs, 12 steps of 4 pairs: 4 epochs, each pair once per epoch
+    assert result.compute["device"] == "cpu" and result.compute["compute_dtype"] == "float32"
+    assert {"cpu", "avx512_bf16", "amx_bf16"} <= set(result.compute)
+    assert json.loads((tmp_path / "run" / "result.json").read_text())["compute"] == result.compute
     trained = AutoModelForCausalLM.from_pretrained(result.final_dir)
     assert trained.num_parameters() > 0 and (tmp_path / "run" / "final" / "model.safetensors").is_file()
     assert (tmp_path / "run" / "final" / "tokenizer_config.json").is_file()
@@ -172,3 +177,114 @@ def test_resume_continues_the_same_curve(tiny_model_dir, tmp_path):
     assert [s for s, _ in curve(resumed)] == list(range(1, 13))
     for (_, a), (_, b) in zip(curve(straight), curve(resumed)):
         assert a == pytest.approx(b, rel=1e-4, abs=1e-5)
+
+
+# --- what training measures: split by problem, dropout off, pairs counted, mode defaults ----------
+
+def problem_pairs(problems: int, per_problem: int) -> list[StepPair]:
+    """``per_problem`` pairs per problem sharing its question and prefix, as the pairs of one error or of one SCDPO sample's branch points do."""
+    pairs = []
+    for p in range(problems):
+        base = make_pairs(problems)[p]
+        for j in range(per_problem):
+            pairs.append(StepPair(**{**base.__dict__, "id": f"q{p}:{j}", "problem_id": f"q{p}",
+                                     "chosen": f"{base.chosen}({j})", "rejected": f"{base.rejected}({j})"}))
+    return pairs
+
+
+def test_eval_split_holds_out_whole_problems():
+    from stepdpo.stages.train import split_by_problem
+
+    pairs = problem_pairs(10, 4)
+    train_index, eval_index = split_by_problem(pairs, 0.2, seed=3)
+    assert sorted(train_index + eval_index) == list(range(40))
+    train_problems = {pairs[i].problem_id for i in train_index}
+    eval_problems = {pairs[i].problem_id for i in eval_index}
+    assert not train_problems & eval_problems  # no problem on both sides
+    assert len(eval_problems) == 2 and len(eval_index) == 8  # 20 % of the problems, with all their pairs
+    # Deterministic given the seed, whatever order the pairs come in; another seed holds out others.
+    assert split_by_problem(pairs, 0.2, seed=3) == (train_index, eval_index)
+    shuffled = pairs[::-1]
+    assert {shuffled[i].problem_id for i in split_by_problem(shuffled, 0.2, seed=3)[1]} == eval_problems
+    assert any({pairs[i].problem_id for i in split_by_problem(pairs, 0.2, seed=s)[1]} != eval_problems for s in range(4, 10))
+    # One problem cannot be split; a fraction of 0 holds nothing out.
+    assert split_by_problem(problem_pairs(1, 5), 0.5, seed=0) == (list(range(5)), [])
+    assert split_by_problem(pairs, 0.0, seed=0) == (list(range(40)), [])
+
+
+def test_train_run_holds_out_whole_problems(tiny_model_dir, tmp_path):
+    from stepdpo.stages.train import run
+
+    pairs = problem_pairs(4, 4)
+    result = run(_config(tmp_path, "grouped", model=str(tiny_model_dir), max_steps=1, eval_split=0.3), pairs)
+    assert (result.pairs_train, result.pairs_eval) == (12, 4)  # 1 of 4 problems (per pair: 5 of 16 pairs)
+
+
+def _dropout_model_dir(tiny_model_dir, tmp_path):
+    """The tiny Llama with attention dropout 0.5 (applied functionally in training mode, which TRL's helper misses)."""
+    import shutil
+
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig.from_pretrained(tiny_model_dir)
+    config.attention_dropout = 0.5
+    torch.manual_seed(0)
+    target = tmp_path / "dropout-llama"
+    LlamaForCausalLM(config).save_pretrained(target)
+    for item in tiny_model_dir.iterdir():
+        if "token" in item.name or item.name.endswith(".jinja"):
+            shutil.copy(item, target / item.name)
+    return target
+
+
+def test_dropout_is_off_so_training_starts_at_log_2(tiny_model_dir, tmp_path):
+    from stepdpo.stages.train import run
+
+    model_dir = _dropout_model_dir(tiny_model_dir, tmp_path)
+    result = run(_config(tmp_path, "dropout", model=str(model_dir), max_steps=2, eval_split=0.0), make_pairs(8))
+    first = next(m for m in result.metrics if m["split"] == "train" and "loss" in m)
+    # The reference was computed in eval mode: with dropout on in the policy the first margin would not be 0.
+    assert first["rewards/margins"] == pytest.approx(0.0, abs=1e-5)
+    assert first["loss"] == pytest.approx(math.log(2), abs=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["llama-attention", "gpt2-modules"])
+def test_disable_dropout_covers_modules_and_functional_rates(kind):
+    from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
+
+    from stepdpo.training.trainer import disable_dropout
+
+    torch.manual_seed(0)
+    if kind == "gpt2-modules":
+        model = GPT2LMHeadModel(GPT2Config(vocab_size=64, n_embd=16, n_layer=1, n_head=2, resid_pdrop=0.5, embd_pdrop=0.5, attn_pdrop=0.5))
+    else:
+        model = LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                                             num_attention_heads=2, num_key_value_heads=2, attention_dropout=0.5))
+    ids = torch.arange(12).unsqueeze(0)
+    expected = model.eval()(ids).logits
+    model.train()
+    assert not torch.allclose(model(ids).logits, expected)  # dropout really is on in training mode
+    disable_dropout(model)
+    assert torch.allclose(model(ids).logits, expected, atol=1e-6)
+
+
+def test_mode_defaults_and_explicit_values():
+    from dataclasses import replace
+
+    from stepdpo.config import parse_cli
+    from stepdpo.stages.pipeline import RunConfig
+    from stepdpo.stages.train import TrainConfig, with_mode_defaults
+
+    step = with_mode_defaults(TrainConfig())
+    scdpo = with_mode_defaults(TrainConfig(mode="scdpo"))
+    assert (step.beta, step.learning_rate) == (0.4, 5e-6)
+    assert (scdpo.beta, scdpo.learning_rate) == (0.1, 1e-7)  # the SCDPO paper's
+    # Resolved when the run starts: a config whose mode is set later (as `stepdpo run` does) gets that mode's.
+    assert with_mode_defaults(replace(TrainConfig(), mode="scdpo")).beta == 0.1
+    # A value given always wins, whether it equals another mode's default or not.
+    assert with_mode_defaults(TrainConfig(mode="scdpo", beta=0.4)).beta == 0.4
+    given = with_mode_defaults(parse_cli(TrainConfig, ["--mode", "scdpo", "--learning-rate", "3e-6"], prog="t"))
+    assert (given.beta, given.learning_rate) == (0.1, 3e-6)
+    # The CPU runs give every method one β and learning rate (README: "Settings the CPU runs override").
+    run_train = RunConfig.preset_config("quick").train
+    assert (with_mode_defaults(replace(run_train, mode="scdpo")).beta, run_train.learning_rate) == (0.4, 5e-6)

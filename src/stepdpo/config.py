@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import os
 from pathlib import Path
-from typing import Any, Sequence, TypeVar
+from typing import Any, NoReturn, Sequence, TypeVar
 
 import dacite
 import tyro
@@ -61,6 +61,61 @@ def config_from_dict(cls: type[ConfigT], data: dict[str, Any], source: str = "<d
         raise ConfigError(f"{where}: key '{err.field_path}' expects {getattr(err.field_type, '__name__', err.field_type)}, got {err.value!r}") from None
     except dacite.DaciteError as err:
         raise ConfigError(f"{source}: {err}") from None
+
+
+class OptionCheck:
+    """Checks the values of one config before any work starts (each config's ``validate(prefix)`` uses it).
+
+    A failure raises :class:`ConfigError` with one line naming the option as YAML files and flags spell it
+    (``prefix`` + field, e.g. ``sample.k``), the rule, and the value given. ``None`` means "not set" and
+    passes every bound.
+    """
+
+    def __init__(self, config: Any, prefix: str = ""):
+        self.config = config
+        self.prefix = prefix
+
+    def fail(self, name: str, rule: str) -> NoReturn:
+        raise ConfigError(f"option {self.prefix}{name} {rule}, got {getattr(self.config, name)!r}")
+
+    def require(self, ok: bool, name: str, rule: str) -> None:
+        if not ok:
+            self.fail(name, rule)
+
+    def _values(self, names: Sequence[str]) -> list[tuple[str, Any]]:
+        return [(name, getattr(self.config, name)) for name in names if getattr(self.config, name) is not None]
+
+    def at_least(self, minimum: float, *names: str) -> None:
+        for name, value in self._values(names):
+            self.require(value >= minimum, name, f"must be >= {minimum}")
+
+    def above(self, bound: float, *names: str) -> None:
+        for name, value in self._values(names):
+            self.require(value > bound, name, f"must be > {bound}")
+
+    def share(self, *names: str, zero: bool = True, one: bool = True) -> None:
+        """Each value lies in [0, 1]; ``zero=False`` / ``one=False`` exclude that end."""
+        rule = f"must lie in {'[' if zero else '('}0, 1{']' if one else ')'}"
+        for name, value in self._values(names):
+            self.require((0 <= value if zero else 0 < value) and (value <= 1 if one else value < 1), name, rule)
+
+    def not_empty(self, *names: str) -> None:
+        """Each value (a string or a list of strings) is not empty and holds no empty string."""
+        for name, value in self._values(names):
+            items = [value] if isinstance(value, str) else list(value)
+            self.require(bool(items) and all(str(item).strip() for item in items), name, "must not be empty")
+
+    def no_empty_strings(self, *names: str) -> None:
+        """Each value (a list of strings, e.g. stop strings) holds no empty string; an empty list is fine."""
+        for name, value in self._values(names):
+            self.require(all(item for item in value), name, "must not hold an empty string")
+
+
+def validate_config(config: Any, prefix: str = "") -> None:
+    """``config.validate(prefix)`` when the config has one (every stage's does): refuse bad options up front."""
+    validate = getattr(config, "validate", None)
+    if callable(validate):
+        validate(prefix)
 
 
 def _deep_merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Literal
 
-from stepdpo.config import save_config
+from stepdpo.config import OptionCheck, save_config, validate_config
 from stepdpo.generation.base import GeneratorConfig
 from stepdpo.localizers.rollout import RolloutConfig
 from stepdpo.records import atomic_write_json
@@ -70,8 +70,29 @@ class RunConfig:
     rectify: RectifyConfig = field(default_factory=lambda: RectifyConfig(r=4, max_new_tokens=160), metadata={"help": "Rectification of the located step."})
     pairs: PairsConfig = field(default_factory=PairsConfig, metadata={"help": "Pair building."})
     scdpo: SCDPOConfig = field(default_factory=lambda: SCDPOConfig(branch="random", limit=12, max_attempts=3, max_step_tokens=48, max_steps=4, rollouts=4, rollout_max_new_tokens=160), metadata={"help": "Step-controlled negatives and judge-free pairs from correct samples (run when methods include scdpo or judge-free)."})
-    train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=3.0, logging_steps=2), metadata={"help": "Preference training (mode and name are set per method)."})
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=3.0, logging_steps=2, beta=0.4, learning_rate=5e-6), metadata={"help": "Preference training (mode and name are set per method). The CPU runs give every method β 0.4 and lr 5e-6, where `stepdpo train` alone uses each mode's paper values (scdpo: β 0.1, lr 1e-7): one setting for all, so the methods differ only in their pairs, and a learning rate that moves the 135M model in the few dozen steps a CPU run has. `--train.beta None` gives each mode its default."})
     eval: EvalConfig = field(default_factory=lambda: EvalConfig(data=[f"synthetic:test?n=64&{_PROBLEMS}", "multiarith:test", "svamp:test"], limit=64, prompt="step", max_new_tokens=160), metadata={"help": "Evaluation of the starting policy and of every trained model."})
+
+    def validate(self, prefix: str = "") -> None:
+        """Check the options of every stage this run will reach, before any model is loaded or file written.
+
+        Each stage's config is checked as the run will pass it (with the run's generator); a bad value
+        raises ConfigError naming it as YAML and flags spell it (``sample.k``).
+        """
+        OptionCheck(self, prefix).not_empty("model", "run_dir", "methods")
+        validate_config(self.generator, f"{prefix}generator.")
+        stages: list[tuple[str, Any]] = [("sft", self.sft)] if self.do_sft else []
+        stages.append(("eval", self.eval))
+        if self.stop_after != "sft":
+            stages += [("sample", self.sample), ("locate", self.locate), ("rectify", self.rectify), ("pairs", self.pairs)]
+            if any(method in SCDPO_METHODS for method in self.methods):
+                stages.append(("scdpo", self.scdpo))
+        if not self.stop_after:
+            stages += [("train", replace(self.train, mode=METHOD_DATA[method][0])) for method in dict.fromkeys(self.methods)]
+        for name, stage in stages:
+            if hasattr(stage, "generator"):
+                stage = replace(stage, generator=self.generator)  # the run's generator replaces the stage's own
+            validate_config(stage, f"{prefix}{name}.")
 
     @classmethod
     def preset_config(cls, name: str) -> "RunConfig":
@@ -120,6 +141,7 @@ def _timed(timings: dict[str, float], run_dir: RunDir, name: str, step: Callable
 def command(config: RunConfig) -> int:
     from stepdpo import report
 
+    config.validate()  # every stage's options, before minutes of SFT make a late stage's bad value matter
     rd = RunDir(config.run_dir).ensure()
     save_config(config, rd.config)
     timings: dict[str, float] = {}

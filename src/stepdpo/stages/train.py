@@ -1,6 +1,7 @@
 """`stepdpo train`: preference training (step-dpo, dpo, scdpo) on pairs, full or LoRA.
 
-Pipeline of ``run``: tokenize pairs (``training.data``), split off an eval share, compute
+Pipeline of ``run``: tokenize pairs (``training.data``), hold out the pairs of a share of the
+problems for evaluation (:func:`split_by_problem`), compute
 reference log-probs once (``training.reference``, cached), then train with
 ``training.trainer.PreferenceTrainer`` (a ``transformers.Trainer``), one packed shared-prefix
 forward per batch. Launch with ``accelerate launch -m stepdpo.cli train ...`` for DDP,
@@ -23,12 +24,13 @@ import logging
 import os
 import random
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any, Literal, Optional, Sequence
 
-from stepdpo.config import save_config
-from stepdpo.errors import ConfigError, InputError
+from stepdpo.config import OptionCheck, save_config
+from stepdpo.errors import InputError
+from stepdpo.hardware import describe
 from stepdpo.records import StepPair, atomic_write_json
 from stepdpo.rundir import Funnel, RunDir
 from stepdpo.steps import PromptFormat
@@ -52,10 +54,10 @@ class TrainConfig:
     prompt_style: Literal["chat", "plain"] = field(default="chat", metadata={"help": "How the context is built (must match sampling): chat template or 'Question: ... Answer:'."})
     mode: Mode = field(default="step-dpo", metadata={"help": "step-dpo: score one step, EOS only on a final step; dpo: whole solutions + EOS; scdpo: solutions after a shared branch prefix + EOS."})
     loss_type: Literal["sigmoid", "ipo", "hinge"] = field(default="sigmoid", metadata={"help": "sigmoid (DPO), ipo (Azar et al.), hinge (SLiC)."})
-    beta: float = field(default=0.4, metadata={"help": "β: strength of the KL tie to the reference (paper: 0.4; 0.5 for 72B)."})
+    beta: Optional[float] = field(default=None, metadata={"help": "β: strength of the KL tie to the reference. None = the mode's default (MODE_DEFAULTS): 0.4 for step-dpo and dpo (the Step-DPO paper; 0.5 for 72B), 0.1 for scdpo (the SCDPO paper). A value given always wins."})
     label_smoothing: float = field(default=0.0, metadata={"help": "cDPO label smoothing ε (sigmoid loss only)."})
     sft_weight: float = field(default=0.0, metadata={"help": "Weight of a per-token NLL term on the chosen continuation (0 = pure preference loss)."})
-    learning_rate: float = field(default=5e-6, metadata={"help": "Peak learning rate (paper: 5e-7 for 7B; 5e-6 moves the 135M default in a few steps)."})
+    learning_rate: Optional[float] = field(default=None, metadata={"help": "Peak learning rate. None = the mode's default (MODE_DEFAULTS): 5e-6 for step-dpo and dpo (moves the 135M default in a few steps; the Step-DPO paper: 5e-7 for 7B), 1e-7 for scdpo (the SCDPO paper, 7B). A value given always wins."})
     epochs: float = field(default=2.0, metadata={"help": "Passes over the training pairs (paper: 8 for 7B, 4 for >30B)."})
     max_steps: int = field(default=-1, metadata={"help": "Stop after this many optimizer steps (-1 = run all epochs)."})
     batch_size: int = field(default=4, metadata={"help": "Pairs per device per forward pass."})
@@ -72,7 +74,7 @@ class TrainConfig:
     lora_r: int = field(default=16, metadata={"help": "LoRA rank."})
     lora_alpha: int = field(default=32, metadata={"help": "LoRA scaling numerator (scale = alpha / r)."})
     lora_target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"], metadata={"help": "Module names that get LoRA adapters."})
-    eval_split: float = field(default=0.1, metadata={"help": "Share of pairs held out for evaluation (0 = none)."})
+    eval_split: float = field(default=0.1, metadata={"help": "Share of the problems whose pairs are all held out for evaluation (0 = none); pairs of one problem share prefixes, so they stay on one side."})
     eval_steps: int = field(default=0, metadata={"help": "Evaluate every this many optimizer steps (0 = every logging step)."})
     seed: int = field(default=0, metadata={"help": "Seed for the eval split, data order and LoRA initialisation."})
     resume: bool = field(default=True, metadata={"help": "Resume from the last checkpoint in output_dir when there is one."})
@@ -82,6 +84,39 @@ class TrainConfig:
     report_to: list[str] = field(default_factory=lambda: ["tensorboard"], metadata={"help": "Trackers: tensorboard, wandb, ... or none (metrics.jsonl is always written)."})
     attn_implementation: Literal["sdpa", "eager"] = field(default="sdpa", metadata={"help": "Attention kernel; both take the packed 4D mask."})
     reference_batch_size: int = field(default=8, metadata={"help": "Pairs per forward pass when precomputing reference log-probs."})
+
+    def validate(self, prefix: str = "") -> None:
+        """Refuse options that cannot work, before anything is loaded; the error names the option (``prefix`` + field)."""
+        check = OptionCheck(self, prefix)
+        check.not_empty("model")
+        check.above(0, "beta", "learning_rate", "epochs")
+        check.require(self.max_steps == -1 or self.max_steps >= 1, "max_steps", "must be -1 (all epochs) or >= 1")
+        check.share("label_smoothing", one=False)
+        check.require(self.loss_type == "sigmoid" or not self.label_smoothing, "label_smoothing", f"applies to loss_type sigmoid only (loss_type={self.loss_type})")
+        check.at_least(0, "sft_weight", "weight_decay", "eval_steps")
+        check.share("warmup_ratio")
+        check.share("eval_split", one=False)
+        check.at_least(1, "batch_size", "eval_batch_size", "grad_accum", "max_prompt_length", "lora_r", "lora_alpha", "logging_steps", "save_steps", "save_total_limit", "reference_batch_size")
+        check.require(self.max_length > self.max_prompt_length, "max_length", f"must exceed max_prompt_length ({self.max_prompt_length}) to leave room for a continuation")
+
+
+MODE_DEFAULTS: dict[str, dict[str, float]] = {
+    "step-dpo": {"beta": 0.4, "learning_rate": 5e-6},
+    "dpo": {"beta": 0.4, "learning_rate": 5e-6},
+    "scdpo": {"beta": 0.1, "learning_rate": 1e-7},
+}
+"""What ``beta`` and ``learning_rate`` left at None become, per mode. step-dpo/dpo: the Step-DPO paper's β and
+a learning rate that moves the 135M default in a few steps; scdpo: the SCDPO paper's β and learning rate (7B)."""
+
+
+def with_mode_defaults(config: TrainConfig) -> TrainConfig:
+    """``config`` with ``beta`` and ``learning_rate`` left at None set to its mode's defaults; values given are kept.
+
+    Resolved when a run starts, not when the config is built, so that a config whose mode is changed later
+    (``replace(config, mode="scdpo")``, as ``stepdpo run`` does per method) still gets that mode's defaults.
+    """
+    defaults = MODE_DEFAULTS[config.mode]
+    return replace(config, **{name: value for name, value in defaults.items() if getattr(config, name) is None})
 
 
 @dataclass
@@ -95,18 +130,38 @@ class TrainResult:
     metrics: list[dict[str, Any]]
     """Rows of metrics.jsonl."""
     funnel: Funnel
+    compute: dict[str, Any] = field(default_factory=dict)
+    """What computed the numbers: device, compute dtype, CPU model and its bfloat16 support (``hardware.describe``)."""
 
 
 def resolve_output_dir(config: TrainConfig) -> Path:
     return Path(config.output_dir) if config.output_dir else RunDir(config.run_dir).train(config.name or config.mode)
 
 
-def _split(n: int, fraction: float, seed: int) -> tuple[list[int], list[int]]:
-    """(train indices, eval indices): a seeded shuffle, with at least one eval pair when fraction > 0 and n ≥ 2."""
-    order = list(range(n))
-    random.Random(seed).shuffle(order)
-    n_eval = min(n - 1, max(1, round(n * fraction))) if fraction > 0 and n >= 2 else 0
-    return sorted(order[n_eval:]), sorted(order[:n_eval])
+def problem_key(pair: StepPair) -> str:
+    """The problem a pair belongs to: its question text (the same for every pair of one problem, whatever its id;
+    for TRL rows, the prompt as given)."""
+    return " ".join(pair.prompt.split())
+
+
+def split_by_problem(pairs: Sequence[StepPair], fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    """(train indices, eval indices) into ``pairs``: every pair of a held-out problem is in eval, the rest in train.
+
+    Pairs of one problem share prefixes (the pairs of one error, an SCDPO sample's branch points), so a split
+    per pair would score the policy on text it trained on. ``round(fraction * problems)`` problems are held
+    out (at least one when fraction > 0, never all), chosen by a shuffle of the sorted problem keys seeded
+    with ``seed``: the same pairs and seed give the same split.
+    """
+    groups: dict[str, list[int]] = {}
+    for index, pair in enumerate(pairs):
+        groups.setdefault(problem_key(pair), []).append(index)
+    keys = sorted(groups)
+    random.Random(seed).shuffle(keys)
+    n_eval = min(len(keys) - 1, max(1, round(len(keys) * fraction))) if fraction > 0 and len(keys) >= 2 else 0
+    if fraction > 0 and n_eval == 0:
+        log.warning("eval_split %.2f: all %d pairs come from one problem, nothing held out", fraction, len(pairs))
+    held_out = {index for key in keys[:n_eval] for index in groups[key]}
+    return [i for i in range(len(pairs)) if i not in held_out], sorted(held_out)
 
 
 def last_complete_checkpoint(out_dir: Path) -> Optional[str]:
@@ -157,8 +212,8 @@ def run(config: TrainConfig, pairs: list[StepPair], model: Any = None, tokenizer
     from stepdpo.training.reference import cached_reference_logps
     from stepdpo.training.trainer import LossSettings, MetricsJsonlCallback, PreferenceTrainer, read_metrics
 
-    if config.loss_type != "sigmoid" and config.label_smoothing:
-        raise ConfigError("label_smoothing applies to loss_type=sigmoid only")
+    config = with_mode_defaults(config)
+    config.validate()
     out_dir = resolve_output_dir(config)
     set_seed(config.seed)
     tokenizer = tokenizer if tokenizer is not None else load_tokenizer(config.model)
@@ -170,7 +225,7 @@ def run(config: TrainConfig, pairs: list[StepPair], model: Any = None, tokenizer
     funnel = Funnel(f"train-{config.name or config.mode}", records_in=len(pairs), dropped=dict(dropped) or None)
     if not kept:
         raise InputError("<pairs>", f"no trainable pairs among {len(pairs)} (dropped: {dropped})")
-    train_index, eval_index = _split(len(kept), config.eval_split, config.seed)
+    train_index, eval_index = split_by_problem([pair for pair, _ in kept], config.eval_split, config.seed)
 
     if model is None:
         model = _load_model(config)
@@ -250,7 +305,8 @@ def run(config: TrainConfig, pairs: list[StepPair], model: Any = None, tokenizer
         **{f"train {k}": float(last_train[k]) for k in ("loss", "rewards/margins", "rewards/accuracies") if k in last_train},
         **{f"eval {k}": float(last_eval[k]) for k in ("loss", "rewards/margins", "rewards/accuracies") if k in last_eval},
     }
-    result = TrainResult(str(out_dir), str(final), len(train_index), len(eval_index), trainer.state.global_step, cached, metrics, funnel)
+    compute = describe(str(trainer.args.device), "bfloat16" if config.bf16 else str(next(model.parameters()).dtype).removeprefix("torch."))
+    result = TrainResult(str(out_dir), str(final), len(train_index), len(eval_index), trainer.state.global_step, cached, metrics, funnel, compute)
     if trainer.is_world_process_zero():
         atomic_write_json(out_dir / "result.json", {k: v for k, v in asdict(result).items() if k != "metrics"})
     return result
@@ -258,6 +314,8 @@ def run(config: TrainConfig, pairs: list[StepPair], model: Any = None, tokenizer
 
 def command(config: TrainConfig) -> int:
     """Read pairs (config.pairs or the run directory), train, print and save the funnel."""
+    config = with_mode_defaults(config)  # train_config.yaml records the values the run used
+    config.validate()
     run_dir = RunDir(config.run_dir)
     paths = [Path(p) for p in config.pairs] or [run_dir.pairs / RUN_PAIR_FILES[config.mode]]
     for path in paths:

@@ -2,14 +2,17 @@
 
 Everything around the loss comes from the ecosystem: accelerate/DDP, DeepSpeed, FSDP,
 gradient checkpointing, bf16, PEFT/LoRA, checkpointing and resumption, ``report_to``.
-This module adds three things:
+This module adds four things:
 
+- dropout off in the policy (:func:`disable_dropout`, as TRL's DPO trainer does): the reference
+  log-probs were computed in eval mode, so with dropout on the starting margin would not be 0;
 - :meth:`PreferenceTrainer.compute_loss`: one packed forward per batch
   (``packing.packed_logps``) against precomputed reference log-probs (``reference.py``),
   and the loss of ``losses.preference_loss``;
 - the metrics of the Step-DPO paper, per logging step, for the train and eval splits:
   ``loss``, ``rewards/chosen``, ``rewards/rejected``, ``rewards/margins``,
-  ``rewards/accuracies``, ``logps/chosen``, ``logps/rejected``, plus ``pairs_per_second``;
+  ``rewards/accuracies``, ``logps/chosen``, ``logps/rejected``, plus ``pairs`` (training pairs
+  since the last log, each counted once over all processes) and ``pairs_per_second``;
 - :class:`MetricsJsonlCallback`, which writes every log line to ``metrics.jsonl`` in the output
   folder (beside TensorBoard's files) so reports can plot the curves.
 """
@@ -42,11 +45,27 @@ class LossSettings:
     sft_weight: float = 0.0
 
 
+def disable_dropout(model: torch.nn.Module) -> None:
+    """Set every dropout of ``model`` to 0: ``nn.Dropout`` modules (TRL's ``disable_dropout_in_model``) and the
+    float dropout rates attention modules apply functionally (Llama's, Qwen's ``attention_dropout``), which TRL misses.
+
+    The saved config keeps its values; only this training process runs without dropout.
+    """
+    from trl.trainer.utils import disable_dropout_in_model
+
+    disable_dropout_in_model(model)
+    for module in model.modules():
+        for name, value in vars(module).items():
+            if "dropout" in name and isinstance(value, float) and value > 0:
+                setattr(module, name, 0.0)
+
+
 class PreferenceTrainer(Trainer):
     """A ``Trainer`` whose batches are packed pairs (see ``data.PackedCollator``) and whose loss is DPO-family."""
 
     def __init__(self, *args: Any, loss_settings: LossSettings = LossSettings(), **kwargs: Any):
         super().__init__(*args, **kwargs)
+        disable_dropout(self.model)
         self.loss_settings = loss_settings
         self._stored: dict[str, dict[str, list[torch.Tensor]]] = {"train": defaultdict(list), "eval": defaultdict(list)}
         self._pairs_since_log = 0
@@ -73,11 +92,14 @@ class PreferenceTrainer(Trainer):
             "chosen_logps": policy.chosen.detach(),
             "rejected_logps": policy.rejected.detach(),
         }
-        # Every process records the whole global batch, so logged means cover all of it.
-        for key, value in values.items():
-            self._stored[split][key].append(self.accelerator.gather_for_metrics(value).float().cpu())
+        # Every process records the whole global batch, so logged means cover all of it. gather_for_metrics
+        # drops the pairs repeated to even out the last batch across processes, so the gathered length is
+        # also the number of distinct pairs (a gathered per-process count would be cut to the leftover count).
+        gathered = {key: self.accelerator.gather_for_metrics(value).float().cpu() for key, value in values.items()}
+        for key, value in gathered.items():
+            self._stored[split][key].append(value)
         if split == "train":
-            self._pairs_since_log += int(self.accelerator.gather_for_metrics(torch.tensor([policy.chosen.shape[0]], device=policy.chosen.device)).sum())
+            self._pairs_since_log += len(gathered["chosen_rewards"])
         return (out.loss, {"losses": out.losses.detach()}) if return_outputs else out.loss
 
     def prediction_step(self, model: Any, inputs: dict[str, Any], prediction_loss_only: bool, ignore_keys: Any = None) -> tuple:
@@ -110,6 +132,7 @@ class PreferenceTrainer(Trainer):
         elif "loss" in logs:
             logs.update(self._drain("train"))
             now = time.perf_counter()
+            logs["pairs"] = self._pairs_since_log
             logs["pairs_per_second"] = self._pairs_since_log / max(now - self._last_log_time, 1e-9)
             self._pairs_since_log, self._last_log_time = 0, now
         super().log(logs, start_time)
