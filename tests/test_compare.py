@@ -3,7 +3,7 @@ import json
 import pytest
 
 from stepdpo.config import parse_cli
-from stepdpo.errors import InputError
+from stepdpo.errors import ConfigError, InputError
 from stepdpo.stages.compare import CompareConfig, command, verdict
 
 
@@ -74,3 +74,50 @@ def test_compare_rejects_missing_or_foreign_results(tmp_path):
 def test_cli_takes_two_positional_paths():
     config = parse_cli(CompareConfig, ["runs/a", "runs/b", "--bootstrap_samples", "50"], prog="stepdpo compare")
     assert (config.run_a, config.run_b, config.bootstrap_samples) == ("runs/a", "runs/b", 50)
+
+
+def compute(dtype: str, cpu: str = "Intel(R) Xeon(R) Platinum 8488C", device: str = "cpu") -> dict:
+    return {"device": device, "compute_dtype": dtype, "cpu": cpu, "avx512_bf16": dtype == "bfloat16", "amx_bf16": False, "gpu": None}
+
+
+def write_computed(folder, outcome, computed):
+    write_eval(folder, {"toy:test": {"t0": outcome, "t1": True}})
+    results = json.loads((folder / "results.json").read_text())
+    if computed is not None:
+        results["compute"] = computed
+    (folder / "results.json").write_text(json.dumps(results))
+    return folder
+
+
+def test_compare_refuses_evaluations_computed_differently(tmp_path, capsys):
+    # The same config ('dtype auto'): float32 on one CPU, bfloat16 autocast on one with AVX512-BF16.
+    run_a = write_computed(tmp_path / "a", True, compute("float32", cpu="AMD EPYC 7B13"))
+    run_b = write_computed(tmp_path / "b", False, compute("bfloat16"))
+    output = tmp_path / "compare.json"
+    with pytest.raises(ConfigError, match=r"compute_dtype 'float32' \(A\) vs 'bfloat16' \(B\).*--allow_compute_mismatch"):
+        command(CompareConfig(run_a=str(run_a), run_b=str(run_b), bootstrap_samples=100, output=str(output)))
+    assert not output.exists()
+    # A GPU against a CPU is refused too, whatever the dtypes.
+    gpu = write_computed(tmp_path / "gpu", True, compute("float32", device="cuda:0"))
+    with pytest.raises(ConfigError, match=r"device 'cpu' \(A\) vs 'cuda' \(B\)"):
+        command(CompareConfig(run_a=str(run_a), run_b=str(gpu), bootstrap_samples=100, output=""))
+    # Overridden: compared, with a loud warning in the table and the JSON.
+    assert command(CompareConfig(run_a=str(run_a), run_b=str(run_b), bootstrap_samples=100, output=str(output), allow_compute_mismatch=True)) == 0
+    comparison = json.loads(output.read_text())
+    assert comparison["compute_differ"] == {"compute_dtype": ["float32", "bfloat16"]}
+    assert "WARNING: computed differently" in output.with_suffix(".md").read_text() and "WARNING" in capsys.readouterr().out
+
+
+def test_compare_notes_other_hardware_and_unrecorded_compute(tmp_path):
+    # Same dtype on two CPU models: compared, the hardware noted.
+    run_a = write_computed(tmp_path / "a", True, compute("float32", cpu="AMD EPYC 7B13"))
+    run_b = write_computed(tmp_path / "b", False, compute("float32"))
+    output = tmp_path / "c.json"
+    assert command(CompareConfig(run_a=str(run_a), run_b=str(run_b), bootstrap_samples=100, output=str(output))) == 0
+    comparison = json.loads(output.read_text())
+    assert comparison["compute_differ"] == {} and comparison["compute_noted"] == {"cpu": ["AMD EPYC 7B13", "Intel(R) Xeon(R) Platinum 8488C"]}
+    assert "computed on different hardware: cpu" in output.with_suffix(".md").read_text()
+    # A results.json written before the record: compared, and the markdown says nothing could be checked.
+    old = write_computed(tmp_path / "old", True, None)
+    assert command(CompareConfig(run_a=str(old), run_b=str(run_b), bootstrap_samples=100, output=str(output))) == 0
+    assert "compute not recorded for A" in output.with_suffix(".md").read_text()

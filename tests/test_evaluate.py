@@ -1,4 +1,5 @@
 import json
+from dataclasses import replace
 
 import pytest
 
@@ -72,6 +73,66 @@ def test_rerun_with_other_settings_is_refused(tmp_path):
     run(config(tmp_path), {"toy:test": problems(1)}, ScriptedGenerator(answer_script({0})))
     with pytest.raises(ConfigError, match="max_new_tokens"):
         run(config(tmp_path, max_new_tokens=7), {"toy:test": problems(1)}, ScriptedGenerator(answer_script({0})))
+
+
+class ComputedGenerator(ScriptedGenerator):
+    """A scripted generator that says what computed it, as the hf and vllm backends do."""
+
+    def __init__(self, script, compute_dtype="float32", device="cpu"):
+        super().__init__(script)
+        self.compute_dtype, self.device = compute_dtype, device
+
+
+@pytest.mark.parametrize("name, changed", [
+    ("last_number_fallback", lambda c: replace(c, last_number_fallback=not c.last_number_fallback)),
+    ("backend", lambda c: replace(c, generator=replace(c.generator, backend="openai"))),
+    ("dtype", lambda c: replace(c, generator=replace(c.generator, dtype="bfloat16"))),
+])
+def test_resume_with_a_setting_that_changes_grades_is_refused(tmp_path, name, changed):
+    # A response whose only number is its last: the fallback grades it right, without it it has no answer.
+    def script(prompt, params, index):
+        return "Adding gives 2"
+
+    first = run(config(tmp_path), {"toy:test": problems(2)[1:]}, ScriptedGenerator(script))
+    with pytest.raises(ConfigError, match=rf"other {name} \({name}=.*, now") as refused:
+        run(changed(config(tmp_path)), {"toy:test": problems(2)[1:]}, ScriptedGenerator(script))
+    assert "another --name" in str(refused.value)
+    # Nothing was regraded or rewritten under the new setting's name.
+    assert json.loads((tmp_path / "eval" / "results.json").read_text())["settings"][name] == first["settings"][name]
+
+
+def test_resume_on_a_machine_that_resolves_dtype_differently_is_refused(tmp_path):
+    problem = {"toy:test": problems(1)}
+    first = run(config(tmp_path), problem, ComputedGenerator(answer_script({0}), compute_dtype="float32"))
+    assert first["compute"]["compute_dtype"] == "float32" and first["compute"]["device"] == "cpu"
+    assert {"cpu", "avx512_bf16", "amx_bf16"} <= set(first["compute"])
+    assert run(config(tmp_path), problem, ComputedGenerator(answer_script({0}), compute_dtype="float32"))["sets"]["toy:test"]["new_samples"] == 0
+    # Same config ('dtype auto'), but this machine autocasts to bfloat16.
+    with pytest.raises(ConfigError, match="compute_dtype='float32', now 'bfloat16'"):
+        run(config(tmp_path), problem, ComputedGenerator(answer_script({0}), compute_dtype="bfloat16"))
+
+
+def test_resume_of_a_folder_without_the_new_settings_is_refused(tmp_path):
+    run(config(tmp_path), {"toy:test": problems(1)}, ScriptedGenerator(answer_script({0})))
+    settings = tmp_path / "eval" / "eval_settings.json"
+    old = {k: v for k, v in json.loads(settings.read_text()).items() if k not in ("last_number_fallback", "backend", "dtype", "compute_dtype")}
+    settings.write_text(json.dumps(old))  # as written before these settings were guarded
+    with pytest.raises(ConfigError, match="last_number_fallback not recorded"):
+        run(config(tmp_path), {"toy:test": problems(1)}, ScriptedGenerator(answer_script({0})))
+
+
+@pytest.mark.parametrize("has_bf16, expected", [(True, "bfloat16"), (False, "float32")])
+def test_hf_generator_records_what_dtype_auto_resolved_to(tiny_model_dir, monkeypatch, has_bf16, expected):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from stepdpo.generation import hf
+    from stepdpo.stages.evaluate import generator_compute
+
+    monkeypatch.setattr(hf, "cpu_supports_bf16", lambda: has_bf16)
+    generator = hf.HFGenerator.from_model(AutoModelForCausalLM.from_pretrained(tiny_model_dir), AutoTokenizer.from_pretrained(tiny_model_dir),
+                                          GeneratorConfig(model=str(tiny_model_dir), dtype="auto", device="cpu"))
+    assert generator.compute_dtype == expected
+    assert generator_compute(generator)["compute_dtype"] == expected and generator_compute(generator)["device"] == "cpu"
 
 
 def test_sampling_pass_and_maj_at_k(tmp_path):

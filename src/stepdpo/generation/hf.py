@@ -20,21 +20,9 @@ from typing import Any, Iterator
 
 from stepdpo.errors import ConfigError
 from stepdpo.generation.base import Completion, GeneratorConfig, SamplingParams
+from stepdpo.hardware import cpu_supports_bf16
 
 log = logging.getLogger(__name__)
-
-
-def cpu_supports_bf16() -> bool:
-    """True when the CPU has native bfloat16 arithmetic (AVX512-BF16 or AMX), where autocast pays off."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as handle:
-            for line in handle:
-                if line.startswith("flags"):
-                    flags = set(line.split(":", 1)[1].split())
-                    return "avx512_bf16" in flags or "amx_bf16" in flags
-    except OSError:
-        pass
-    return False
 
 
 def _resolve_device(device: str) -> str:
@@ -110,6 +98,8 @@ class HFGenerator:
         self.tokenizer = tokenizer
         self.device = device
         _, self.autocast_dtype = self._dtypes(config.dtype, device)
+        # What the matmuls really run in ('auto' resolves differently per machine); results record it.
+        self.compute_dtype = str(self.autocast_dtype or next(model.parameters()).dtype).removeprefix("torch.")
         self.name = f"hf:{config.model}"
         if tokenizer.pad_token_id is None:
             tokenizer.pad_token = tokenizer.eos_token

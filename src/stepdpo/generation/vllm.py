@@ -53,6 +53,7 @@ class VLLMGenerator:
             kwargs["data_parallel_size"] = config.data_parallel_size
         self.config = config
         self.name = f"vllm:{config.model}"
+        self.device, self.compute_dtype = "cuda", kwargs["dtype"]  # recorded in results (hardware.describe)
         self.llm = vllm.LLM(**kwargs)
         self.tokenizer = self.llm.get_tokenizer()
         self._vllm = vllm

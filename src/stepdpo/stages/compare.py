@@ -7,6 +7,11 @@ their paired difference ``B - A`` with a paired-bootstrap confidence interval,
 McNemar's exact p-value, and a verdict: "B better" / "A better" only when the
 interval excludes 0 *and* p < alpha, else "noise". A few points of accuracy on a
 few hundred problems are often noise; this table says so.
+
+Two evaluations computed differently (another resolved compute dtype, e.g. ``dtype auto``
+autocasting to bfloat16 on a CPU with AVX512-BF16 and staying float32 on another, or another
+kind of device) are refused: their difference would mix the models with the machines.
+``--allow_compute_mismatch True`` compares them anyway, with the difference as a warning.
 """
 
 from __future__ import annotations
@@ -19,11 +24,16 @@ from typing import Any
 import tyro
 
 from stepdpo import metrics
+from stepdpo.config import OptionCheck
 from stepdpo.errors import ConfigError, InputError
 from stepdpo.records import atomic_write_json, atomic_write_text
 
 # Settings that make two evaluations measure different things when they differ.
 _COMPARABLE_SETTINGS = ("prompt", "prompt_style", "n", "temperature", "top_p", "max_new_tokens", "last_number_fallback")
+# What computed the numbers (results.json "compute"): a difference here refuses the comparison ...
+_COMPUTE_REFUSED = ("compute_dtype", "device")
+# ... and one here is a note (the same dtype on another CPU or GPU model gives nearly the same numbers).
+_COMPUTE_NOTED = ("cpu", "gpu")
 
 
 @dataclass
@@ -34,6 +44,13 @@ class CompareConfig:
     seed: int = field(default=0, metadata={"help": "Seed of the bootstrap."})
     alpha: float = field(default=0.05, metadata={"help": "Significance level: the CI is (1 - alpha), the McNemar threshold alpha."})
     output: str = field(default="compare.json", metadata={"help": "Where to write the comparison as JSON; the Markdown table goes beside it (.md). Empty: print only."})
+    allow_compute_mismatch: bool = field(default=False, metadata={"help": "Compare evaluations computed differently (resolved compute dtype or device kind, as results.json's 'compute' records) anyway, with a warning; off: refuse."})
+
+    def validate(self, prefix: str = "") -> None:
+        """Refuse options that cannot work, before anything is loaded; the error names the option (``prefix`` + field)."""
+        check = OptionCheck(self, prefix)
+        check.at_least(1, "bootstrap_samples")
+        check.share("alpha", zero=False, one=False)
 
 
 def load_results(path: str) -> tuple[Path, dict[str, Any]]:
@@ -100,18 +117,53 @@ def compare_sets(a: dict[str, Any], b: dict[str, Any], samples: int, seed: int, 
     }
 
 
+def compute_differences(results_a: dict[str, Any], results_b: dict[str, Any]) -> tuple[dict[str, list[Any]], dict[str, list[Any]], list[str]]:
+    """(refused, noted, unrecorded): the recorded compute keys whose values differ between A and B.
+
+    ``refused`` holds compute_dtype and the device kind ('cpu', 'cuda', ...), ``noted`` the CPU and GPU
+    models; ``unrecorded`` names the sides whose results.json has no compute record (written before
+    it existed), where nothing can be checked.
+    """
+    compute_a, compute_b = results_a.get("compute"), results_b.get("compute")
+    unrecorded = [side for side, compute in (("A", compute_a), ("B", compute_b)) if not isinstance(compute, dict)]
+    if unrecorded:
+        return {}, {}, unrecorded
+    assert isinstance(compute_a, dict) and isinstance(compute_b, dict)
+
+    def value(compute: dict[str, Any], key: str) -> Any:
+        return str(compute.get(key)).split(":")[0] if key == "device" else compute.get(key)
+
+    refused = {k: [value(compute_a, k), value(compute_b, k)] for k in _COMPUTE_REFUSED if value(compute_a, k) != value(compute_b, k)}
+    noted = {k: [compute_a.get(k), compute_b.get(k)] for k in _COMPUTE_NOTED if compute_a.get(k) != compute_b.get(k)}
+    return refused, noted, []
+
+
 def run(config: CompareConfig, results_a: dict[str, Any], results_b: dict[str, Any]) -> dict[str, Any]:
-    """The comparison of two results dicts (as written by ``stepdpo eval``)."""
-    if config.bootstrap_samples < 1:
-        raise ConfigError(f"compare: bootstrap_samples must be >= 1, got {config.bootstrap_samples}")
-    if not 0 < config.alpha < 1:
-        raise ConfigError(f"compare: alpha must lie in (0, 1), got {config.alpha}")
+    """The comparison of two results dicts (as written by ``stepdpo eval``).
+
+    Raises ConfigError when the two were computed differently (see :func:`compute_differences`), unless
+    ``config.allow_compute_mismatch``.
+    """
+    config.validate()
+    refused, noted, unrecorded = compute_differences(results_a, results_b)
+    if refused and not config.allow_compute_mismatch:
+        differ = ", ".join(f"{k} {a!r} (A) vs {b!r} (B)" for k, (a, b) in refused.items())
+        raise ConfigError(
+            f"compare: {config.run_a} and {config.run_b} were computed differently ({differ}), so their difference "
+            "mixes the models with the machines; evaluate both the same way (e.g. --generator.dtype float32) "
+            "or pass --allow_compute_mismatch True"
+        )
     comparison = compare_sets(results_a, results_b, config.bootstrap_samples, config.seed, config.alpha)
     settings_a, settings_b = results_a.get("settings", {}), results_b.get("settings", {})
     comparison.update(
         run_a={"path": config.run_a, "model": results_a.get("model"), "fingerprint": results_a.get("fingerprint")},
         run_b={"path": config.run_b, "model": results_b.get("model"), "fingerprint": results_b.get("fingerprint")},
         settings_differ={k: [settings_a.get(k), settings_b.get(k)] for k in _COMPARABLE_SETTINGS if settings_a.get(k) != settings_b.get(k)},
+        compute_a=results_a.get("compute"),
+        compute_b=results_b.get("compute"),
+        compute_differ=refused,
+        compute_noted=noted,
+        compute_unrecorded=unrecorded,
         bootstrap_samples=config.bootstrap_samples,
         seed=config.seed,
         alpha=config.alpha,
@@ -138,7 +190,10 @@ def render_markdown(comparison: dict[str, Any]) -> str:
             f"| {100 * row['diff']:+.1f} [{100 * row['ci_low']:+.1f}, {100 * row['ci_high']:+.1f}] "
             f"| {row['a_only_right']} / {row['b_only_right']} | {row['p_value']:.3g} | {row['verdict']} |"
         )
-    notes = []
+    notes = [f"WARNING: computed differently (--allow_compute_mismatch): {key} = {value_a!r} (A) vs {value_b!r} (B); "
+             "the difference mixes the models with the machines" for key, (value_a, value_b) in comparison.get("compute_differ", {}).items()]
+    notes += [f"computed on different hardware: {key} = {value_a!r} (A) vs {value_b!r} (B)" for key, (value_a, value_b) in comparison.get("compute_noted", {}).items()]
+    notes += [f"compute not recorded for {side} (results.json older than the record): dtype and device unchecked" for side in comparison.get("compute_unrecorded", [])]
     for row in comparison["rows"]:
         if row["only_in_a"] or row["only_in_b"]:
             notes.append(f"{row['set']}: compared on shared problems only ({row['only_in_a']} only in A, {row['only_in_b']} only in B)")

@@ -7,7 +7,9 @@ they come, keyed by set, problem and sample index, so a rerun (after a crash,
 or with a larger ``--limit``) only generates what is missing. ``results.json``
 holds, per set: accuracy with its 95 % Wilson interval, pass@k, maj@k, how many
 responses reach a final answer, response lengths, and for MATH the breakdown by
-subject and level; plus the model's fingerprint and the settings.
+subject and level; plus the model's fingerprint, the settings, and what computed the
+numbers (``compute``: device, resolved compute dtype, CPU model and its bfloat16 support;
+``dtype auto`` resolves differently on different machines).
 
 Accuracy is the share of problems whose first sample (index 0) is right: with
 greedy decoding that is *the* answer, and a per-problem right/wrong outcome is
@@ -30,9 +32,11 @@ from typing import Any, Callable, Literal, Optional
 from tqdm import tqdm
 
 from stepdpo import metrics
+from stepdpo.config import OptionCheck, validate_config
 from stepdpo.errors import ConfigError, ModelLoadError
 from stepdpo.generation.base import Generator, GeneratorConfig, SamplingParams, prompt_format
 from stepdpo.grading import answers_match, extract_answer
+from stepdpo.hardware import describe
 from stepdpo.records import Problem, RecordStore, atomic_write_json
 from stepdpo.rundir import Funnel, RunDir
 from stepdpo.steps import FIRST_MARKER
@@ -45,9 +49,11 @@ BOXED_INSTRUCTION = "Please reason step by step, and put your final answer withi
 BREAKDOWN_KEYS = ("type", "subject", "level")
 """Problem metadata keys whose values get their own accuracy row (MATH: subject and level)."""
 
-# Settings that change what a sample is: a rerun into a folder made with other values
-# would mix two evaluations, so it is refused rather than resumed.
-_GENERATION_SETTINGS = ("model", "prompt", "prompt_style", "n", "temperature", "top_p", "max_new_tokens", "seed")
+# Settings that change a stored sample or its grade (grades are stored with the samples): a rerun
+# into a folder made with other values would mix two evaluations under the new settings' name, so it
+# is refused rather than resumed. compute_dtype is what 'dtype' resolved to on this machine.
+_GRADE_SETTINGS = ("model", "prompt", "prompt_style", "n", "temperature", "top_p", "max_new_tokens", "seed",
+                   "last_number_fallback", "backend", "dtype", "compute_dtype")
 
 
 @dataclass
@@ -69,6 +75,17 @@ class EvalConfig:
     name: Optional[str] = field(default=None, metadata={"help": "Evaluation name (folder under RUN/eval); None: derived from the model."})
     output_dir: Optional[str] = field(default=None, metadata={"help": "Write results here instead of RUN/eval/<name>."})
     generator: GeneratorConfig = field(default_factory=GeneratorConfig, metadata={"help": "Generation backend and its settings."})
+
+    def validate(self, prefix: str = "") -> None:
+        """Refuse options that cannot work, before anything is loaded; the error names the option (``prefix`` + field)."""
+        check = OptionCheck(self, prefix)
+        check.not_empty("data")
+        check.at_least(1, "limit", "n", "max_new_tokens", "chunk_size")
+        check.at_least(0, "temperature")
+        check.share("top_p", zero=False)
+        check.require(self.n == 1 or self.temperature > 0, "temperature", f"must be > 0 when n > 1 (n={self.n}): greedy samples would be identical")
+        check.require(all(1 <= k <= self.n for k in self.ks), "ks", f"must lie in 1..n (n={self.n})")
+        validate_config(self.generator, prefix + "generator.")
 
 
 @dataclass
@@ -124,15 +141,7 @@ def k_values(config: EvalConfig) -> list[int]:
 
 
 def check_config(config: EvalConfig) -> None:
-    if config.n < 1:
-        raise ConfigError(f"eval: n must be >= 1, got {config.n}")
-    if config.n > 1 and config.temperature <= 0:
-        raise ConfigError("eval: n > 1 samples with temperature 0 would be identical; set --temperature > 0")
-    if config.limit is not None and config.limit < 1:
-        raise ConfigError(f"eval: limit must be >= 1, got {config.limit}")
-    if config.max_new_tokens < 1 or config.chunk_size < 1:
-        raise ConfigError("eval: max_new_tokens and chunk_size must be >= 1")
-    k_values(config)
+    config.validate()
 
 
 def default_name(model: str) -> str:
@@ -241,17 +250,28 @@ def settings_of(config: EvalConfig) -> dict[str, Any]:
     }
 
 
-def _guard_settings(out: Path, settings: dict[str, Any], fingerprint: dict[str, Any]) -> None:
-    """Refuse to resume a folder whose samples were generated with other settings or weights."""
+def generator_compute(generator: Generator) -> dict[str, Any]:
+    """What computes a generator's numbers (``hardware.describe``): its device and resolved compute dtype when
+    the backend says (hf, vllm), else unknown (e.g. a remote server)."""
+    return describe(str(getattr(generator, "device", "unknown")), getattr(generator, "compute_dtype", None))
+
+
+def _guard_settings(out: Path, settings: dict[str, Any], fingerprint: dict[str, Any], compute: dict[str, Any]) -> None:
+    """Refuse to resume a folder whose samples were generated or graded with other settings or weights.
+
+    A setting the folder did not record (made by an older version) counts as different: its samples'
+    grades cannot be vouched for.
+    """
     path = out / "eval_settings.json"
-    current = {key: settings[key] for key in _GENERATION_SETTINGS} | {"sha256": fingerprint["sha256"]}
+    current = {key: settings[key] for key in _GRADE_SETTINGS if key in settings} | {"compute_dtype": compute["compute_dtype"], "sha256": fingerprint["sha256"]}
     if path.exists():
         previous = json.loads(path.read_text(encoding="utf-8"))
-        changed = sorted(k for k in current if previous.get(k) != current[k])
+        changed = [k for k in current if k not in previous or previous[k] != current[k]]
         if changed:
+            was = ", ".join(f"{k}={previous[k]!r}, now {current[k]!r}" if k in previous else f"{k} not recorded" for k in changed)
             raise ConfigError(
-                f"{out}: holds samples made with other {', '.join(changed)} "
-                f"({', '.join(f'{k}={previous.get(k)!r}' for k in changed)}); use another --name or --output_dir"
+                f"{out}: holds samples made or graded with other {', '.join(changed)} ({was}); "
+                "use another --name or --output_dir, or delete the folder to evaluate again"
             )
         return
     atomic_write_json(path, current)
@@ -309,7 +329,8 @@ def run(config: EvalConfig, problems_by_set: dict[str, list[Problem]], generator
     model = model_name(config)
     fingerprint = model_fingerprint(model)
     settings = settings_of(config)
-    _guard_settings(out, settings, fingerprint)
+    compute = generator_compute(generator)
+    _guard_settings(out, settings, fingerprint, compute)
     store: RecordStore[EvalSample] = RecordStore(out / "samples.jsonl", EvalSample)
     params = SamplingParams(n=config.n, temperature=config.temperature, top_p=config.top_p, max_new_tokens=config.max_new_tokens, seed=config.seed)
     prompter: Callable[[str], tuple[str, str]] | None = None
@@ -353,6 +374,7 @@ def run(config: EvalConfig, problems_by_set: dict[str, list[Problem]], generator
         "fingerprint": fingerprint,
         "generator": getattr(generator, "name", type(generator).__name__),
         "settings": settings,
+        "compute": compute,
         "wall_time_s": time.perf_counter() - started,
         "load_average": list(os.getloadavg()),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
