@@ -12,7 +12,7 @@ import sys
 from typing import Sequence
 
 from stepdpo import __version__
-from stepdpo.config import parse_cli
+from stepdpo.config import parse_cli, validate_config
 from stepdpo.errors import StepdpoError
 
 # command words -> (module, config class, one-line summary)
@@ -70,6 +70,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         module = importlib.import_module(module_name)
         config = parse_cli(getattr(module, config_name), rest, prog=f"stepdpo {name}", description=summary)
+        validate_config(config)  # bad options fail here, naming the option, before any model is loaded
         status = module.command(config)
     except StepdpoError as err:
         print(f"stepdpo {name}: error: {err}", file=sys.stderr)

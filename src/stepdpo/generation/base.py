@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal, Protocol, runtime_checkable
 
+from stepdpo.config import OptionCheck
 from stepdpo.steps import PromptFormat
 
 
@@ -71,6 +72,15 @@ class GeneratorConfig:
     data_parallel_size: int = field(default=1, metadata={"help": "vLLM data parallelism (engine replicas)."})
     gpu_memory_utilization: float = field(default=0.9, metadata={"help": "vLLM share of GPU memory."})
     enable_prefix_caching: bool = field(default=True, metadata={"help": "vLLM prefix caching (rollouts share long prefixes)."})
+
+    def validate(self, prefix: str = "") -> None:
+        """Refuse options that cannot work, before anything is loaded; the error names the option (``prefix`` + field)."""
+        check = OptionCheck(self, prefix)
+        check.not_empty("model")
+        check.at_least(1, "batch_size", "max_concurrency", "tensor_parallel_size", "data_parallel_size")
+        check.at_least(0, "max_retries", "retry_backoff_s", "backoff_max_s")
+        check.above(0, "request_timeout_s")
+        check.share("gpu_memory_utilization", zero=False)
 
 
 def prompt_format(config: GeneratorConfig, instruction: str | None = None) -> PromptFormat:

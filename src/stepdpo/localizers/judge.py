@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Protocol, Sequence
 
+from stepdpo.config import OptionCheck
 from stepdpo.errors import ConfigError
 from stepdpo.generation.base import Completion, SamplingParams
 from stepdpo.localizers.base import FAILED_PREFIX, STATUS_NO_WRONG_STEP, STATUS_OK, STATUS_UNPARSEABLE, empty_response
@@ -111,6 +112,13 @@ class JudgeConfig:
     template: str | None = field(default=None, metadata={"help": "Path to a prompt template file with {problem}, {reference}, {response} (the solution with the project's step numbers) and optionally {num_steps}; default: the built-in paper protocol."})
     max_new_tokens: int = field(default=1024, metadata={"help": "Token limit of the judge's answer (analysis + verdict)."})
     temperature: float = field(default=0.0, metadata={"help": "Judge sampling temperature (0 = greedy)."})
+
+    def validate(self, prefix: str = "") -> None:
+        """Refuse options that cannot work, before anything is loaded; the error names the option (``prefix`` + field)."""
+        check = OptionCheck(self, prefix)
+        check.at_least(1, "max_new_tokens")
+        check.at_least(0, "temperature")
+        check.require(self.template is None or Path(self.template).is_file(), "template", "must be a readable file")
 
 
 def load_template(path: str | None) -> str:

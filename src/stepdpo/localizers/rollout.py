@@ -29,6 +29,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable, Generator as Coroutine, Literal, Sequence
 
+from stepdpo.config import OptionCheck
 from stepdpo.generation.base import Generator, SamplingParams
 from stepdpo.grading import grade_responses
 from stepdpo.localizers.base import STATUS_OK, empty_response
@@ -113,6 +114,15 @@ class RolloutConfig:
     max_new_tokens: int = field(default=512, metadata={"help": "Token limit of each rollout."})
     stop: tuple[str, ...] = field(default=(), metadata={"help": "Extra stop strings for rollouts."})
     seed: int = field(default=0, metadata={"help": "Base seed; round r of the search uses seed + r."})
+
+    def validate(self, prefix: str = "") -> None:
+        """Refuse options that cannot work, before anything is loaded; the error names the option (``prefix`` + field)."""
+        check = OptionCheck(self, prefix)
+        check.at_least(1, "rollouts_per_prefix", "max_new_tokens")
+        check.share("alive_threshold", zero=False)
+        check.at_least(0, "temperature")
+        check.share("top_p", zero=False)
+        check.no_empty_strings("stop")
 
 
 @dataclass

@@ -17,6 +17,7 @@ from typing import Any, Optional
 import tyro
 from tqdm import tqdm
 
+from stepdpo.config import OptionCheck
 from stepdpo.errors import InputError
 from stepdpo.grading import answers_match, extract_answer
 from stepdpo.records import atomic_write_text, read_jsonl_dicts
@@ -35,6 +36,10 @@ class GradeConfig:
     last_number_fallback: bool = field(default=True, metadata={"help": "Take the last number of a response that has no boxed/'The answer is'/'####' answer."})
     timeout_s: float = field(default=5.0, metadata={"help": "Seconds one answer comparison may take before it counts as wrong."})
     run_dir: str = field(default="", metadata={"help": "Run directory to save the funnel in (funnel/grade.json); empty: do not save."})
+
+    def validate(self, prefix: str = "") -> None:
+        """Refuse options that cannot work, before anything is loaded; the error names the option (``prefix`` + field)."""
+        OptionCheck(self, prefix).above(0, "timeout_s")
 
 
 def gold_answer(gold: str) -> str:

@@ -18,6 +18,7 @@ from typing import Literal, Optional, Sequence
 
 from tqdm.auto import tqdm
 
+from stepdpo.config import OptionCheck, validate_config
 from stepdpo.errors import ConfigError, InputError
 from stepdpo.generation.base import Generator, GeneratorConfig, build_generator, prompt_format
 from stepdpo.localizers.base import STATUS_OK, Localizer, is_failure
@@ -43,6 +44,18 @@ class LocateConfig:
     chunk_size: int = field(default=16, metadata={"help": "Wrong samples per batch; decisions are saved after each batch."})
     run_dir: str = field(default="runs/default", metadata={"help": "Run directory: reads samples.jsonl, writes located.jsonl."})
     generator: GeneratorConfig = field(default_factory=GeneratorConfig, metadata={"help": "The model the localizer runs: the policy (rollout) or the judge (judge, backend openai)."})
+
+    def validate(self, prefix: str = "") -> None:
+        """Refuse options that cannot work, before anything is loaded; the error names the option (``prefix`` + field)."""
+        check = OptionCheck(self, prefix)
+        check.at_least(1, "limit", "chunk_size")
+        check.require(self.localizer != "file" or bool(self.labels), "labels", "must name a JSONL file for localizer 'file'")
+        if self.localizer == "rollout":
+            validate_config(self.rollout, prefix + "rollout.")
+        if self.localizer == "judge":
+            validate_config(self.judge, prefix + "judge.")
+        if self.localizer in ("rollout", "judge"):
+            validate_config(self.generator, prefix + "generator.")
 
 
 def build_localizer(config: LocateConfig, generator: Generator | None, fmt: PromptFormat | None = None) -> Localizer:

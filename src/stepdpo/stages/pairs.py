@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Sequence
 
+from stepdpo.config import OptionCheck
 from stepdpo.errors import InputError
 from stepdpo.records import LocatedError, Problem, RecordStore, Rectification, Sample, StepPair, atomic_write_text, record_to_dict
 from stepdpo.rundir import Funnel, RunDir
@@ -42,6 +43,12 @@ class PairsConfig:
     max_dpo_pairs_per_problem: int = field(default=1, metadata={"help": "Plain-DPO pairs per problem (right and wrong samples paired in order)."})
     dataset: Optional[str] = field(default=None, metadata={"help": "Value of the 'dataset' column (default: each problem's source)."})
     run_dir: str = field(default="runs/default", metadata={"help": "Run directory: reads rectified.jsonl, located.jsonl, samples.jsonl; writes pairs/."})
+
+    def validate(self, prefix: str = "") -> None:
+        """Refuse options that cannot work, before anything is loaded; the error names the option (``prefix`` + field)."""
+        check = OptionCheck(self, prefix)
+        check.at_least(0, "max_pairs_per_error", "max_dpo_pairs_per_problem")
+        check.at_least(1, "max_pairs_per_problem")
 
 
 def check_pair(pair: StepPair, rejected_sample: Sample) -> None:

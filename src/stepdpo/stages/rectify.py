@@ -47,6 +47,7 @@ from typing import Any, Callable, Literal, Optional, Sequence
 
 from tqdm.auto import tqdm
 
+from stepdpo.config import OptionCheck, validate_config
 from stepdpo.errors import ConfigError, InputError
 from stepdpo.generation.base import Completion, Generator, GeneratorConfig, SamplingParams, build_generator, prompt_format
 from stepdpo.grading import grade_responses
@@ -99,6 +100,18 @@ class RectifyConfig:
     judge: JudgeConfig = field(default_factory=JudgeConfig, metadata={"help": "Judge options for --confirm; --judge.template is a file with {problem}, {reference} and {response} (the partial solution ending in the candidate step); default: a built-in step-check prompt."})
     judge_generator: GeneratorConfig = field(default_factory=lambda: GeneratorConfig(backend="openai"), metadata={"help": "The judge model for --confirm (default: an OpenAI-compatible server; its key only from the environment variable named by --judge-generator.api-key-env). A backend without chat gets the prompt through its model's chat template."})
     judgement_chars: int = field(default=4000, metadata={"help": "Longest judge answer kept in the records (--confirm); a longer one keeps its end, where the verdict is."})
+
+    def validate(self, prefix: str = "") -> None:
+        """Refuse options that cannot work, before anything is loaded; the error names the option (``prefix`` + field)."""
+        check = OptionCheck(self, prefix)
+        check.at_least(1, "r", "max_new_tokens", "limit", "chunk_size", "judgement_chars")
+        check.at_least(0, "temperature")
+        check.share("top_p", zero=False)
+        check.no_empty_strings("stop")
+        validate_config(self.generator, prefix + "generator.")
+        if self.confirm:
+            validate_config(self.judge, prefix + "judge.")
+            validate_config(self.judge_generator, prefix + "judge_generator.")
 
 
 def normalize_ws(text: str) -> str:

@@ -19,6 +19,7 @@ from typing import Iterable, Literal, Optional, Sequence
 
 from tqdm.auto import tqdm
 
+from stepdpo.config import OptionCheck, validate_config
 from stepdpo.generation.base import Generator, GeneratorConfig, SamplingParams, build_generator, prompt_format
 from stepdpo.grading import extract_answer, grade_responses
 from stepdpo.metrics import pass_at_k
@@ -46,6 +47,16 @@ class SampleConfig:
     chunk_size: int = field(default=16, metadata={"help": "Problems per generation call; results are saved after each chunk."})
     run_dir: str = field(default="runs/default", metadata={"help": "Run directory: reads/writes problems/train.jsonl and samples.jsonl."})
     generator: GeneratorConfig = field(default_factory=GeneratorConfig, metadata={"help": "The policy that samples."})
+
+    def validate(self, prefix: str = "") -> None:
+        """Refuse options that cannot work, before anything is loaded; the error names the option (``prefix`` + field)."""
+        check = OptionCheck(self, prefix)
+        check.not_empty("data")
+        check.at_least(1, "limit", "k", "max_new_tokens", "chunk_size")
+        check.at_least(0, "temperature")
+        check.share("top_p", zero=False)
+        check.no_empty_strings("stop")
+        validate_config(self.generator, prefix + "generator.")
 
 
 def summarize(samples: Iterable[Sample], k: int) -> dict[str, float | int]:

@@ -50,7 +50,8 @@ from typing import Any, Literal, Optional, Sequence
 
 from tqdm.auto import tqdm
 
-from stepdpo.errors import ConfigError, InputError
+from stepdpo.config import OptionCheck, validate_config
+from stepdpo.errors import InputError
 from stepdpo.generation.base import Generator, GeneratorConfig, SamplingParams, build_generator, prompt_format
 from stepdpo.grading import extract_answer, grade_many
 from stepdpo.localizers.rollout import RolloutConfig, RolloutLocalizer
@@ -94,6 +95,18 @@ class SCDPOConfig:
     dataset: Optional[str] = field(default=None, metadata={"help": "Value of the 'dataset' column (default: each problem's source)."})
     run_dir: str = field(default="runs/default", metadata={"help": "Run directory: reads samples.jsonl, problems/train.jsonl; writes scdpo/ and pairs/."})
     generator: GeneratorConfig = field(default_factory=GeneratorConfig, metadata={"help": "The policy that continues (the model that wrote the correct samples)."})
+
+    def validate(self, prefix: str = "") -> None:
+        """Refuse options that cannot work, before anything is loaded; the error names the option (``prefix`` + field)."""
+        check = OptionCheck(self, prefix)
+        check.at_least(1, "max_attempts", "max_steps", "max_step_tokens", "limit", "chunk_size", "rollouts", "rollout_max_new_tokens")
+        check.at_least(0, "max_negatives_per_problem", "max_dpo_pairs_per_problem", "temperature_increment", "rollout_temperature")
+        check.above(0, "temperature_start")
+        check.require(self.temperature_cap >= self.temperature_start, "temperature_cap", f"must be >= temperature_start ({self.temperature_start})")
+        check.share("top_p", "rollout_top_p", zero=False)
+        check.share("alive_threshold", zero=False)
+        check.no_empty_strings("stop")
+        validate_config(self.generator, prefix + "generator.")
 
 
 @dataclass
@@ -349,13 +362,6 @@ def _correct_samples(samples: Sequence[Sample], problems: dict[str, Problem], li
     return correct if limit is None else correct[:limit]
 
 
-def _check_config(config: SCDPOConfig) -> None:
-    if config.max_attempts < 1 or config.max_steps < 1 or config.max_negatives_per_problem < 0 or config.rollouts < 1:
-        raise ConfigError("max_attempts, max_steps and rollouts must be >= 1, max_negatives_per_problem >= 0")
-    if not 0 < config.temperature_start <= config.temperature_cap:
-        raise ConfigError(f"need 0 < temperature_start <= temperature_cap, got {config.temperature_start} and {config.temperature_cap}")
-
-
 def run(config: SCDPOConfig, problems: dict[str, Problem], samples: Sequence[Sample], generator: Generator,
         fmt: PromptFormat | None = None, tokenizer: Any = None, branch_store: RecordStore[Branch] | None = None,
         check_store: RecordStore[JudgeFreeCheck] | None = None) -> Outputs:
@@ -365,7 +371,7 @@ def run(config: SCDPOConfig, problems: dict[str, Problem], samples: Sequence[Sam
     at a time, one attempt each per round, so the cap is never exceeded; all problems of
     a chunk advance together, one batched generator call per generated step.
     """
-    _check_config(config)
+    config.validate()
     fmt = fmt or prompt_format(config.generator)
     if tokenizer is None:
         from stepdpo.models import load_tokenizer

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Optional
 
-from stepdpo.config import save_config
+from stepdpo.config import OptionCheck, save_config
 from stepdpo.errors import ConfigError, InputError
 from stepdpo.records import Problem, atomic_write_json, read_jsonl_dicts
 from stepdpo.rundir import Funnel, RunDir
@@ -74,6 +74,17 @@ class SFTConfig:
     device: str = field(default="auto", metadata={"help": "'auto' (cuda when available, else cpu), 'cpu', 'cuda'."})
     threads: int = field(default=0, metadata={"help": "CPU threads for torch (0 = torch's default). On a CPU shared with other busy processes use 1: oversubscribed threads measured 15x slower."})
     overwrite: bool = field(default=False, metadata={"help": "Train again even if output_dir/model is complete (checkpoints are discarded)."})
+
+    def validate(self, prefix: str = "") -> None:
+        """Refuse options that cannot work, before anything is loaded; the error names the option (``prefix`` + field)."""
+        check = OptionCheck(self, prefix)
+        check.not_empty("model", "data")
+        check.at_least(0, "limit", "weight_decay", "threads")
+        check.above(0, "epochs", "learning_rate")
+        check.require(self.max_steps == -1 or self.max_steps >= 1, "max_steps", "must be -1 (all epochs) or >= 1")
+        check.share("warmup_ratio")
+        check.share("lora_dropout", one=False)
+        check.at_least(1, "batch_size", "grad_accum", "max_length", "lora_r", "lora_alpha", "save_steps", "save_total_limit", "logging_steps")
 
 
 def output_dir(config: SFTConfig) -> Path:
@@ -209,9 +220,7 @@ def run(config: SFTConfig, problems: list[Problem], model: Any = None, tokenizer
         funnel.records_out = len(problems)
         funnel.extra = {"skipped": "model already complete"}
         return final
-    for name, value in (("batch_size", config.batch_size), ("grad_accum", config.grad_accum), ("max_length", config.max_length), ("save_steps", config.save_steps), ("logging_steps", config.logging_steps)):
-        if value < 1:
-            raise ConfigError(f"sft: {name} must be >= 1, got {value}")
+    config.validate()
     if config.threads:
         torch.set_num_threads(config.threads)
     set_seed(config.seed)
