@@ -92,6 +92,7 @@ def test_training_reduces_loss_saves_and_skips(tmp_path, tiny_model_dir, tokeniz
     lines = [json.loads(line) for line in (tmp_path / "run" / "sft" / "metrics.jsonl").read_text().splitlines()]
     assert [line["step"] for line in lines if "loss" in line] == list(range(1, 13))
     assert lines[-1]["summary"]["examples"] == 6 and lines[-1]["summary"]["optimizer_steps"] == 12
+    assert lines[-1]["summary"]["compute"]["device"] == "cpu" and lines[-1]["summary"]["compute"]["compute_dtype"] == "float32"
     assert not (tmp_path / "run" / "sft" / "checkpoints").exists()
     # A complete model is not trained again.
     before = (path / "model.safetensors").stat().st_mtime_ns

@@ -29,6 +29,7 @@ from typing import Any, Literal, Optional
 
 from stepdpo.config import OptionCheck, save_config
 from stepdpo.errors import ConfigError, InputError
+from stepdpo.hardware import describe
 from stepdpo.records import Problem, atomic_write_json, read_jsonl_dicts
 from stepdpo.rundir import Funnel, RunDir
 from stepdpo.steps import PromptFormat
@@ -315,6 +316,7 @@ def run(config: SFTConfig, problems: list[Problem], model: Any = None, tokenizer
         "train_loss": result.training_loss,
         "resumed_from": resume,
         "dropped": stats.dropped,
+        "compute": describe(str(trainer.args.device), "bfloat16" if config.bf16 else str(next(trained.parameters()).dtype).removeprefix("torch.")),
     }
     atomic_write_json(out / "summary.json", summary)
     with open(out / "metrics.jsonl", "a", encoding="utf-8") as handle:
