@@ -166,8 +166,9 @@ def render_pairs(sample: PairSample) -> str:
     return f'{style}{intro}<div class="pairbrowser">{"".join(inputs)}<div class="filters">{"".join(labels)}</div><div class="pairlist">{pairs}</div></div>'
 
 
-def render_solution(title: str, solution: JudgedSolution, gold: str) -> str:
-    """A solution step by step: each step marked right, wrong or unchecked, the first wrong step flagged, then the verdict."""
+def render_solution(title: str, solution: JudgedSolution, gold: str | None) -> str:
+    """A solution step by step: each step marked right, wrong or unchecked, the first wrong step flagged, then the
+    verdict (none without a ``gold`` answer). Also the body of each model's column in `stepdpo try`."""
     steps = []
     for step in solution.steps:
         first = solution.first_wrong_step == step.number
@@ -177,13 +178,13 @@ def render_solution(title: str, solution: JudgedSolution, gold: str) -> str:
         steps.append(f'<div class="step {step.status}{" first" if first else ""}" title="{esc(step.status + why)}">'
                      f'<span class="mark">{mark}</span>{esc(step.text)}{badge}</div>')
     answer = solution.predicted if solution.predicted is not None else "none"
-    verdict = f"answer {answer}: {'right' if solution.correct else f'wrong (gold {gold})'}"
+    verdict = f"answer {answer}: {'right' if solution.correct else f'wrong (gold {gold})'}" if gold is not None else f"answer {answer} (no gold answer given)"
     if not solution.has_final_answer:
         verdict += " · no final answer stated"
     for note in solution.notes:
         verdict += f" · {note}"
     return (f'<div><div class="label">{esc(title)}</div>{"".join(steps) or "<p class=missing>(empty response)</p>"}'
-            f'<p class="verdict {"ok" if solution.correct else "bad"}">{esc(verdict)}</p></div>')
+            f'<p class="verdict {"ok" if solution.correct else "bad" if gold is not None else ""}">{esc(verdict)}</p></div>')
 
 
 def render_flip(flip: Flip, open_: bool) -> str:
