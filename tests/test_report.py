@@ -529,7 +529,7 @@ def test_report_renders_in_headless_chromium(tmp_path):
     dom = subprocess.run(base + ["--dump-dom", paths.html.as_uri()], capture_output=True, text=True, timeout=120)
     assert dom.returncode == 0, dom.stderr[-2000:]
     dumped = [attrs for tag, attrs in _tags(dom.stdout) if tag == "img"]
-    assert len(dumped) == embedded == 4
+    assert len(dumped) == embedded == 5
     for attrs in dumped:
         _decode_png(attrs["src"] or "")
     assert "<script" not in dom.stdout and 'id="pairs"' in dom.stdout
@@ -629,3 +629,32 @@ def test_pairs_sample_every_file_with_why_and_whether_chosen_reaches_gold(tmp_pa
     assert "located by <b>rollout-binary</b>" in pairs and "{&quot;2&quot;: {&quot;successes&quot;: 0, &quot;trials&quot;: 8}}" in pairs
     for filter_id in ("pf-m-all", "pf-m-dpo", "pf-m-step-dpo", "pf-s-all", "pf-s-2", "pf-s-none"):
         assert f'id="{filter_id}"' in pairs and f'for="{filter_id}"' in pairs
+
+
+@pytest.mark.slow
+def test_pair_filters_work_in_a_real_browser(tmp_path):
+    """The method and step filters are CSS only: clicking their labels in Chromium hides the other pairs."""
+    from playwright.sync_api import sync_playwright
+
+    root = make_full_run(tmp_path / "run")
+    rng = random.Random(5)
+    dpo = [replace(_pair(i, rng), kind="dpo", step_index=None, id=f"dpo-{i}") for i in range(3)]
+    _write_jsonl(root / "pairs/dpo_pairs.jsonl", [record_to_dict(p) for p in dpo])
+    paths = run(ReportConfig(run_dir=str(root), max_pairs=5))
+    chromium = _chromium()
+    assert chromium, "needs Debian's chromium: run .ci/install-chromium (as root) or apt-get install chromium"
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=chromium, headless=True, args=["--no-sandbox", "--disable-gpu"])
+        page = browser.new_page()
+        page.goto(paths.html.as_uri())
+        visible = lambda: sum(1 for pair in page.locator("details.pair").all() if pair.is_visible())  # noqa: E731
+        assert visible() == 8
+        page.locator('label[for="pf-m-dpo"]').click()
+        assert visible() == 3
+        page.locator('label[for="pf-s-2"]').click()  # dpo pairs have no step index: nothing left
+        assert visible() == 0
+        page.locator('label[for="pf-m-all"]').click()
+        assert visible() == 5
+        page.locator('label[for="pf-s-all"]').click()
+        assert visible() == 8
+        browser.close()
