@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 import random
 import statistics
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -160,8 +160,6 @@ def find_flips(evaluation: str, start: str, start_responses: list[EvalResponse],
 
 def flips_jsonl(flip_sets: list[FlipSet]) -> str:
     """Every flip of one trained model as JSON lines (the report's downloadable full list)."""
-    from dataclasses import asdict
-
     return "".join(json.dumps(asdict(f), ensure_ascii=False) + "\n" for s in flip_sets for f in s.fixed + s.broken)
 
 
