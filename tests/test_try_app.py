@@ -4,7 +4,7 @@ The browser test starts the page on a free local port with two tiny random model
 (a run directory's SFT and Step-DPO models) and a model path that does not exist,
 drives it in headless Chromium through Playwright (Debian's chromium binary, which
 .ci/install-chromium installs), and writes a screenshot (to $STEPDPO_TRY_SCREENSHOT
-when set: that is how docs/images/stepdpo-try.png was made).
+when set; the README's screenshot comes from bench/try_screenshot.py).
 """
 
 from __future__ import annotations
