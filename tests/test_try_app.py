@@ -172,8 +172,20 @@ def test_page_in_headless_chromium_shows_every_model_side_by_side(tmp_path, tiny
             shot = Path(os.environ.get("STEPDPO_TRY_SCREENSHOT") or tmp_path / "try.png")
             shot.parent.mkdir(parents=True, exist_ok=True)
             page.screenshot(path=str(shot), full_page=True)
+            # A typed set that does not exist: a message naming it, not a stack trace.
+            page.locator("#set input").fill("nowhere/problems.jsonl")
+            page.locator("#set input").press("Enter")
+            expect(page.locator("#answers .try-error").first).to_contain_text("nowhere/problems.jsonl", timeout=30_000)
             browser.close()
     finally:
         page_app.close()
     png = shot.read_bytes()
     assert png.startswith(PNG_SIGNATURE) and len(png) > 20_000
+
+
+def test_cli_takes_run_dirs_and_models_positionally(tmp_path):
+    from stepdpo.config import parse_cli
+
+    config = parse_cli(TryConfig, [str(tmp_path / "run"), "smollm2-135m", "--names", "run", "base", "--port", "0", "--data", SET],
+                       prog="stepdpo try")
+    assert (config.models, config.names, config.port, config.data) == ([str(tmp_path / "run"), "smollm2-135m"], ["run", "base"], 0, [SET])

@@ -79,7 +79,8 @@ def build_page(slots: list[ModelSlot], sets: ProblemSets, max_new_tokens: int, t
             f"- **{slot.label}**: `{slot.model}`" + (f" — **not loaded**: {slot.error}" if slot.error else "") for slot in slots))
         picked = gr.State(None)
         with gr.Row():
-            set_choice = gr.Dropdown(choices=sets.specs, value=None, label="Problem set", elem_id="set", scale=2)
+            set_choice = gr.Dropdown(choices=sets.specs, value=None, label="Problem set (pick, or type a spec or a file path)", elem_id="set",
+                                     allow_custom_value=True, scale=2)
             problem_choice = gr.Dropdown(choices=[], value=None, label="Problem", elem_id="problem", scale=3)
         question = gr.Textbox(label="Problem (type one, or pick one above)", lines=4, elem_id="question")
         gold = gr.Textbox(label="Gold answer (optional: grades the final answers)", elem_id="gold")
