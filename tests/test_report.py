@@ -18,6 +18,7 @@ import random
 import re
 import shutil
 import subprocess
+from dataclasses import replace
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -27,13 +28,16 @@ import yaml
 from stepdpo.cli import main as cli_main
 from stepdpo.config import parse_cli
 from stepdpo.errors import ConfigError
-from stepdpo.records import LocatedError, StepPair, record_to_dict
+from stepdpo.grading import extract_answer
+from stepdpo.problems import load_problems
+from stepdpo.records import LocatedError, Problem, StepPair, record_to_dict
 from stepdpo.report import ReportConfig, run
 from stepdpo.metrics import wilson_interval
-from stepdpo.report.collect import collect, normalize_metric_row, parse_eval_results
+from stepdpo.report.collect import EvalSet, collect, normalize_metric_row, parse_eval_results
 from stepdpo.report.markdown import fenced, md_escape
 from stepdpo.report.plots import method_colours
-from stepdpo.report.tables import MISSING, word_diff
+from stepdpo.report.tables import MISSING, eval_table, short_set_names, word_diff
+from stepdpo.step_truth import judge_solution, step_values_of
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 EVIL = "<script>alert('pwned')</script> & <img src=http://evil.example/x.png> ``` `"
@@ -169,7 +173,40 @@ def make_full_run(root: Path) -> Path:
     pairs = [_pair(i, rng) for i in range(20)]
     pairs[1] = _pair(1, rng, text=EVIL)
     _write_jsonl(root / "pairs/step_pairs.jsonl", [record_to_dict(p) for p in pairs])
+    add_eval_samples(root)
     return root
+
+
+FLIP_SET = "synthetic:test?n=8&min_steps=2&max_steps=3&difficulty=0"
+
+
+def _solution(problem: Problem, wrong_from: int | None = None, stop_after: int | None = None) -> str:
+    """A step-format response stating each true value, off by one from step ``wrong_from`` on; ``stop_after``
+    steps only, the last value given as the answer (a solution that concludes too early)."""
+    values = [int(v) for v in problem.metadata["step_values"]]
+    values = [v + 1 if wrong_from and i >= wrong_from else v for i, v in enumerate(values, start=1)][:stop_after]
+    steps = "".join(f"Step {i}: so the count is {v}.\n" for i, v in enumerate(values, start=1))
+    return steps + f"The answer is: \\boxed{{{values[-1]}}}"
+
+
+def add_eval_samples(root: Path) -> None:
+    """samples.jsonl of base and step-dpo on a real synthetic set: step-dpo fixes problems 4-6 and breaks 2, 3 and 7
+    (2 and 3 wrong from step 1; 7 stops after step 1), and one base response is cut at the token limit."""
+    problems = load_problems(FLIP_SET)
+    plans = {"base": {4: {"wrong_from": 2}, 5: {"wrong_from": 1}, 6: {"wrong_from": 2}, 7: {}},
+             "step-dpo": {2: {"wrong_from": 1}, 3: {"wrong_from": 1}, 7: {"stop_after": 1}}}
+    for name, plan in plans.items():
+        rows = []
+        for i, problem in enumerate(problems):
+            response = _solution(problem, **plan.get(i, {}))
+            finish = "stop"
+            if name == "base" and i == 7:
+                response, finish = "Step 1: so the count is", "length"
+            predicted = extract_answer(response)
+            rows.append({"id": f"{FLIP_SET}|{problem.id}#0", "set": FLIP_SET, "problem_id": problem.id, "index": 0, "prompt": "p",
+                         "response": response, "predicted": predicted, "gold": problem.answer, "correct": predicted == problem.answer,
+                         "has_final_answer": finish == "stop", "num_tokens": len(response.split()), "finish_reason": finish, "metadata": {}})
+        _write_jsonl(root / f"eval/{name}/samples.jsonl", rows)
 
 
 class _Tags(HTMLParser):
@@ -259,8 +296,8 @@ def assert_self_contained(page: str) -> int:
             pixels = matplotlib.image.imread(io.BytesIO(_decode_png(attrs["src"] or "")), format="png")
             assert pixels.shape[0] > 50 and pixels.shape[1] > 50
             images += 1
-        if tag == "a":
-            assert (attrs.get("href") or "").startswith("#")
+        if tag == "a":  # an anchor on the page, or the flips list written beside it
+            assert re.fullmatch(r"#[\w-]+|flips-[\w.-]+\.jsonl", attrs.get("href") or ""), attrs
     assert "url(" not in page.split("</style>")[0]
     return images
 
@@ -293,7 +330,7 @@ def test_json_inputs_that_are_not_objects_are_named_and_intervals_read_in_every_
     assert len(data.compare_errors) == 1 and "compare-c.json: expected a JSON object, got list" in data.compare_errors[0]
     assert data.funnels == [] and "sample.json: expected a JSON object, got list" in data.funnel_errors[0]
     assert data.header.wall_error is not None and "timings.json: expected a JSON object, got int" in data.header.wall_error
-    assert (data.located, data.located_error, data.pairs, data.pairs_total) == (None, None, None, 0)
+    assert (data.located, data.located_error, data.pairs, data.pairs_errors, data.flips) == (None, None, None, [], {})
 
 
 def test_metric_rows_accept_trainer_style_keys():
@@ -324,8 +361,8 @@ def test_full_report_is_self_contained_with_every_section(tmp_path):
     paths = run(ReportConfig(run_dir=str(root)))
     assert paths.html == root / "report" / "report.html"
     page = paths.html.read_text(encoding="utf-8")
-    assert assert_self_contained(page) == 4
-    for section in ("overview", "accuracy", "training", "funnel", "localization", "pairs"):
+    assert assert_self_contained(page) == 5
+    for section in ("overview", "accuracy", "flips", "lengths", "training", "funnel", "localization", "pairs"):
         assert f'<section id="{section}">' in page
     for missing in MISSING.values():
         assert html.escape(missing) not in page
@@ -341,12 +378,12 @@ def test_full_report_is_self_contained_with_every_section(tmp_path):
     order = [page.index(f"<td>{stage}</td>") for stage in ("sft", "sample", "locate", "rectify", "pairs", "train-dpo", "train-step-dpo", "eval-base")]
     assert order == sorted(order)
     assert "failed: timeout: 35" in page
-    # Pairs: 12 shown of 20, diff marked.
-    assert page.count('<div class="pair">') == 12 and "The first 12 of 20 pairs" in page
+    # Pairs: a sample of 12 of 20, diff marked.
+    assert page.count('<details class="pair m-step-dpo s-2"') == 12 and "step-dpo: 12 of 20" in page
     assert "<del>*</del>" in page and "<ins>+</ins>" in page
     # Markdown beside it, with the figures as files.
     md = paths.markdown.read_text(encoding="utf-8")
-    assert set(paths.images) == {"accuracy", "training", "funnel", "localization"}
+    assert set(paths.images) == {"accuracy", "lengths", "training", "funnel", "localization"}
     for key, image in paths.images.items():
         assert image.parent == paths.markdown.parent and image.read_bytes().startswith(PNG_SIGNATURE)
         assert f"]({image.name})" in md
@@ -373,18 +410,18 @@ def test_html_and_markdown_tables_carry_the_same_cells(tmp_path):
     page = paths.html.read_text(encoding="utf-8")
     md = paths.markdown.read_text(encoding="utf-8")
     tables = html_tables(page)
-    # wall time, config, accuracy, comparisons, training, funnel, localizer summary, status counts
-    assert len(tables) == 8
+    # wall time, config, accuracy, comparisons, flip counts, completeness, training, funnel, localizer summary, status counts
+    assert len(tables) == 10
     assert tables == markdown_tables(md)
     assert ["problems.test", "['synthetic:2step:test:200', 'gsm8k:test[:100]']"] in tables[1]  # escaped brackets read back
     # The new methods, in METHOD_ORDER after step-dpo, in the accuracy and training tables.
-    evaluations = [row[1] for row in tables[2] if row[0] == "synthetic:2step:test"]
+    evaluations = [row[2] for row in tables[2] if row[1] == "synthetic:2step:test"]
     assert evaluations == ["base", "dpo", "step-dpo", "scdpo", "judge-free"]
-    assert [row[0] for row in tables[4][1:]] == ["dpo", "step-dpo", "scdpo", "judge-free"]
+    assert [row[0] for row in tables[6][1:]] == ["dpo", "step-dpo", "scdpo", "judge-free"]
     line = "agreement with ground truth: 62.3% same step, 90.0% within one (n=57)"
     localization = page[page.index('<section id="localization">'):page.index('<section id="pairs">')]
     assert html.escape(line) in localization
-    assert md_escape(line) in md[md.index("## Localization"):md.index("## Step pairs")]
+    assert md_escape(line) in md[md.index("## Localization"):md.index("## Preference pairs")]
 
 
 def test_agreement_line_only_when_locate_recorded_it(tmp_path):
@@ -406,12 +443,12 @@ def test_known_methods_keep_their_colours_and_others_get_unused_ones():
 
 def test_model_text_is_escaped(tmp_path):
     root = make_full_run(tmp_path / "run")
-    paths = run(ReportConfig(run_dir=str(root), max_pairs=3))
+    paths = run(ReportConfig(run_dir=str(root), max_pairs=20))
     page = paths.html.read_text(encoding="utf-8")
     assert "<script" not in page
     assert "&lt;script&gt;alert(&#x27;pwned&#x27;)&lt;/script&gt;" in page
     assert "&lt;img src=http://evil.example/x.png&gt;" in page
-    assert assert_self_contained(page) == 4  # the <img> in the text did not become a tag
+    assert assert_self_contained(page) == 5  # the <img> in the text did not become a tag
     md = paths.markdown.read_text(encoding="utf-8")
     assert "````text\nStep 2: <script>" in md  # verbatim, inside a fence longer than the model's ```
 
@@ -451,7 +488,7 @@ def test_unreadable_inputs_are_named_in_their_section(tmp_path):
     assert "located.jsonl:81: field &#x27;first_wrong_step&#x27;" in page
     assert "eval/dpo/results.json:1: malformed JSON" in page
     assert "config.yaml:2: not valid YAML" in page
-    assert assert_self_contained(page) == 3  # accuracy (base, step-dpo), training, funnel; localization gone
+    assert assert_self_contained(page) == 4  # accuracy (base, step-dpo), lengths, training, funnel; localization gone
     assert "62 / 200" in page
 
 
@@ -459,7 +496,7 @@ def test_cli_positional_run_dir_and_yaml_config(tmp_path, capsys):
     root = make_full_run(tmp_path / "run")
     assert cli_main(["report", str(root), "--max_pairs", "2"]) == 0
     assert "report.html" in capsys.readouterr().out
-    assert (root / "report" / "report.html").read_text(encoding="utf-8").count('<div class="pair">') == 2
+    assert (root / "report" / "report.html").read_text(encoding="utf-8").count('<details class="pair ') == 2
     config_file = tmp_path / "report.yaml"
     config_file.write_text(f"run_dir: {root}\nmax_pairs: 5\noutput: {tmp_path / 'o'}\n", encoding="utf-8")
     config = parse_cli(ReportConfig, ["--config", str(config_file)], prog="stepdpo report")
@@ -492,7 +529,132 @@ def test_report_renders_in_headless_chromium(tmp_path):
     dom = subprocess.run(base + ["--dump-dom", paths.html.as_uri()], capture_output=True, text=True, timeout=120)
     assert dom.returncode == 0, dom.stderr[-2000:]
     dumped = [attrs for tag, attrs in _tags(dom.stdout) if tag == "img"]
-    assert len(dumped) == embedded == 4
+    assert len(dumped) == embedded == 5
     for attrs in dumped:
         _decode_png(attrs["src"] or "")
     assert "<script" not in dom.stdout and 'id="pairs"' in dom.stdout
+
+
+# ----------------------------------------------------------------------------- what training changed
+
+
+def test_flips_are_judged_step_by_step_and_listed_in_full(tmp_path):
+    root = make_full_run(tmp_path / "run")
+    paths = run(ReportConfig(run_dir=str(root)))
+    page = paths.html.read_text(encoding="utf-8")
+    flips = page[page.index('<section id="flips">'):page.index('<section id="lengths">')]
+    assert "synthetic: 3 fixed, 2 broken of 8" in flips and flips.count('<details class="flip ') == 5
+    assert html_tables(flips)[0][1] == ["step-dpo", "synthetic", "8", "3", "2", "+1", "steps"]
+    lines = [json.loads(line) for line in paths.flips["step-dpo"].read_text(encoding="utf-8").splitlines()]
+    assert paths.flips["step-dpo"].name == "flips-step-dpo.jsonl" and paths.flips["step-dpo"].parent == paths.html.parent
+    problems = load_problems(FLIP_SET)
+    by_id = {line["problem_id"]: line for line in lines}
+    assert {p.id: by_id[p.id]["kind"] for p in problems if p.id in by_id} == {
+        problems[2].id: "broken", problems[3].id: "broken", problems[4].id: "fixed", problems[5].id: "fixed", problems[6].id: "fixed"}
+    fixed = by_id[problems[4].id]
+    assert fixed["question"] == problems[4].question and fixed["gold"] == problems[4].answer
+    assert fixed["start_solution"]["first_wrong_step"] == 2 and fixed["trained_solution"]["first_wrong_step"] is None
+    assert [s["status"] for s in fixed["start_solution"]["steps"]][:2] == ["right", "wrong"]
+    assert by_id[problems[2].id]["trained_solution"]["first_wrong_step"] == 1
+    assert by_id[problems[5].id]["start_solution"]["first_wrong_step"] == 1
+    assert flips.count('<span class="badge">first wrong step</span>') == 5  # one per wrong solution shown
+    assert 'href="flips-step-dpo.jsonl"' in flips
+    md = paths.markdown.read_text(encoding="utf-8")
+    assert "[wrong] Step 2: so the count is" in md and "<- first wrong step" in md
+
+
+def test_flips_without_step_truth_grade_the_final_answer(tmp_path):
+    root = make_full_run(tmp_path / "run")
+    for name in ("base", "step-dpo"):
+        path = root / f"eval/{name}/samples.jsonl"
+        path.write_text(path.read_text(encoding="utf-8").replace(FLIP_SET, "gsm8k:test[:100]"), encoding="utf-8")
+    data = collect(root)
+    (flip_set,) = data.flips["step-dpo"]
+    assert (flip_set.step_truth, len(flip_set.fixed), len(flip_set.broken)) == (False, 3, 2)
+    assert all(s.status == "unchecked" for f in flip_set.fixed for s in f.start_solution.steps + f.trained_solution.steps)
+    assert all(f.start_solution.first_wrong_step is None and f.question == "" for f in flip_set.fixed)
+
+
+def test_a_solution_that_stops_early_is_wrong_at_its_last_step():
+    problem = load_problems(FLIP_SET)[7]
+    judged = judge_solution(_solution(problem, stop_after=1), problem.answer, step_values_of(problem.metadata), finish_reason="stop")
+    assert (judged.first_wrong_step, [s.status for s in judged.steps], judged.correct) == (1, ["wrong"], False)
+    assert "ends the solution there" in judged.notes[0]
+    cut = judge_solution("Step 1: so the count is", problem.answer, step_values_of(problem.metadata), finish_reason="length")
+    assert cut.first_wrong_step == 1 and not cut.has_final_answer and cut.notes == ["cut off at the token limit"]
+    typed = judge_solution(_solution(problem), None)
+    assert not typed.step_truth and not typed.correct and {s.status for s in typed.steps} == {"unchecked"}
+
+
+def test_completeness_compares_final_answers_and_lengths_with_the_start(tmp_path):
+    root = make_full_run(tmp_path / "run")
+    page = run(ReportConfig(run_dir=str(root))).html.read_text(encoding="utf-8")
+    table = next(t for t in html_tables(page) if t[0][:5] == ["set", "evaluation", "responses", "state a final answer", "change"])
+    rows = {row[1]: row for row in table[1:] if row[0] == "synthetic"}
+    assert rows["base"][3:6] == ["87.5%", "–", "12.5%"] and rows["step-dpo"][3:6] == ["100.0%", "+12.5 pp", "0.0%"]
+    # An evaluation without samples falls back on the rates its results.json reports.
+    data = collect(root)
+    (dpo,) = [r for r in data.completeness if r.evaluation == "dpo"] or [None]
+    assert dpo is None  # dpo's results.json reports no final-answer rate
+    (root / "eval/base/samples.jsonl").unlink()
+    base = [r for r in collect(root).completeness if r.evaluation == "base"]
+    assert [(r.test_set, r.final_answer) for r in base] == [("synthetic:2step:test", 0.9)]
+
+
+def test_short_set_names_are_unique_and_the_table_keeps_the_spec():
+    specs = ["synthetic:test?n=64&min_steps=2&max_steps=3&difficulty=0", "synthetic:test?n=64&difficulty=1", "multiarith:test",
+             "gsm8k:train", "data/my_set.jsonl?question=q", "hf:owner/hard-math:validation"]
+    assert short_set_names(specs) == {specs[0]: "synthetic 1", specs[1]: "synthetic 2", specs[2]: "multiarith", specs[3]: "gsm8k train",
+                                      specs[4]: "my_set", specs[5]: "hard-math validation"}
+    rows = eval_table([EvalSet("base", specs[0], 3, 4, 0.75, None, None, "none")]).rows
+    assert rows[0][:3] == ["synthetic", specs[0], "base"]
+
+
+def test_pairs_sample_every_file_with_why_and_whether_chosen_reaches_gold(tmp_path):
+    root = make_full_run(tmp_path / "run")
+    rng = random.Random(3)
+    dpo = [replace(_pair(i, rng), kind="dpo", step_index=None, localizer="", sample_id="", id=f"dpo-{i}") for i in range(5)]
+    dpo[0] = replace(dpo[0], full_chosen="Step 1: no answer here")
+    _write_jsonl(root / "pairs/dpo_pairs.jsonl", [record_to_dict(p) for p in dpo])
+    located = [json.loads(line) for line in (root / "located.jsonl").read_text(encoding="utf-8").splitlines()]
+    located[0].update(sample_id="synthetic-0000#3", first_wrong_step=2, evidence={"2": {"successes": 0, "trials": 8}})
+    _write_jsonl(root / "located.jsonl", located)
+    data = collect(root, max_pairs=4)
+    assert data.pairs.totals == {"dpo": 5, "step-dpo": 20}
+    assert [s.method for s in data.pairs.shown] == ["dpo"] * 4 + ["step-dpo"] * 4
+    page = run(ReportConfig(run_dir=str(root), max_pairs=20)).html.read_text(encoding="utf-8")
+    pairs = page[page.index('<section id="pairs">'):]
+    assert pairs.count('<details class="pair m-dpo s-none"') == 5 and pairs.count('<details class="pair m-step-dpo s-2"') == 20
+    assert pairs.count("chosen continuation does not reach gold") == 1
+    assert "located by <b>rollout-binary</b>" in pairs and "{&quot;2&quot;: {&quot;successes&quot;: 0, &quot;trials&quot;: 8}}" in pairs
+    for filter_id in ("pf-m-all", "pf-m-dpo", "pf-m-step-dpo", "pf-s-all", "pf-s-2", "pf-s-none"):
+        assert f'id="{filter_id}"' in pairs and f'for="{filter_id}"' in pairs
+
+
+@pytest.mark.slow
+def test_pair_filters_work_in_a_real_browser(tmp_path):
+    """The method and step filters are CSS only: clicking their labels in Chromium hides the other pairs."""
+    from playwright.sync_api import sync_playwright
+
+    root = make_full_run(tmp_path / "run")
+    rng = random.Random(5)
+    dpo = [replace(_pair(i, rng), kind="dpo", step_index=None, id=f"dpo-{i}") for i in range(3)]
+    _write_jsonl(root / "pairs/dpo_pairs.jsonl", [record_to_dict(p) for p in dpo])
+    paths = run(ReportConfig(run_dir=str(root), max_pairs=5))
+    chromium = _chromium()
+    assert chromium, "needs Debian's chromium: run .ci/install-chromium (as root) or apt-get install chromium"
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=chromium, headless=True, args=["--no-sandbox", "--disable-gpu"])
+        page = browser.new_page()
+        page.goto(paths.html.as_uri())
+        visible = lambda: sum(1 for pair in page.locator("details.pair").all() if pair.is_visible())  # noqa: E731
+        assert visible() == 8
+        page.locator('label[for="pf-m-dpo"]').click()
+        assert visible() == 3
+        page.locator('label[for="pf-s-2"]').click()  # dpo pairs have no step index: nothing left
+        assert visible() == 0
+        page.locator('label[for="pf-m-all"]').click()
+        assert visible() == 5
+        page.locator('label[for="pf-s-all"]').click()
+        assert visible() == 8
+        browser.close()

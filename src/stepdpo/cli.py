@@ -30,6 +30,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "eval": ("stepdpo.stages.evaluate", "EvalConfig", "Accuracy, pass@k and maj@k on test sets."),
     "compare": ("stepdpo.stages.compare", "CompareConfig", "Two evaluations side by side: paired difference, bootstrap CI, McNemar."),
     "report": ("stepdpo.report", "ReportConfig", "HTML + Markdown report of a run directory."),
+    "try": ("stepdpo.tryout", "TryConfig", "A local page to try models side by side, step by step (needs the ui extra)."),
 }
 
 

@@ -2,9 +2,11 @@
 
 Reads whatever the run directory holds (layout in :mod:`stepdpo.rundir`), draws
 the figures with matplotlib, and writes ``report.html`` (figures embedded as
-base64 PNG data URIs, inline CSS, no scripts, no external resources) and
-``report.md`` with the figures as PNG files beside it. Every section is
-optional: missing inputs are named in one line, so partial runs get a report too.
+base64 PNG data URIs, inline CSS, no scripts, no external resources),
+``report.md`` with the figures as PNG files beside it, and per trained model
+``flips-<name>.jsonl``: every test problem it fixed or broke, both solutions
+judged step by step. Every section is optional: missing inputs are named in one
+line, so partial runs get a report too.
 """
 
 from __future__ import annotations
@@ -22,7 +24,8 @@ from stepdpo.report import plots
 from stepdpo.report.collect import RunData, collect
 from stepdpo.report.html import render_html
 from stepdpo.report.markdown import render_markdown
-from stepdpo.report.tables import select_curves
+from stepdpo.report.solutions import flips_jsonl
+from stepdpo.report.tables import flips_file, select_curves
 from stepdpo.rundir import RunDir
 
 log = logging.getLogger(__name__)
@@ -32,7 +35,7 @@ log = logging.getLogger(__name__)
 class ReportConfig:
     run_dir: Annotated[str, tyro.conf.Positional, tyro.conf.arg(metavar="RUN_DIR")] = field(metadata={"help": "The run directory to report on."})
     output: Optional[str] = field(default=None, metadata={"help": "Folder for report.html, report.md and the PNGs (default: RUN_DIR/report)."})
-    max_pairs: int = field(default=12, metadata={"help": "How many step pairs to show (the first ones of pairs/step_pairs.jsonl)."})
+    max_pairs: int = field(default=12, metadata={"help": "How many preference pairs to show per pair file (a seeded random sample of pairs/*_pairs.jsonl)."})
 
 
 @dataclass
@@ -40,7 +43,9 @@ class ReportPaths:
     html: Path
     markdown: Path
     images: dict[str, Path]
-    """Figure key ('accuracy', 'training', 'funnel', 'localization') -> PNG file beside the Markdown."""
+    """Figure key ('accuracy', 'lengths', 'training', 'funnel', 'localization') -> PNG file beside the Markdown."""
+    flips: dict[str, Path] = field(default_factory=dict)
+    """Trained evaluation -> its full list of flips (JSONL) beside the page."""
 
 
 def draw_figures(data: RunData) -> dict[str, bytes]:
@@ -48,6 +53,8 @@ def draw_figures(data: RunData) -> dict[str, bytes]:
     figures: dict[str, bytes] = {}
     if data.evals:
         figures["accuracy"] = plots.accuracy_chart(data.evals)
+    if data.completeness:
+        figures["lengths"] = plots.completeness_chart(data.completeness)
     curves = select_curves(data.curves)
     if curves:
         figures["training"] = plots.training_chart(curves)
@@ -74,13 +81,17 @@ def run(config: ReportConfig) -> ReportPaths:
         path = output / f"{key}.png"
         path.write_bytes(png)
         images[key] = path
+    flips: dict[str, Path] = {}
+    for name, flip_sets in data.flips.items():
+        flips[name] = output / flips_file(name)
+        atomic_write_text(flips[name], flips_jsonl(flip_sets))
     html_path = output / "report.html"
     md_path = output / "report.md"
     atomic_write_text(html_path, render_html(data, figures))
     atomic_write_text(md_path, render_markdown(data, {key: path.name for key, path in images.items()}))
-    for path in (html_path, md_path):
+    for path in (html_path, md_path, *flips.values()):
         path.chmod(0o644)  # atomic writes come out 0600 (mkstemp); a report is meant to be read and served
-    return ReportPaths(html=html_path, markdown=md_path, images=images)
+    return ReportPaths(html=html_path, markdown=md_path, images=images, flips=flips)
 
 
 def command(config: ReportConfig) -> int:

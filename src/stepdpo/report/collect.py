@@ -22,6 +22,19 @@ import yaml
 from stepdpo.errors import InputError
 from stepdpo.metrics import wilson_interval
 from stepdpo.records import LocatedError, StepPair, read_jsonl_dicts, record_from_dict
+from stepdpo.report.solutions import (
+    Completeness,
+    EvalResponse,
+    FlipSet,
+    PairSample,
+    completeness,
+    find_flips,
+    load_test_problems,
+    pair_files,
+    read_responses,
+    sample_pairs,
+    start_eval,
+)
 from stepdpo.rundir import Funnel, RunDir
 
 # Pipeline order of funnel stages; a stage named e.g. "train-dpo" sorts with "train".
@@ -165,10 +178,13 @@ class EvalSet:
     model: str | None = None
     extra: dict[str, float] = field(default_factory=dict)
     """Other numeric metrics reported for the set (pass@k, maj@k, ...)."""
+    lengths: dict[str, float] = field(default_factory=dict)
+    """``final_answer_rate``, ``truncated_rate``, ``mean_response_tokens`` as `stepdpo eval` reports them."""
 
 
 _SET_CONTAINERS = ("sets", "test_sets", "results", "per_set", "datasets")
 _SET_NAME_KEYS = ("test_set", "set", "name", "dataset", "problems")
+_LENGTH_KEYS = ("final_answer_rate", "truncated_rate", "mean_response_tokens")
 _SKIP_EXTRA = {"accuracy", "acc", "n", "num_problems", "problems", "total", "count", "num", "correct", "num_correct", "ci_low", "ci_high", "ci", "ci95", "wall_s"}
 
 
@@ -216,6 +232,7 @@ def _parse_set(eval_name: str, set_name: str, data: dict[str, Any], model: str |
         ci_source=source,
         model=_first(data, "model") if isinstance(_first(data, "model"), str) else model,
         extra=extra,
+        lengths={k: float(data[k]) for k in _LENGTH_KEYS if _number(data.get(k)) is not None},
     )
 
 
@@ -252,11 +269,12 @@ def parse_eval_results(eval_name: str, data: Any, path: Path) -> list[EvalSet]:
     return sets
 
 
-def read_evals(run: RunDir) -> tuple[list[EvalSet], list[str], dict[str, float]]:
-    """All ``eval/<name>/results.json`` files; returns (sets, errors, wall seconds by eval name)."""
+def read_evals(run: RunDir) -> tuple[list[EvalSet], list[str], dict[str, float], dict[str, dict[str, Any]]]:
+    """All ``eval/<name>/results.json`` files; returns (sets, errors, wall seconds by eval name, settings by eval name)."""
     sets: list[EvalSet] = []
     errors: list[str] = []
     walls: dict[str, float] = {}
+    settings: dict[str, dict[str, Any]] = {}
     for name, path in _method_files(run.root / "eval", "results.json"):
         try:
             data = _read_json(path)
@@ -267,7 +285,9 @@ def read_evals(run: RunDir) -> tuple[list[EvalSet], list[str], dict[str, float]]
         wall = _number(_first(data, "wall_time_s", "wall_s")) if isinstance(data, dict) else None
         if wall is not None:
             walls[name] = wall
-    return sets, errors, walls
+        if isinstance(data, dict) and isinstance(data.get("settings"), dict):
+            settings[name] = data["settings"]
+    return sets, errors, walls, settings
 
 
 @dataclass
@@ -485,22 +505,90 @@ class RunData:
     funnel_errors: list[str]
     located: list[LocatedError] | None
     located_error: str | None
-    pairs: list[StepPair] | None
-    pairs_error: str | None
-    pairs_total: int = 0
+    pairs: PairSample | None
+    """A sample of every pair file; None when there is none."""
+    pairs_errors: list[str] = field(default_factory=list)
+    flips: dict[str, list[FlipSet]] = field(default_factory=dict)
+    """Trained evaluation -> its flips against the starting model, per test set."""
+    start_eval: str | None = None
+    completeness: list[Completeness] = field(default_factory=list)
+    """From every evaluation's samples.jsonl, else its results.json."""
+    sample_errors: list[str] = field(default_factory=list)
+
+
+def read_eval_responses(run: RunDir, names: list[str]) -> tuple[dict[str, list[EvalResponse]], list[str]]:
+    """``eval/<name>/samples.jsonl`` of each evaluation that has one; unreadable files become errors."""
+    responses: dict[str, list[EvalResponse]] = {}
+    errors: list[str] = []
+    for name in names:
+        path = run.eval(name) / "samples.jsonl"
+        if not path.is_file():
+            continue
+        try:
+            responses[name] = read_responses(path)
+        except InputError as err:
+            errors.append(str(err))
+    return responses, errors
+
+
+def read_flips(responses: dict[str, list[EvalResponse]], settings: dict[str, dict[str, Any]]) -> tuple[str | None, dict[str, list[FlipSet]]]:
+    """The starting evaluation and, for every other evaluation with samples, its flips against it."""
+    names = sorted(responses, key=lambda n: order_key(n, METHOD_ORDER))
+    start = start_eval(names)
+    if start is None:
+        return None, {}
+    problems: dict[str, dict[str, Any]] = {}
+    for test_set in dict.fromkeys(r.set for r in responses[start]):
+        problems[test_set] = load_test_problems(test_set, settings.get(start, {}))
+    return start, {name: find_flips(name, start, responses[start], responses[name], problems) for name in names if name != start}
+
+
+def completeness_rows(evals: list[EvalSet], responses: dict[str, list[EvalResponse]]) -> list[Completeness]:
+    """Per evaluation and set: from its samples when there are any, else from the rates its results.json reports."""
+    rows: list[Completeness] = []
+    for name in sorted({e.eval_name for e in evals} | set(responses), key=lambda n: order_key(n, METHOD_ORDER)):
+        if name in responses:
+            rows.extend(completeness(name, responses[name]))
+            continue
+        for e in evals:
+            if e.eval_name == name and "final_answer_rate" in e.lengths:
+                rows.append(Completeness(name, e.test_set, e.total or 0, e.lengths["final_answer_rate"], e.lengths.get("truncated_rate"),
+                                         e.lengths.get("mean_response_tokens")))
+    return rows
+
+
+def read_pairs(run: RunDir, located: list[LocatedError] | None, per_method: int) -> PairSample | None:
+    """A seeded sample of ``per_method`` pairs of every ``pairs/*_pairs.jsonl``; None when there is no pair file."""
+    files = pair_files(run)
+    if not files:
+        return None
+    loaded: list[tuple[str, list[StepPair]]] = []
+    errors: list[str] = []
+    for method, path in files:
+        records, error = read_records(path, StepPair)
+        if error:
+            errors.append(error)
+        else:
+            loaded.append((method, records or []))
+    sample = sample_pairs(loaded, located, per_method)
+    sample.errors = errors
+    return sample
 
 
 def collect(run_dir: str | Path, max_pairs: int = 12) -> RunData:
-    """Read a run directory; never raises for missing or unreadable section inputs."""
+    """Read a run directory; never raises for missing or unreadable section inputs. ``max_pairs`` is per pair file."""
     run = RunDir(run_dir)
     config, config_error = read_config(run)
     timings, timings_error = read_timings(run)
-    evals, eval_errors, eval_walls = read_evals(run)
+    evals, eval_errors, eval_walls, eval_settings = read_evals(run)
     comparisons, compare_errors = read_comparisons(run)
     curves, train_errors = read_training(run)
     funnels, funnel_errors = read_funnels(run)
     located, located_error = read_records(run.located, LocatedError)
-    all_pairs, pairs_error = read_records(run.pairs / "step_pairs.jsonl", StepPair)
+    eval_names = sorted({e.eval_name for e in evals} | {p.name for p in (run.root / "eval").glob("*") if (p / "samples.jsonl").is_file()},
+                        key=lambda n: order_key(n, METHOD_ORDER))
+    responses, sample_errors = read_eval_responses(run, eval_names)
+    start, flips = read_flips(responses, eval_settings)
     header = Header(
         run_dir=str(run.root),
         config=config,
@@ -509,6 +597,7 @@ def collect(run_dir: str | Path, max_pairs: int = 12) -> RunData:
         wall_s=stage_wall_times(timings, funnels, eval_walls),
         wall_error=timings_error,
     )
+    pairs = read_pairs(run, located, max_pairs)
     return RunData(
         header=header,
         evals=evals,
@@ -521,7 +610,10 @@ def collect(run_dir: str | Path, max_pairs: int = 12) -> RunData:
         funnel_errors=funnel_errors,
         located=located,
         located_error=located_error,
-        pairs=None if all_pairs is None else all_pairs[:max_pairs],
-        pairs_error=pairs_error,
-        pairs_total=len(all_pairs or []),
+        pairs=pairs,
+        pairs_errors=pairs.errors if pairs else [],
+        flips=flips,
+        start_eval=start,
+        completeness=completeness_rows(evals, responses),
+        sample_errors=sample_errors,
     )

@@ -13,6 +13,8 @@ from matplotlib.figure import Figure
 
 from stepdpo.records import LocatedError
 from stepdpo.report.collect import METHOD_ORDER, Curve, EvalSet, order_key
+from stepdpo.report.solutions import Completeness
+from stepdpo.report.tables import short_set_names
 from stepdpo.rundir import Funnel
 
 DPI = 110
@@ -60,13 +62,41 @@ def accuracy_chart(evals: list[EvalSet]) -> bytes:
             highs.append(100 * entry.ci_high - y if entry.ci_high is not None else 0.0)
         bars = ax.bar(xs, ys, width=width * 0.92, color=colours[name], label=name, yerr=[lows, highs], capsize=3, error_kw={"elinewidth": 1})
         ax.bar_label(bars, labels=[f"{y:.1f}" for y in ys], padding=2, fontsize=7)
-    ax.set_xticks(range(len(sets)), sets)
+    names_of = short_set_names(sets)  # full specs run into each other; the table maps names to specs
+    ax.set_xticks(range(len(sets)), [names_of[s] for s in sets])
     ax.set_ylabel("accuracy (%)")
     top = max((100 * (e.ci_high if e.ci_high is not None else e.accuracy) for e in evals), default=100)
     ax.set_ylim(0, min(100, top * 1.18 + 2))
     ax.set_title("Accuracy with 95% confidence intervals")
     ax.grid(axis="y", alpha=0.3)
     ax.legend(fontsize=8, ncols=min(len(names), 5), loc="upper left")
+    return _png(fig)
+
+
+def completeness_chart(rows: list[Completeness]) -> bytes:
+    """Two panels of grouped bars (one group per test set, one bar per evaluation): the share of responses
+    that state a final answer, and their mean length in tokens."""
+    sets = list(dict.fromkeys(r.test_set for r in rows))
+    labels = short_set_names(sets)
+    names = sorted(dict.fromkeys(r.evaluation for r in rows), key=lambda n: order_key(n, METHOD_ORDER))
+    colours = method_colours(names)
+    by_key = {(r.test_set, r.evaluation): r for r in rows}
+    width = 0.8 / max(1, len(names))
+    fig = Figure(figsize=(max(8.0, 2.0 + 1.2 * len(sets) * max(1, len(names)) * 0.5), 3.4))
+    axes = fig.subplots(1, 2)
+    panels = ((lambda r: 100 * r.final_answer, "responses that state a final answer (%)"), (lambda r: r.mean_tokens, "mean response length (tokens)"))
+    for ax, (value, title) in zip(axes, panels):
+        for j, name in enumerate(names):
+            points = [(i - 0.4 + width * (j + 0.5), value(by_key[(s, name)])) for i, s in enumerate(sets) if (s, name) in by_key and value(by_key[(s, name)]) is not None]
+            if points:
+                bars = ax.bar([x for x, _ in points], [y for _, y in points], width=width * 0.92, color=colours[name], label=name)
+                ax.bar_label(bars, labels=[f"{y:.0f}" for _, y in points], padding=2, fontsize=7)
+        ax.set_xticks(range(len(sets)), [labels[s] for s in sets])
+        ax.set_title(title, fontsize=9)
+        ax.grid(axis="y", alpha=0.3)
+    axes[0].set_ylim(0, 112)
+    axes[0].legend(fontsize=8, ncols=min(len(names), 5), loc="upper left")
+    fig.tight_layout()
     return _png(fig)
 
 

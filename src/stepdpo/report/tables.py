@@ -16,8 +16,11 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Literal, Union
 
-from stepdpo.records import LocatedError, StepPair
+from pathlib import Path
+
+from stepdpo.records import LocatedError
 from stepdpo.report.collect import METHOD_ORDER, Comparison, Curve, EvalSet, Header, RunData, flatten, order_key
+from stepdpo.report.solutions import Completeness, FlipSet, PairSample
 from stepdpo.rundir import Funnel
 
 DASH = "–"
@@ -61,14 +64,27 @@ class Facts:
 
 @dataclass
 class Pairs:
-    """Step pairs, drawn by each renderer in its own diff notation."""
+    """A sample of the preference pairs, drawn by each renderer in its own diff notation (the HTML page filters them)."""
 
-    pairs: list[StepPair]
-    total: int
-    """How many pairs the run has (``pairs`` are the first ones)."""
+    sample: PairSample
 
 
-Block = Union[Table, Text, Figure, Label, Facts, Pairs]
+@dataclass
+class Flips:
+    """One trained model's flips against the starting model: counts, a few examples of each kind, the full list's file."""
+
+    evaluation: str
+    start: str
+    sets: list[FlipSet]
+    names: dict[str, str]
+    """Test set spec -> short display name."""
+    jsonl: str
+    """File name of the full list, beside the report."""
+    examples: int
+    """Examples shown per kind and set."""
+
+
+Block = Union[Table, Text, Figure, Label, Facts, Pairs, Flips]
 
 
 @dataclass
@@ -112,15 +128,68 @@ def wall_table(header: Header) -> Table:
     return Table(["stage", "wall time"], rows)
 
 
+_SPLITS = ("test", "train", "validation", "dev")
+
+
+def _base_name(spec: str) -> str:
+    """A spec without its options: 'synthetic:test?n=64&..' -> 'synthetic', 'gsm8k:train' -> 'gsm8k train',
+    'hf:owner/name:split' -> 'name', 'data/my_set.jsonl' -> 'my_set'."""
+    head = spec.partition("?")[0]
+    if head.startswith("hf:"):
+        name, _, split = head[3:].partition(":")
+        return name.rsplit("/", 1)[-1] + (f" {split}" if split and split != "test" else "")
+    if Path(head).suffix.lower() in (".jsonl", ".json", ".csv", ".parquet"):
+        return Path(head).stem
+    name, _, split = head.partition(":")
+    return name if split in ("", "test") else f"{name} {split}" if split in _SPLITS else head
+
+
+def short_set_names(specs: list[str]) -> dict[str, str]:
+    """A short display name for each test set spec, unique among ``specs``: the spec's source without its
+    options ('synthetic', 'gsm8k', a file's stem); sets that would share a name are numbered in order."""
+    bases = {spec: _base_name(spec) for spec in specs}
+    counts = Counter(bases.values())
+    seen: Counter[str] = Counter()
+    names = {}
+    for spec in specs:
+        base = bases[spec]
+        seen[base] += 1
+        names[spec] = base if counts[base] == 1 else f"{base} {seen[base]}"
+    return names
+
+
 def eval_table(evals: list[EvalSet]) -> Table:
     extra_keys = sorted({k for e in evals for k in e.extra})
     rows = []
     sets = list(dict.fromkeys(e.test_set for e in evals))
+    names = short_set_names(sets)
     for e in sorted(evals, key=lambda e: (sets.index(e.test_set), order_key(e.eval_name, METHOD_ORDER))):
         ci = f"[{_pct(e.ci_low)}, {_pct(e.ci_high)}]" if e.ci_low is not None and e.ci_high is not None else DASH
         counts = f"{e.correct} / {e.total}" if e.correct is not None and e.total is not None else DASH
-        rows.append([e.test_set, e.eval_name, counts, _pct(e.accuracy), ci, e.ci_source] + [_fmt(e.extra.get(k)) for k in extra_keys])
-    return Table(["test set", "evaluation", "correct / n", "accuracy", "95% CI", "CI from"] + extra_keys, rows)
+        rows.append([names[e.test_set], e.test_set, e.eval_name, counts, _pct(e.accuracy), ci, e.ci_source] + [_fmt(e.extra.get(k)) for k in extra_keys])
+    return Table(["set", "spec", "evaluation", "correct / n", "accuracy", "95% CI", "CI from"] + extra_keys, rows)
+
+
+def flip_count_table(flips: dict[str, list[FlipSet]], names: dict[str, str]) -> Table:
+    rows = []
+    for evaluation, sets in flips.items():
+        for s in sets:
+            net = len(s.fixed) - len(s.broken)
+            rows.append([evaluation, names.get(s.test_set, s.test_set), str(s.problems), str(len(s.fixed)), str(len(s.broken)), f"{net:+d}",
+                         "steps" if s.step_truth else "final answer"])
+    return Table(["trained", "set", "problems", "fixed (now right)", "broken (now wrong)", "net", "judged by"], rows)
+
+
+def completeness_table(rows: list[Completeness], names: dict[str, str], start: str | None) -> Table:
+    """Per set and evaluation; the change of the final-answer share against the starting evaluation."""
+    baseline = {r.test_set: r.final_answer for r in rows if r.evaluation == start}
+    out = []
+    for r in sorted(rows, key=lambda r: (list(names).index(r.test_set) if r.test_set in names else len(names), r.test_set, order_key(r.evaluation, METHOD_ORDER))):
+        change = DASH if r.evaluation == start or r.test_set not in baseline else f"{100 * (r.final_answer - baseline[r.test_set]):+.1f} pp"
+        out.append([names.get(r.test_set, r.test_set), r.evaluation, str(r.responses), _pct(r.final_answer), change, _pct(r.truncated),
+                    _fmt(r.mean_tokens, 4), _fmt(r.median_tokens, 4), _fmt(r.mean_tokens_answered, 4)])
+    return Table(["set", "evaluation", "responses", "state a final answer", "change", "cut at token limit", "mean tokens",
+                  "median tokens", "mean tokens (answered)"], out)
 
 
 def _points_scale(values: list[float | None]) -> float:
@@ -250,8 +319,18 @@ MISSING = {
     "training": "No training metrics (train/<name>/metrics.jsonl) in this run directory.",
     "funnel": "No funnel files (funnel/<stage>.json) in this run directory.",
     "localization": "No located errors (located.jsonl) in this run directory.",
-    "pairs": "No step pairs (pairs/step_pairs.jsonl) in this run directory.",
+    "pairs": "No preference pairs (pairs/*_pairs.jsonl) in this run directory.",
+    "flips": "No evaluation samples (eval/<name>/samples.jsonl) of the starting model and a trained one to compare.",
+    "completeness": "No evaluation samples or final-answer rates in this run directory.",
 }
+
+FLIP_EXAMPLES = 4
+"""Examples of each kind (fixed, broken) shown per trained model and test set."""
+
+
+def flips_file(evaluation: str) -> str:
+    """The full list's file name for one trained model."""
+    return f"flips-{re.sub(r'[^A-Za-z0-9._-]+', '-', evaluation)}.jsonl"
 
 
 def agreement_line(funnels: list[Funnel]) -> str | None:
@@ -315,12 +394,30 @@ def sections(data: RunData) -> list[Section]:
     agreement = agreement_line(data.funnels)
     if agreement:
         localization.append(Text(agreement))
-    pairs = _state(data.pairs_error, data.pairs, "pairs", "pairs/step_pairs.jsonl") or [Pairs(data.pairs or [], data.pairs_total)]
+    pairs = _listed(data.pairs_errors, bool(data.pairs and data.pairs.shown), [Pairs(data.pairs)] if data.pairs else [], "pairs")
+    names = short_set_names(list(dict.fromkeys([e.test_set for e in data.evals] + [r.test_set for r in data.completeness])))
+    flip_blocks: list[Block] = [Text(e, "error") for e in data.sample_errors]
+    if any(data.flips.values()):
+        flip_blocks += [
+            Text(f"Test problems each trained model gets right that the starting model ({data.start_eval}) got wrong (fixed), and the reverse "
+                 "(broken), from the first response of each evaluation. Steps are marked right or wrong where the problems' intermediate "
+                 "values are known (synthetic sets); elsewhere only the final answer is."),
+            flip_count_table(data.flips, names),
+            *[Flips(name, data.start_eval or "", sets, names, flips_file(name), FLIP_EXAMPLES) for name, sets in data.flips.items() if sets],
+        ]
+    elif not data.sample_errors:
+        flip_blocks.append(Text(MISSING["flips"], "missing"))
+    lengths = [Figure("lengths", "share of responses that state a final answer, and their mean length, per set and evaluation"),
+               completeness_table(data.completeness, names, data.start_eval),
+               Text("Does training on partial steps make the model write partial answers? 'State a final answer': a box, 'The answer is' "
+                    "or '####' (not just a last number); 'change': against the starting model.")] if data.completeness else [Text(MISSING["completeness"], "missing")]
     return [
         Section("overview", "Run", "Run", overview),
         Section("accuracy", "Accuracy", "Accuracy before and after training", accuracy),
+        Section("flips", "Flips", "What training changed: problems fixed and broken", flip_blocks),
+        Section("lengths", "Completeness", "Length and completeness of the responses", lengths),
         Section("training", "Training (Fig. 2)", "Training: preference accuracy and reward margin (the paper's Fig. 2)", training),
         Section("funnel", "Pipeline funnel", "Pipeline funnel", funnel),
         Section("localization", "Localization", "Localization of first errors", localization),
-        Section("pairs", "Step pairs", "Step pairs", pairs),
+        Section("pairs", "Pairs", "Preference pairs (a sample)", pairs),
     ]
