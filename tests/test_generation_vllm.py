@@ -45,3 +45,82 @@ def test_vllm_generates_in_order_with_counts(generator):
     assert [len(c) for c in first] == [4, 4, 4]
     assert [[c.text for c in cs] for cs in first] == [[c.text for c in cs] for cs in again]
     assert all("\n" not in c.text for cs in first for c in cs)
+
+
+class _FakeVLLM:
+    """A stand-in ``vllm`` module with the rules of the real one that the backend must respect (CPU tests)."""
+
+    def __init__(self):
+        self.engines: list = []
+
+        fake = self
+
+        class SamplingParams:
+            def __init__(self, n=1, temperature=1.0, **kwargs):
+                if temperature == 0 and n > 1:
+                    raise ValueError(f"n must be 1 when using greedy sampling, got {n}.")
+                self.n, self.temperature, self.kwargs = n, temperature, kwargs
+
+        class LLM:
+            def __init__(self, model, **kwargs):
+                if kwargs.get("data_parallel_size", 1) > 1:
+                    raise ValueError("data_parallel_size is not supported for single-process usage and may hang")
+                self.kwargs, self.shut_down = kwargs, False
+                fake.engines.append(self)
+
+            def get_tokenizer(self):
+                class Tokenizer:
+                    def encode(self, text, add_special_tokens=False):
+                        return [ord(c) for c in text]
+
+                return Tokenizer()
+
+            def generate(self, prompts, params, use_tqdm=True):
+                assert not self.shut_down
+                class Out:
+                    def __init__(self, text, finish):
+                        self.text, self.token_ids, self.finish_reason = text, [1] * len(text), finish
+
+                class Request:
+                    def __init__(self, outputs):
+                        self.outputs = outputs
+
+                # Greedy is deterministic; sampled sequences differ; a prompt of 'x' runs into the token limit.
+                return [Request([Out(f"{len(p['prompt_token_ids'])}:{i if params.temperature else 'g'}", "length" if p["prompt_token_ids"] == [120] else "stop")
+                                 for i in range(params.n)]) for p in prompts]
+
+            def shutdown(self):
+                self.shut_down = True
+
+        self.SamplingParams, self.LLM, self.__version__ = SamplingParams, LLM, "fake"
+
+
+@pytest.fixture
+def fake_vllm(monkeypatch, tmp_path):
+    import sys
+
+    fake = _FakeVLLM()
+    monkeypatch.setitem(sys.modules, "vllm", fake)
+    (tmp_path / "config.json").write_text("{}")
+    return fake, str(tmp_path)
+
+
+def test_greedy_with_n_above_one_decodes_once_and_repeats(fake_vllm):
+    fake, model = fake_vllm
+    generator = build_generator(GeneratorConfig(backend="vllm", model=model))
+    greedy = generator.generate(["ab", "x"], SamplingParams(n=3, temperature=0.0))
+    assert [[c.text for c in cs] for cs in greedy] == [["2:g"] * 3, ["1:g"] * 3]
+    assert [c.finish_reason for c in greedy[1]] == ["length"] * 3
+    assert greedy[0][0] is not greedy[0][1]  # separate objects: editing one leaves its twins alone
+    sampled = generator.generate(["ab"], SamplingParams(n=3, temperature=0.8))
+    assert [c.text for c in sampled[0]] == ["2:0", "2:1", "2:2"]
+
+
+def test_close_shuts_the_engine_down(fake_vllm):
+    from stepdpo.generation.base import close_generator
+
+    fake, model = fake_vllm
+    generator = build_generator(GeneratorConfig(backend="vllm", model=model))
+    close_generator(generator)
+    assert fake.engines[0].shut_down and generator.llm is None
+    close_generator(generator)  # twice is harmless

@@ -69,7 +69,8 @@ class GeneratorConfig:
     retry_backoff_s: float = field(default=1.0, metadata={"help": "First wait before a retry, doubled each retry, with full jitter; a server's Retry-After wins (openai backend)."})
     backoff_max_s: float = field(default=60.0, metadata={"help": "Longest retry delay in seconds, unless the server's Retry-After asks for more (openai backend)."})
     tensor_parallel_size: int = field(default=1, metadata={"help": "vLLM tensor parallelism."})
-    data_parallel_size: int = field(default=1, metadata={"help": "vLLM data parallelism (engine replicas)."})
+    data_parallel_size: int = field(default=1, metadata={"help": "vLLM data parallelism: engine replicas, one process per group of tensor_parallel_size GPUs, each generating its share of the prompts."})
+    worker_timeout_s: float = field(default=1800.0, metadata={"help": "vLLM data parallelism: seconds a worker may take to start its engine or to answer one call before the run fails naming its GPUs."})
     gpu_memory_utilization: float = field(default=0.9, metadata={"help": "vLLM share of GPU memory."})
     enable_prefix_caching: bool = field(default=True, metadata={"help": "vLLM prefix caching (rollouts share long prefixes)."})
 
@@ -93,6 +94,16 @@ def prompt_format(config: GeneratorConfig, instruction: str | None = None) -> Pr
     return PromptFormat(style="chat", chat_template_owner=load_tokenizer(config.model), **kwargs)
 
 
+def close_generator(generator: object) -> None:
+    """Release what a generator holds (a vLLM engine's GPU memory, worker processes, connections).
+
+    Backends that hold nothing have no ``close``; calling this on them (or on None) does nothing.
+    """
+    close = getattr(generator, "close", None)
+    if callable(close):
+        close()
+
+
 def build_generator(config: GeneratorConfig) -> Generator:
     """Instantiate the configured backend (imported lazily: vllm is an optional extra)."""
     if config.backend == "hf":
@@ -100,6 +111,10 @@ def build_generator(config: GeneratorConfig) -> Generator:
 
         return HFGenerator(config)
     if config.backend == "vllm":
+        if config.data_parallel_size > 1:
+            from stepdpo.generation.data_parallel import DataParallelGenerator
+
+            return DataParallelGenerator(config)
         from stepdpo.generation.vllm import VLLMGenerator
 
         return VLLMGenerator(config)

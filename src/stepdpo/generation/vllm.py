@@ -12,7 +12,6 @@ removes from the output).
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any
 
 from stepdpo.errors import ConfigError
@@ -43,14 +42,8 @@ class VLLMGenerator:
             "dtype": "bfloat16" if config.dtype == "auto" else config.dtype,
         }
         if config.data_parallel_size > 1:
-            from vllm.engine.arg_utils import EngineArgs
-
-            if "data_parallel_size" not in {f.name for f in dataclasses.fields(EngineArgs)}:
-                raise ConfigError(
-                    f"data_parallel_size={config.data_parallel_size}: this vLLM ({vllm.__version__}) has no data "
-                    "parallelism in the engine; use tensor_parallel_size or one process per GPU"
-                )
-            kwargs["data_parallel_size"] = config.data_parallel_size
+            # vLLM refuses LLM(data_parallel_size=N) in one process: build_generator runs one of these per GPU group.
+            raise ConfigError(f"data_parallel_size={config.data_parallel_size}: VLLMGenerator is one replica; use build_generator, which runs data parallelism as worker processes")
         self.config = config
         self.name = f"vllm:{config.model}"
         self.device, self.compute_dtype = "cuda", kwargs["dtype"]  # recorded in results (hardware.describe)
@@ -59,9 +52,9 @@ class VLLMGenerator:
         self._vllm = vllm
 
     def sampling_params(self, params: SamplingParams) -> Any:
-        """Our :class:`SamplingParams` as vLLM's (top_k -1 = off; temperature 0 = greedy)."""
+        """Our :class:`SamplingParams` as vLLM's (top_k -1 = off; temperature 0 = greedy, one sequence: vLLM refuses n > 1)."""
         return self._vllm.SamplingParams(
-            n=params.n,
+            n=params.n if params.temperature > 0 else 1,
             temperature=params.temperature,
             top_p=params.top_p if params.temperature > 0 else 1.0,
             top_k=params.top_k if params.top_k > 0 and params.temperature > 0 else -1,
@@ -78,7 +71,34 @@ class VLLMGenerator:
             return []
         token_prompts = [{"prompt_token_ids": self.tokenizer.encode(p, add_special_tokens=False)} for p in prompts]
         outputs = self.llm.generate(token_prompts, self.sampling_params(params), use_tqdm=True)
-        return [[_completion(out) for out in request.outputs] for request in outputs]
+        if params.temperature > 0:
+            return [[_completion(out) for out in request.outputs] for request in outputs]
+        # Greedy: vLLM decodes one sequence; the n answers are that one, as separate objects (as the hf backend does).
+        return [[_completion(request.outputs[0]) for _ in range(params.n)] for request in outputs]
+
+    def close(self) -> None:
+        """Shut the engine down and free its GPU memory, so that the next stage's engine gets it.
+
+        ``LLM.shutdown()`` where this vLLM has it, else the V1 engine core's ``shutdown()`` (which
+        stops the engine-core process); either way the references are dropped and collected.
+        """
+        llm = getattr(self, "llm", None)
+        if llm is None:
+            return
+        shutdown = getattr(llm, "shutdown", None)
+        if not callable(shutdown):
+            shutdown = getattr(getattr(getattr(llm, "llm_engine", None), "engine_core", None), "shutdown", None)
+        if callable(shutdown):
+            shutdown()
+        self.llm = None
+        del llm
+        import gc
+
+        gc.collect()
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
 
 
 def _completion(output: Any) -> Completion:
