@@ -412,13 +412,16 @@ def load_sets(config: EvalConfig, skipped: dict[str, int] | None = None) -> dict
 
 
 def command(config: EvalConfig) -> int:
-    from stepdpo.generation.base import build_generator
+    from stepdpo.generation.base import build_generator, close_generator
 
     check_config(config)
     skipped: dict[str, int] = {}
     problems_by_set = load_sets(config, skipped)
     generator = build_generator(replace(config.generator, model=model_name(config)))
-    results = run(config, problems_by_set, generator)
+    try:
+        results = run(config, problems_by_set, generator)
+    finally:
+        close_generator(generator)  # the next stage in this process gets the GPU memory back
     out = output_dir(config)
     print(render_table(results))
     print(f"results: {out / 'results.json'}  samples: {out / 'samples.jsonl'}")

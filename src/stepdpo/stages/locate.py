@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 
 from stepdpo.config import OptionCheck, validate_config
 from stepdpo.errors import ConfigError, InputError
-from stepdpo.generation.base import Generator, GeneratorConfig, build_generator, prompt_format
+from stepdpo.generation.base import Generator, GeneratorConfig, build_generator, close_generator, prompt_format
 from stepdpo.localizers.base import STATUS_OK, Localizer, is_failure
 from stepdpo.localizers.exact import ExactLocalizer
 from stepdpo.localizers.file import FileLocalizer
@@ -148,9 +148,12 @@ def command(config: LocateConfig) -> int:
     samples = read_samples(rd)
     problems = read_problems(rd)
     generator = build_generator(config.generator) if config.localizer in ("rollout", "judge") else None
-    localizer = build_localizer(config, generator)
-    located = run(config, problems, samples, localizer, RecordStore(rd.located, LocatedError, key="sample_id"),
-                  rd.root / "located_failed.jsonl")
+    try:
+        localizer = build_localizer(config, generator)
+        located = run(config, problems, samples, localizer, RecordStore(rd.located, LocatedError, key="sample_id"),
+                      rd.root / "located_failed.jsonl")
+    finally:
+        close_generator(generator)  # the next stage (or training) in this process gets the GPU memory back
     funnel = funnel_for(located, sum(not s.correct for s in samples), time.perf_counter() - started)
     funnel.extra = {**(funnel.extra or {}), "localizer": localizer.name}
     if localizer.name != "exact":

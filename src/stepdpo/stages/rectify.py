@@ -49,7 +49,7 @@ from tqdm.auto import tqdm
 
 from stepdpo.config import OptionCheck, validate_config
 from stepdpo.errors import ConfigError, InputError
-from stepdpo.generation.base import Completion, Generator, GeneratorConfig, SamplingParams, build_generator, prompt_format
+from stepdpo.generation.base import Completion, Generator, GeneratorConfig, SamplingParams, build_generator, close_generator, prompt_format
 from stepdpo.grading import grade_responses
 from stepdpo.localizers.base import FAILED_PREFIX, STATUS_OK
 from stepdpo.localizers.judge import JudgeConfig, first_wrong, load_template, numbered_solution, parse_verdict, reference_text, render_template
@@ -444,15 +444,21 @@ def command(config: RectifyConfig) -> int:
     samples = {s.id: s for s in read_samples(rd)}
     located = RecordStore(rd.located, LocatedError, key="sample_id").records()
     generator = build_generator(config.generator)
-    judge = None
-    if config.confirm:
-        backend = build_generator(config.judge_generator)
-        judge_fmt = None if hasattr(backend, "chat") else prompt_format(config.judge_generator, instruction="")
-        judge = StepJudge(config.judge, backend, judge_fmt, RecordStore(rd.root / "rectify_verdicts.jsonl", StepVerdict, key="key"),
-                          rd.root / "rectify_judge_failed.jsonl", config.judgement_chars)
-    rectified = run(config, problems, samples, located, generator, prompt_format(config.generator),
-                    RecordStore(rd.rectified, Rectification, key="sample_id"), judge,
-                    RecordStore(rd.root / "rectify_candidates.jsonl", Rectification, key="sample_id"))
+    backend = None
+    try:
+        judge = None
+        if config.confirm:
+            backend = build_generator(config.judge_generator)
+            judge_fmt = None if hasattr(backend, "chat") else prompt_format(config.judge_generator, instruction="")
+            judge = StepJudge(config.judge, backend, judge_fmt, RecordStore(rd.root / "rectify_verdicts.jsonl", StepVerdict, key="key"),
+                              rd.root / "rectify_judge_failed.jsonl", config.judgement_chars)
+        rectified = run(config, problems, samples, located, generator, prompt_format(config.generator),
+                        RecordStore(rd.rectified, Rectification, key="sample_id"), judge,
+                        RecordStore(rd.root / "rectify_candidates.jsonl", Rectification, key="sample_id"))
+    finally:
+        # Both engines go before the next stage (or training) in this process needs the GPU memory.
+        close_generator(backend)
+        close_generator(generator)
     funnel = funnel_for(rectified, sum(x.status == STATUS_OK for x in located), time.perf_counter() - started)
     if judge is not None:
         funnel.extra = {**(funnel.extra or {}), "judge_calls": judge.asked}

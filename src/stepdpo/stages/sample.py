@@ -20,7 +20,7 @@ from typing import Iterable, Literal, Optional, Sequence
 from tqdm.auto import tqdm
 
 from stepdpo.config import OptionCheck, validate_config
-from stepdpo.generation.base import Generator, GeneratorConfig, SamplingParams, build_generator, prompt_format
+from stepdpo.generation.base import Generator, GeneratorConfig, SamplingParams, build_generator, close_generator, prompt_format
 from stepdpo.grading import extract_answer, grade_responses
 from stepdpo.metrics import pass_at_k
 from stepdpo.errors import InputError
@@ -150,7 +150,10 @@ def command(config: SampleConfig) -> int:
     problems, report = load_problems_with_report(config.data, limit=config.limit, seed=config.seed, on_bad_row=config.on_bad_row)
     save_problems(rd.problems("train"), problems)
     generator = build_generator(config.generator)
-    samples = run(config, problems, generator, prompt_format(config.generator), RecordStore(rd.samples, Sample))
+    try:
+        samples = run(config, problems, generator, prompt_format(config.generator), RecordStore(rd.samples, Sample))
+    finally:
+        close_generator(generator)  # the next stage (or training) in this process gets the GPU memory back
     stats = summarize(samples, config.k)
     funnel = Funnel("sample", records_in=len(problems), records_out=len(samples),
                     extra={**stats, "wrong_samples": sum(not s.correct for s in samples),

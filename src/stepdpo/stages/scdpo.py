@@ -52,7 +52,7 @@ from tqdm.auto import tqdm
 
 from stepdpo.config import OptionCheck, validate_config
 from stepdpo.errors import InputError
-from stepdpo.generation.base import Generator, GeneratorConfig, SamplingParams, build_generator, prompt_format
+from stepdpo.generation.base import Generator, GeneratorConfig, SamplingParams, build_generator, close_generator, prompt_format
 from stepdpo.grading import extract_answer, grade_many
 from stepdpo.localizers.rollout import RolloutConfig, RolloutLocalizer
 from stepdpo.records import Problem, RecordStore, Sample, StepPair
@@ -504,9 +504,12 @@ def command(config: SCDPOConfig) -> int:
     samples = read_samples(rd)
     problems = read_problems(rd)
     generator = build_generator(config.generator)
-    out = run(config, problems, samples, generator, prompt_format(config.generator),
-              branch_store=RecordStore(rd.root / "scdpo" / "branches.jsonl", Branch, key="key"),
-              check_store=RecordStore(rd.root / "scdpo" / "judge_free.jsonl", JudgeFreeCheck, key="key"))
+    try:
+        out = run(config, problems, samples, generator, prompt_format(config.generator),
+                  branch_store=RecordStore(rd.root / "scdpo" / "branches.jsonl", Branch, key="key"),
+                  check_store=RecordStore(rd.root / "scdpo" / "judge_free.jsonl", JudgeFreeCheck, key="key"))
+    finally:
+        close_generator(generator)  # training in this process gets the GPU memory back
     write_pairs(out.scdpo + out.dpo, rd.pairs, "scdpo_pairs")
     if config.judge_free:
         write_pairs(out.judge_free, rd.pairs, "judge_free_pairs")
