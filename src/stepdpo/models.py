@@ -99,8 +99,8 @@ def load_tokenizer(name: str) -> Any:
     return tokenizer
 
 
-def load_model(name: str, dtype: str = "float32", device: str = "cpu", **kwargs: Any) -> Any:
-    """Load a causal LM by alias, path or hub id, with a one-line error when that fails."""
+def load_model(name: str, dtype: str = "float32", device: str | None = "cpu", **kwargs: Any) -> Any:
+    """Load a causal LM by alias, path or hub id, with a one-line error when that fails (``device=None``: left where it loads)."""
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -110,4 +110,4 @@ def load_model(name: str, dtype: str = "float32", device: str = "cpu", **kwargs:
         model = AutoModelForCausalLM.from_pretrained(resolved, dtype=torch_dtype, **kwargs)
     except (OSError, ValueError) as err:
         raise _hub_error(name, err) from None
-    return model.to(device)
+    return model.to(device) if device is not None else model

@@ -190,7 +190,7 @@ def command(config: RunConfig) -> int:
             log.warning("%s: no pairs in %s, not trained", method, ", ".join(train_config.pairs))
             print(f"{method}: skipped, no pairs in {', '.join(train_config.pairs)}")
             continue
-        if (final / "config.json").is_file():
+        if train.is_complete(final):  # verified weights, not just a config.json beside empty tensors
             log.info("train %s: %s is complete, skipping", method, final)
         else:
             _timed(timings, rd, f"train-{method}", lambda: train.command(train_config))

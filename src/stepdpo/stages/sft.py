@@ -10,7 +10,7 @@ never trained twice.
 
 Layout of ``output_dir`` (``RUN/sft`` by default)::
 
-    model/           the fine-tuned model (safetensors) and its tokenizer
+    model/           the fine-tuned model (safetensors) and its tokenizer; with LoRA merged, the adapter in model/adapter
     checkpoints/     Trainer checkpoints (the last ``save_total_limit``), removed when done
     metrics.jsonl    one line per logging step, and a final summary line
     summary.json     examples, optimizer steps, tokens, seconds, final loss
@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -98,8 +97,10 @@ def model_dir(config: SFTConfig) -> Path:
 
 
 def is_complete(path: Path) -> bool:
-    """A saved model is complete when its weights and tokenizer are both there (they are written before the rename)."""
-    return (path / "config.json").is_file() and any(path.glob("*.safetensors")) and (path / "tokenizer_config.json").is_file()
+    """A saved model is complete when its tokenizer and every weight its config implies, whole, are there."""
+    from stepdpo.training.saving import is_verified_model
+
+    return is_verified_model(path)
 
 
 def _read_jsonl_problems(path: Path, config: SFTConfig) -> list[Problem]:
@@ -208,6 +209,7 @@ def run(config: SFTConfig, problems: list[Problem], model: Any = None, tokenizer
     from transformers import TrainingArguments, set_seed
 
     from stepdpo.stages.train import last_complete_checkpoint
+    from stepdpo.training.saving import save_trained_model
 
     funnel = funnel if funnel is not None else Funnel(stage="sft")
     funnel.records_in = len(problems)
@@ -240,19 +242,10 @@ def run(config: SFTConfig, problems: list[Problem], model: Any = None, tokenizer
         raise ConfigError(f"sft: none of the {len(problems)} problems has a usable solution (dropped: {stats.dropped})")
     funnel.records_out = len(examples)
 
-    if model is None:
-        from stepdpo.models import load_model
-
-        model = load_model(config.model, dtype="float32")
-    device = _device(config)
-    if config.lora:
-        from peft import LoraConfig, get_peft_model
-
-        model = get_peft_model(model, LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout, target_modules=list(config.lora_target_modules), task_type="CAUSAL_LM"))
-    model.config.use_cache = False
-
+    # TrainingArguments before the model: under DeepSpeed ZeRO-3 it makes from_pretrained load partitioned weights (zero.Init).
     out.mkdir(parents=True, exist_ok=True)
     checkpoints = out / "checkpoints"
+    device = _device(config)
     args = TrainingArguments(
         output_dir=str(checkpoints),
         num_train_epochs=config.epochs,
@@ -277,6 +270,16 @@ def run(config: SFTConfig, problems: list[Problem], model: Any = None, tokenizer
         dataloader_num_workers=0,
         disable_tqdm=False,
     )
+    if model is None:
+        from stepdpo.models import load_model
+
+        model = load_model(config.model, dtype="float32", device=None)  # the Trainer places it
+    if config.lora:
+        from peft import LoraConfig, get_peft_model
+
+        model = get_peft_model(model, LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout, target_modules=list(config.lora_target_modules), task_type="CAUSAL_LM"))
+    model.config.use_cache = False
+
     dataset = [{"input_ids": e.input_ids, "labels": e.labels} for e in examples]
     trainer = _make_trainer_class()(
         model=model,
@@ -292,17 +295,17 @@ def run(config: SFTConfig, problems: list[Problem], model: Any = None, tokenizer
     result = trainer.train(resume_from_checkpoint=resume)
     seconds = time.time() - started
 
-    trained = trainer.model
-    if config.lora:
-        trained = trained.merge_and_unload()
-    trained.config.use_cache = True
-    tmp = final.with_name(final.name + f".tmp{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    trained.save_pretrained(tmp, safe_serialization=True)
-    tokenizer.save_pretrained(tmp)
-    shutil.rmtree(final, ignore_errors=True)
-    tmp.rename(final)  # atomic: a half-written model is never taken for a finished one
-    if not config.keep_checkpoints:
+    trainer.accelerator.unwrap_model(trainer.model).config.use_cache = True
+    # One name on every rank: all of them take part in the save (ZeRO-3 and FSDP gather the weights).
+    tmp = final.with_name(final.name + ".tmp")
+    if trainer.is_world_process_zero():
+        shutil.rmtree(tmp, ignore_errors=True)
+    trainer.accelerator.wait_for_everyone()
+    save_trained_model(trainer, tmp, tokenizer, base_model=config.model)  # verified: every weight saved whole
+    if trainer.is_world_process_zero():
+        shutil.rmtree(final, ignore_errors=True)
+        tmp.rename(final)  # atomic: a half-written model is never taken for a finished one
+    if not config.keep_checkpoints and trainer.is_world_process_zero():
         shutil.rmtree(checkpoints, ignore_errors=True)
 
     response_tokens = sum(sum(1 for t in e.labels if t != IGNORE_INDEX) for e in examples)

@@ -183,10 +183,25 @@ def last_complete_checkpoint(out_dir: Path) -> Optional[str]:
     return None
 
 
+def is_complete(final: Path) -> bool:
+    """A finished training run: its final folder holds a tokenizer and every weight with its full shape."""
+    from stepdpo.training.saving import is_verified_model
+
+    return is_verified_model(final)
+
+
+def _model_key(config: TrainConfig) -> str:
+    """What the reference cache is keyed by for a model loaded from ``config.model``: its checkpoint files' fingerprint."""
+    from stepdpo.stages.evaluate import model_fingerprint as checkpoint_fingerprint
+
+    return checkpoint_fingerprint(config.model)["sha256"] or f"hub:{config.model}"
+
+
 def _load_model(config: TrainConfig) -> Any:
     from stepdpo.models import load_model
 
-    model = load_model(config.model, attn_implementation=config.attn_implementation)
+    # No .to(): the Trainer places the model (and under ZeRO-3 / FSDP it is not whole on any one rank).
+    model = load_model(config.model, device=None, attn_implementation=config.attn_implementation)
     if getattr(model, "hf_quantizer", None) is not None:
         model.hf_quantizer.remove_quantization_config(model)
     return model
@@ -209,7 +224,9 @@ def run(config: TrainConfig, pairs: list[StepPair], model: Any = None, tokenizer
 
     from stepdpo.models import load_tokenizer
     from stepdpo.training.data import PackedCollator, PairDataset
-    from stepdpo.training.reference import cached_reference_logps
+    from stepdpo.training.reference import model_fingerprint
+    from stepdpo.training.reference_pass import ReferencePass, cache_path, read_cache
+    from stepdpo.training.saving import save_trained_model
     from stepdpo.training.trainer import LossSettings, MetricsJsonlCallback, PreferenceTrainer, read_metrics
 
     config = with_mode_defaults(config)
@@ -226,18 +243,10 @@ def run(config: TrainConfig, pairs: list[StepPair], model: Any = None, tokenizer
     if not kept:
         raise InputError("<pairs>", f"no trainable pairs among {len(pairs)} (dropped: {dropped})")
     train_index, eval_index = split_by_problem([pair for pair, _ in kept], config.eval_split, config.seed)
-
-    if model is None:
-        model = _load_model(config)
-    if config.lora and not hasattr(model, "peft_config"):
-        model = _apply_lora(model, config)
     tokens = [pair_tokens for _, pair_tokens in kept]
-    reference, cached = cached_reference_logps(
-        model, tokens, tokenizer.pad_token_id, out_dir / "reference", config.reference_batch_size, config.bf16
-    )
-    train_set = PairDataset([tokens[i] for i in train_index], [reference[i] for i in train_index])
-    eval_set = PairDataset([tokens[i] for i in eval_index], [reference[i] for i in eval_index]) if eval_index else None
 
+    # TrainingArguments before the model: under DeepSpeed ZeRO-3 it is what makes from_pretrained load
+    # partitioned weights (zero.Init) instead of a full float32 copy on every rank.
     args = TrainingArguments(
         output_dir=str(out_dir),
         per_device_train_batch_size=config.batch_size,
@@ -256,7 +265,7 @@ def run(config: TrainConfig, pairs: list[StepPair], model: Any = None, tokenizer
         save_strategy="steps",
         save_steps=config.save_steps,
         save_total_limit=config.save_total_limit,
-        eval_strategy="steps" if eval_set is not None else "no",
+        eval_strategy="steps" if eval_index else "no",
         eval_steps=config.eval_steps or config.logging_steps,
         seed=config.seed,
         data_seed=config.seed,
@@ -271,6 +280,28 @@ def run(config: TrainConfig, pairs: list[StepPair], model: Any = None, tokenizer
         # autograd traversal per step (and DDP warns about it).
         ddp_find_unused_parameters=False,
     )
+    model_key = _model_key(config) if model is None else model_fingerprint(model)
+    if model is None:
+        model = _load_model(config)
+    if config.lora and not hasattr(model, "peft_config"):
+        model = _apply_lora(model, config)
+
+    # The reference log-probs are filled in when training starts, by the prepared model (see training.reference_pass).
+    train_set = PairDataset([tokens[i] for i in train_index], [(0.0, 0.0)] * len(train_index))
+    eval_set = PairDataset([tokens[i] for i in eval_index], [(0.0, 0.0)] * len(eval_index)) if eval_index else None
+
+    def fill(logps: list[tuple[float, float]]) -> None:
+        train_set.reference[:] = [logps[i] for i in train_index]
+        if eval_set is not None:
+            eval_set.reference[:] = [logps[i] for i in eval_index]
+
+    reference_path = cache_path(out_dir / "reference", model_key, tokens, config.bf16)
+    cached = read_cache(reference_path, len(tokens))
+    last = last_complete_checkpoint(out_dir) if config.resume else None
+    if last and cached is None:
+        raise ConfigError(f"{out_dir}: resuming from {last}, but the reference log-probs {reference_path} are gone; they must come "
+                          "from the starting weights, not the trained ones: restore that file, or remove the checkpoints to start over")
+    reference_pass = ReferencePass(tokens, fill, reference_path, tokenizer.pad_token_id, config.reference_batch_size, config.bf16, cached)
     trainer = PreferenceTrainer(
         model=model,
         args=args,
@@ -278,22 +309,17 @@ def run(config: TrainConfig, pairs: list[StepPair], model: Any = None, tokenizer
         eval_dataset=eval_set,
         data_collator=PackedCollator(tokenizer.pad_token_id),
         processing_class=tokenizer,
-        callbacks=[MetricsJsonlCallback(out_dir), *(callbacks or [])],
+        callbacks=[MetricsJsonlCallback(out_dir), reference_pass, *(callbacks or [])],
         loss_settings=LossSettings(config.loss_type, config.beta, config.label_smoothing, config.sft_weight),
     )
-    last = last_complete_checkpoint(out_dir) if config.resume else None
+    reference_pass.bind(trainer)
     if last:
         log.info("resuming from %s", last)
     trainer.train(resume_from_checkpoint=last)
 
     final = out_dir / "final"
-    if config.lora:
-        trainer.save_model(str(final / "adapter"))
-    if trainer.is_world_process_zero():
-        unwrapped = trainer.accelerator.unwrap_model(trainer.model)
-        to_save = unwrapped.merge_and_unload() if hasattr(unwrapped, "peft_config") else unwrapped
-        to_save.save_pretrained(final, safe_serialization=True)
-        tokenizer.save_pretrained(final)
+    # Every rank takes part (ZeRO-3 and FSDP gather the weights); the saved weights are verified before result.json says done.
+    save_trained_model(trainer, final, tokenizer, base_model=config.model)
     metrics = read_metrics(out_dir)
     funnel.records_out = len(kept)
     last_train = next((m for m in reversed(metrics) if m["split"] == "train" and "rewards/margins" in m), {})
@@ -306,7 +332,7 @@ def run(config: TrainConfig, pairs: list[StepPair], model: Any = None, tokenizer
         **{f"eval {k}": float(last_eval[k]) for k in ("loss", "rewards/margins", "rewards/accuracies") if k in last_eval},
     }
     compute = describe(str(trainer.args.device), "bfloat16" if config.bf16 else str(next(model.parameters()).dtype).removeprefix("torch."))
-    result = TrainResult(str(out_dir), str(final), len(train_index), len(eval_index), trainer.state.global_step, cached, metrics, funnel, compute)
+    result = TrainResult(str(out_dir), str(final), len(train_index), len(eval_index), trainer.state.global_step, cached is not None, metrics, funnel, compute)
     if trainer.is_world_process_zero():
         atomic_write_json(out_dir / "result.json", {k: v for k, v in asdict(result).items() if k != "metrics"})
     return result

@@ -62,21 +62,24 @@ def reference_context(model: Any) -> contextlib.AbstractContextManager:
 
 @torch.no_grad()
 def compute_reference_logps(
-    model: Any, pairs: Sequence[PairTokens], pad_token_id: int, batch_size: int = 8, bf16: bool = False
+    model: Any, pairs: Sequence[PairTokens], pad_token_id: int, batch_size: int = 8, bf16: bool = False,
+    device: Any = None, adapter_owner: Any = None,
 ) -> list[tuple[float, float]]:
     """``[(log πref(chosen), log πref(rejected))]`` per pair, summed over tokens, by the packed forward.
 
     Pairs are processed in order of length so batches waste little padding; the result is
     in the input order. ``bf16`` runs under bf16 autocast, as training does with ``bf16=True``.
+    ``device`` defaults to the model's; ``adapter_owner`` is the PEFT model whose adapters are
+    switched off when ``model`` wraps it (DDP, a DeepSpeed engine).
     """
     was_training = model.training
     model.eval()
-    device = next(model.parameters()).device
+    device = torch.device(device) if device is not None else next(model.parameters()).device
     order = sorted(range(len(pairs)), key=lambda i: pairs[i].packed_length)
     result: list[tuple[float, float]] = [(0.0, 0.0)] * len(pairs)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
     try:
-        with reference_context(model), autocast:
+        with reference_context(adapter_owner if adapter_owner is not None else model), autocast:
             for start in tqdm(range(0, len(order), batch_size), desc="reference log-probs", unit="batch"):
                 index = order[start : start + batch_size]
                 batch = {k: v.to(device) for k, v in pack_pairs([pairs[i] for i in index], pad_token_id).items()}
