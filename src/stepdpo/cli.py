@@ -9,7 +9,8 @@ from __future__ import annotations
 import importlib
 import logging
 import sys
-from typing import Sequence
+from pathlib import Path
+from typing import Any, Callable, Sequence
 
 from stepdpo import __version__
 from stepdpo.config import parse_cli, validate_config
@@ -34,6 +35,10 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
 }
 
 
+# Stage commands whose options are also a section of `stepdpo run`'s config (same name).
+STAGE_COMMANDS = ("sft", "sample", "locate", "rectify", "pairs", "scdpo", "train", "eval")
+
+
 def _usage() -> str:
     width = max(len(name) for name in COMMANDS)
     rows = "\n".join(f"  {name.ljust(width)}  {summary}" for name, (_, _, summary) in COMMANDS.items())
@@ -41,7 +46,8 @@ def _usage() -> str:
         f"stepdpo {__version__}: Step-DPO for long-chain reasoning\n\n"
         "usage: stepdpo COMMAND [--config FILE.yaml] [--option value ...]\n\n"
         f"commands:\n{rows}\n\n"
-        "Every command takes --help; options can also come from a YAML file given with --config."
+        "Every command takes --help; options can also come from a YAML file given with --config.\n"
+        "A stage command given a run config (configs/recipes/...) takes its own section of it."
     )
 
 
@@ -51,6 +57,17 @@ def _match_command(argv: Sequence[str]) -> tuple[str, list[str]] | None:
         if name in COMMANDS:
             return name, list(argv[words:])
     return None
+
+
+def _run_config_section(name: str) -> Callable[[Path, dict[str, Any]], Any] | None:
+    """For a stage command: reads its section of a run config (``stepdpo sample --config RECIPE``), resolved as `stepdpo run` does."""
+
+    def from_run_config(path: Path, mapping: dict[str, Any]) -> Any:
+        from stepdpo.stages.pipeline import section_from_run_config
+
+        return section_from_run_config(name, path, mapping)
+
+    return from_run_config if name in STAGE_COMMANDS else None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -70,7 +87,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     try:
         module = importlib.import_module(module_name)
-        config = parse_cli(getattr(module, config_name), rest, prog=f"stepdpo {name}", description=summary)
+        config = parse_cli(getattr(module, config_name), rest, prog=f"stepdpo {name}", description=summary,
+                           from_other_file=_run_config_section(name))
         validate_config(config)  # bad options fail here, naming the option, before any model is loaded
         status = module.command(config)
     except StepdpoError as err:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import os
 from pathlib import Path
-from typing import Any, NoReturn, Sequence, TypeVar
+from typing import Any, Callable, NoReturn, Sequence, TypeVar
 
 import dacite
 import tyro
@@ -156,8 +156,18 @@ def save_config(config: Any, path: str | os.PathLike) -> None:
     atomic_write_text(path, yaml.safe_dump(config_to_dict(config), sort_keys=False, allow_unicode=True))
 
 
-def parse_cli(cls: type[ConfigT], argv: Sequence[str], prog: str, description: str | None = None) -> ConfigT:
-    """Parse ``[--config FILE.yaml] [--field value ...]`` into ``cls``; flags override the file."""
+def parse_cli(
+    cls: type[ConfigT],
+    argv: Sequence[str],
+    prog: str,
+    description: str | None = None,
+    from_other_file: Callable[[Path, dict[str, Any]], ConfigT | None] | None = None,
+) -> ConfigT:
+    """Parse ``[--config FILE.yaml] [--field value ...]`` into ``cls``; flags override the file.
+
+    ``from_other_file(path, mapping)`` may read a file that is not ``cls``'s own (a stage given
+    the run config it is a section of); it returns None for a file it does not take.
+    """
     argv = list(argv)
     defaults: ConfigT | None = None
     # A class with presets (``preset_config(name)``) starts from the preset; YAML and flags go on top.
@@ -175,8 +185,12 @@ def parse_cli(cls: type[ConfigT], argv: Sequence[str], prog: str, description: s
                 raise ConfigError(f"{flag} needs a path to a YAML file")
             path = Path(argv[at + 1])
             overrides = _read_yaml_mapping(path)
-            base = config_to_dict(defaults) if defaults is not None else {}
-            defaults = config_from_dict(cls, _deep_merge(base, overrides), str(path))
+            other = from_other_file(path, overrides) if from_other_file is not None else None
+            if other is not None:
+                defaults = other
+            else:
+                base = config_to_dict(defaults) if defaults is not None else {}
+                defaults = config_from_dict(cls, _deep_merge(base, overrides), str(path))
             del argv[at : at + 2]
     return tyro.cli(
         cls,

@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any, Callable, Literal
+from typing import Any, Callable, Literal, Optional
 
-from stepdpo.config import OptionCheck, save_config, validate_config
+import yaml
+
+from stepdpo.config import OptionCheck, load_config, save_config, validate_config
 from stepdpo.generation.base import GeneratorConfig
 from stepdpo.localizers.rollout import RolloutConfig
 from stepdpo.records import atomic_write_json
@@ -62,6 +64,7 @@ class RunConfig:
     do_sft: bool = field(default=True, metadata={"help": "Start with supervised fine-tuning on step-format solutions (the embedded model needs it)."})
     methods: list[Method] = field(default_factory=lambda: ["step-dpo", "dpo", "scdpo", "judge-free"], metadata={"help": "Preference-training runs to make from the same data, each evaluated against the starting policy."})
     seed: int = field(default=0, metadata={"help": "Seed of every stage (problem subsets, sampling, training)."})
+    dry_run: bool = field(default=False, metadata={"help": "Print the plan (stage order, generation engines, global batch, every stage's resolved config) and stop: nothing is loaded or written."})
     stop_after: Literal["", "sft", "pairs"] = field(default="", metadata={"help": "Stop after this stage: sft (and the evaluation of the starting model; e.g. to start several seeds from one SFT model), pairs (all preference data built, nothing trained); '': run everything."})
     generator: GeneratorConfig = field(default_factory=lambda: GeneratorConfig(batch_size=32), metadata={"help": "Generation backend for sampling, rollouts, rectification and evaluation (its model is set by the run)."})
     sft: SFTConfig = field(default_factory=lambda: SFTConfig(data=[f"synthetic:train?n=640&{_PROBLEMS}&seed=0"], learning_rate=2e-4), metadata={"help": "SFT stage (640 small-number synthetic problems: what brings the embedded model into a middling accuracy band)."})
@@ -138,51 +141,142 @@ def _timed(timings: dict[str, float], run_dir: RunDir, name: str, step: Callable
     return result
 
 
+def policy_model(config: RunConfig) -> str:
+    """The model the run samples from and trains: the SFT model when the run starts with SFT, else ``config.model``."""
+    return str(sft.model_dir(stage_config(config, "sft"))) if config.do_sft else config.model
+
+
+def stage_config(config: RunConfig, section: str, method: Optional[str] = None) -> Any:
+    """The config `stepdpo run` hands one stage: its section, with the run's directory, seed, policy and generator.
+
+    ``method`` picks a training method's mode, name and pair files (train), or its final model (eval);
+    without one, train keeps its section's mode and eval evaluates the starting policy. A stage command
+    given a run config (``stepdpo sample --config RECIPE``) gets exactly this.
+    """
+    root = str(RunDir(config.run_dir).root)
+    if section == "sft":
+        return replace(config.sft, model=config.model, run_dir=root, output_dir="", seed=config.seed, prompt_style=config.generator.prompt_style)
+    policy = policy_model(config)
+    generator = replace(config.generator, model=policy)
+    if section == "sample":
+        return replace(config.sample, run_dir=root, seed=config.seed, generator=generator)
+    if section == "locate":
+        return replace(config.locate, run_dir=root, generator=generator)
+    if section == "rectify":
+        return replace(config.rectify, run_dir=root, seed=config.seed, generator=generator)
+    if section == "pairs":
+        return replace(config.pairs, run_dir=root)
+    if section == "scdpo":
+        return replace(config.scdpo, run_dir=root, seed=config.seed, generator=generator, judge_free="judge-free" in config.methods)
+    if section == "train":
+        trained = replace(config.train, model=policy, run_dir=root, output_dir="", seed=config.seed, prompt_style=config.generator.prompt_style)
+        if method is None:
+            return trained
+        mode, files = METHOD_DATA[method]
+        return replace(trained, mode=mode, name=method, pairs=[str(RunDir(root).pairs / f) for f in files])
+    if section == "eval":
+        # The test subsets follow eval.seed, not the run's seed: runs with different seeds are
+        # then measured on the same problems (and greedy decoding needs no seed).
+        model = str(train.resolve_output_dir(stage_config(config, "train", method)) / "final") if method else policy
+        return replace(config.eval, model=model, name=method or "base", run_dir=root, output_dir=None, generator=replace(generator, model=model))
+    raise ValueError(f"unknown stage section {section!r}")
+
+
+def section_from_run_config(section: str, path: Path, mapping: dict[str, Any]) -> Any:
+    """A stage's config from a run config file (its section, resolved as `stepdpo run` resolves it), or None.
+
+    The file is a run config when every top-level key is an option of `stepdpo run` and some are
+    not options of the stage (``model``, ``do_sft``, the other sections); otherwise it is the stage's
+    own config file and None is returned.
+    """
+    run_fields = {f.name for f in fields(RunConfig)}
+    stage_fields = {f.name for f in fields(type(getattr(RunConfig(), section)))}
+    keys = set(mapping)
+    if not (keys <= run_fields and keys - stage_fields):
+        return None
+    return stage_config(load_config(RunConfig, path), section)
+
+
+def plan(config: RunConfig) -> dict[str, Any]:
+    """What `stepdpo run` would do, resolved without loading a model: stage order, launches, global batch, stage configs."""
+    gen = config.generator
+    if gen.backend == "vllm":
+        engines = f"vllm: {gen.data_parallel_size} engine process(es) x {gen.tensor_parallel_size} GPU(s) = {gen.data_parallel_size * gen.tensor_parallel_size} GPUs"
+    elif gen.backend == "openai":
+        engines = f"openai: {gen.base_url} ({gen.max_concurrency} requests in flight)"
+    else:
+        engines = f"hf: device {gen.device}, batch {gen.batch_size}"
+    stages: dict[str, Any] = {}
+    if config.do_sft:
+        stages["sft"] = stage_config(config, "sft")
+    stages["eval-base"] = stage_config(config, "eval")
+    if config.stop_after != "sft":
+        for section in ("sample", "locate", "rectify", "pairs"):
+            stages[section] = stage_config(config, section)
+        if any(method in SCDPO_METHODS for method in config.methods):
+            stages["scdpo"] = stage_config(config, "scdpo")
+        if config.stop_after != "pairs":
+            for method in config.methods:
+                stages[f"train-{method}"] = stage_config(config, "train", method)
+                stages[f"eval-{method}"] = stage_config(config, "eval", method)
+    batch = config.train.batch_size * config.train.grad_accum
+    global_batch: dict[str, Any] = {"per_device_batch": config.train.batch_size, "grad_accum": config.train.grad_accum, "per_process": batch}
+    if config.train.global_batch:
+        processes, remainder = divmod(config.train.global_batch, batch)
+        global_batch["intended"] = config.train.global_batch
+        global_batch["training_processes"] = processes if not remainder and processes else f"none: {config.train.global_batch} is not a multiple of {batch}"
+    else:
+        global_batch["in_one_process"] = batch
+    return {
+        "run_dir": config.run_dir,
+        "policy": policy_model(config),
+        "generation": engines,
+        "order": list(stages),
+        "global_batch": global_batch,
+        "stages": {name: asdict(stage) for name, stage in stages.items()},
+    }
+
+
 def command(config: RunConfig) -> int:
     from stepdpo import report
 
     config.validate()  # every stage's options, before minutes of SFT make a late stage's bad value matter
+    if config.dry_run:
+        print(yaml.safe_dump(plan(config), sort_keys=False, allow_unicode=True), end="")
+        return 0
     rd = RunDir(config.run_dir).ensure()
     save_config(config, rd.config)
     timings: dict[str, float] = {}
     root = str(rd.root)
 
-    policy = config.model
+    policy = policy_model(config)
     if config.do_sft:
-        sft_config = replace(config.sft, model=config.model, run_dir=root, output_dir="", seed=config.seed, prompt_style=config.generator.prompt_style)
-        policy = str(sft.model_dir(sft_config))
         if sft.is_complete(Path(policy)):
             log.info("sft: %s is complete, skipping", policy)
         else:
-            _timed(timings, rd, "sft", lambda: sft.command(sft_config))
-    generator = replace(config.generator, model=policy)
+            _timed(timings, rd, "sft", lambda: sft.command(stage_config(config, "sft")))
 
-    def evaluate_model(model: str, name: str) -> None:
-        # The test subsets follow eval.seed, not the run's seed: runs with different seeds are
-        # then measured on the same problems (and greedy decoding needs no seed).
-        eval_config = replace(config.eval, model=model, name=name, run_dir=root, output_dir=None, generator=replace(generator, model=model))
-        _timed(timings, rd, f"eval-{name}", lambda: evaluate.command(eval_config))
+    def evaluate_model(method: Optional[str]) -> None:
+        eval_config = stage_config(config, "eval", method)
+        _timed(timings, rd, f"eval-{eval_config.name}", lambda: evaluate.command(eval_config))
 
-    evaluate_model(policy, "base")
+    evaluate_model(None)
     if config.stop_after == "sft":
         print(f"stopped after sft and its evaluation: {policy}")
         return 0
 
-    _timed(timings, rd, "sample", lambda: sample.command(replace(config.sample, run_dir=root, seed=config.seed, generator=generator)))
-    _timed(timings, rd, "locate", lambda: locate.command(replace(config.locate, run_dir=root, generator=generator)))
-    _timed(timings, rd, "rectify", lambda: rectify.command(replace(config.rectify, run_dir=root, seed=config.seed, generator=generator)))
-    _timed(timings, rd, "pairs", lambda: pairs.command(replace(config.pairs, run_dir=root)))
+    _timed(timings, rd, "sample", lambda: sample.command(stage_config(config, "sample")))
+    _timed(timings, rd, "locate", lambda: locate.command(stage_config(config, "locate")))
+    _timed(timings, rd, "rectify", lambda: rectify.command(stage_config(config, "rectify")))
+    _timed(timings, rd, "pairs", lambda: pairs.command(stage_config(config, "pairs")))
     if any(method in SCDPO_METHODS for method in config.methods):
-        scdpo_config = replace(config.scdpo, run_dir=root, seed=config.seed, generator=generator, judge_free="judge-free" in config.methods)
-        _timed(timings, rd, "scdpo", lambda: scdpo.command(scdpo_config))
+        _timed(timings, rd, "scdpo", lambda: scdpo.command(stage_config(config, "scdpo")))
     if config.stop_after == "pairs":
         print(f"stopped after pairs: {rd.pairs}")
         return 0
 
     for method in config.methods:
-        mode, files = METHOD_DATA[method]
-        train_config = replace(config.train, model=policy, mode=mode, name=method, run_dir=root, output_dir="", seed=config.seed,
-                               prompt_style=config.generator.prompt_style, pairs=[str(rd.pairs / f) for f in files])
+        train_config = stage_config(config, "train", method)
         final = train.resolve_output_dir(train_config) / "final"
         if not any(_has_records(Path(path)) for path in train_config.pairs):
             # A small run can leave a method without pairs (e.g. no correct samples to branch
@@ -194,7 +288,7 @@ def command(config: RunConfig) -> int:
             log.info("train %s: %s is complete, skipping", method, final)
         else:
             _timed(timings, rd, f"train-{method}", lambda: train.command(train_config))
-        evaluate_model(str(final), method)
+        evaluate_model(method)
         compare.command(CompareConfig(run_a=str(rd.eval("base")), run_b=str(rd.eval(method)), seed=config.seed,
                                       output=str(rd.root / f"compare_{method}.json")))
 

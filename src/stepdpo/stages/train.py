@@ -63,6 +63,7 @@ class TrainConfig:
     batch_size: int = field(default=4, metadata={"help": "Pairs per device per forward pass."})
     eval_batch_size: int = field(default=8, metadata={"help": "Pairs per device per evaluation forward pass."})
     grad_accum: int = field(default=1, metadata={"help": "Forward passes per optimizer step (global batch = batch_size * grad_accum * processes; paper: 128)."})
+    global_batch: int = field(default=0, metadata={"help": "The global batch these settings are written for (batch_size * grad_accum * processes); a launch with another number of processes is warned about at start. 0 = no check."})
     warmup_ratio: float = field(default=0.1, metadata={"help": "Share of the optimizer steps spent warming the learning rate up."})
     lr_scheduler: Literal["cosine", "linear", "constant", "constant_with_warmup"] = field(default="cosine", metadata={"help": "Learning-rate schedule after warmup."})
     weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay."})
@@ -183,6 +184,19 @@ def last_complete_checkpoint(out_dir: Path) -> Optional[str]:
     return None
 
 
+def check_global_batch(config: TrainConfig, processes: int) -> Optional[str]:
+    """Warn (and return the warning) when this launch's global batch is not the ``global_batch`` the config was written for."""
+    actual = config.batch_size * config.grad_accum * processes
+    if not config.global_batch or actual == config.global_batch:
+        return None
+    message = (f"global batch {actual} = batch_size {config.batch_size} x grad_accum {config.grad_accum} x {processes} process(es), "
+               f"but the config is written for global_batch {config.global_batch}")
+    fits, remainder = divmod(config.global_batch, config.batch_size * config.grad_accum)
+    message += f": launch {fits} processes" if fits and not remainder else ": change batch_size or grad_accum"
+    log.warning(message)
+    return message
+
+
 def is_complete(final: Path) -> bool:
     """A finished training run: its final folder holds a tokenizer and every weight with its full shape."""
     from stepdpo.training.saving import is_verified_model
@@ -280,6 +294,7 @@ def run(config: TrainConfig, pairs: list[StepPair], model: Any = None, tokenizer
         # autograd traversal per step (and DDP warns about it).
         ddp_find_unused_parameters=False,
     )
+    check_global_batch(config, args.world_size)
     model_key = _model_key(config) if model is None else model_fingerprint(model)
     if model is None:
         model = _load_model(config)
