@@ -19,7 +19,7 @@ What it measures, per length profile and per system, each system in its own subp
   step 0 the policy equals the reference, so every system should report ``log 2 = 0.6931``
   (the "equal loss" check; log-probs differ by TRL's appended EOS token, see below).
 
-Systems, all float32, no gradient checkpointing, same learning rate (constant schedule),
+Systems, all float32 (or all bf16 autocast with ``--bf16``), no gradient checkpointing, same learning rate (constant schedule),
 β = 0.4 sigmoid loss, same batch size, same seed, same model weights:
 
 - ``ours``: ``stepdpo.stages.train.run`` in ``step-dpo`` mode (shared-prefix packed forward,
@@ -96,6 +96,7 @@ class Job:
     beta: float
     seed: int
     ref_batch_size: int
+    bf16: bool = False
 
 
 # ---------------------------------------------------------------- pairs
@@ -302,7 +303,7 @@ def run_ours(job: Job, pairs: list[Any], model: Any, tokenizer: Any) -> dict[str
         output_dir=str(Path(job.work_dir) / "ours"), model=job.model, prompt_style=job.prompt_style, mode="step-dpo",  # type: ignore[arg-type]
         loss_type="sigmoid", beta=job.beta, learning_rate=job.learning_rate, lr_scheduler="constant", warmup_ratio=0.0,
         max_steps=job.warmup + job.steps, batch_size=job.batch_size, eval_split=0.0, logging_steps=1,
-        save_steps=10**9, report_to=["none"], resume=False, seed=job.seed, reference_batch_size=job.ref_batch_size,
+        save_steps=10**9, report_to=["none"], resume=False, seed=job.seed, reference_batch_size=job.ref_batch_size, bf16=job.bf16,
     )
     fmt = PromptFormat(style=config.prompt_style, chat_template_owner=tokenizer)
     options = TokenizeOptions(mode=config.mode, max_length=config.max_length, max_prompt_length=config.max_prompt_length)
@@ -351,7 +352,7 @@ def run_trl(job: Job, pairs: list[Any], model: Any, tokenizer: Any, precompute: 
     args = DPOConfig(
         output_dir=str(Path(job.work_dir) / ("trl-best" if precompute else "trl-default")),
         # Equalised with ours (TRL's defaults are bf16=True, checkpointing on, lr 1e-6, beta 0.1):
-        bf16=False, fp16=False, activation_checkpointing=False, gradient_checkpointing=False,
+        bf16=job.bf16, fp16=False, activation_checkpointing=False, gradient_checkpointing=False,
         learning_rate=job.learning_rate, lr_scheduler_type="constant", warmup_steps=0, beta=job.beta,
         loss_type=["sigmoid"], per_device_train_batch_size=job.batch_size, max_steps=job.warmup + job.steps,
         seed=job.seed, data_seed=job.seed,
@@ -541,6 +542,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--prefix-tokens", type=int, default=400, help="Context length of the realistic profile.")
     parser.add_argument("--step-tokens", type=int, default=60, help="Chosen and rejected length of the realistic profile.")
     parser.add_argument("--seed", type=int, default=0, help="Seed for pairs, data order and initialisation.")
+    parser.add_argument("--bf16", action="store_true", help="bf16 mixed precision for every system (autocast; TRL bf16=True), e.g. on a GPU.")
     parser.add_argument("--out", default="bench/results/train_throughput.json", help="JSON result; the Markdown table goes beside it (.md).")
     parser.add_argument("--worker", nargs=2, metavar=("JOB", "RESULT"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -572,7 +574,9 @@ def main(argv: list[str] | None = None) -> int:
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "cpu": cpu_model(),
         "cpu_count": os.cpu_count(),
+        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
         "threads": args.threads,
+        "bf16": args.bf16,
         "versions": {"torch": torch.__version__, "transformers": transformers.__version__, "trl": trl.__version__, "python": platform.python_version()},
         "model": args.model,
         "batch_size": args.batch_size,
@@ -604,7 +608,7 @@ def main(argv: list[str] | None = None) -> int:
                     system=system, profile=profile, pairs_file=str(pairs_file), work_dir=str(tmp / profile), model=model,
                     prompt_style=args.prompt_style, batch_size=args.batch_size, steps=args.steps, warmup=args.warmup,
                     threads=args.threads, learning_rate=args.learning_rate, beta=args.beta, seed=args.seed,
-                    ref_batch_size=args.ref_batch_size or args.batch_size,
+                    ref_batch_size=args.ref_batch_size or args.batch_size, bf16=args.bf16,
                 )
                 print(f"[{profile}] {system} ...", flush=True)
                 systems[system] = run_system(job, tmp)

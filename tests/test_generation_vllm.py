@@ -124,3 +124,18 @@ def test_close_shuts_the_engine_down(fake_vllm):
     close_generator(generator)
     assert fake.engines[0].shut_down and generator.llm is None
     close_generator(generator)  # twice is harmless
+
+
+@pytest.mark.gpu
+def test_vllm_greedy_n_above_one_and_the_memory_comes_back_on_close():
+    pytest.importorskip("vllm", reason="vllm is not installed (optional GPU extra)")
+    if not torch.cuda.is_available():
+        pytest.skip("vLLM needs a CUDA GPU and none is available")
+    from stepdpo.generation.base import close_generator
+
+    # Each engine takes 60% of the GPU: the second starts only if the first gave its memory back.
+    for _ in range(2):
+        engine = build_generator(GeneratorConfig(backend="vllm", model="smollm2-135m", gpu_memory_utilization=0.6))
+        [completions] = engine.generate(["Name a color."], SamplingParams(n=3, temperature=0.0, max_new_tokens=8))
+        assert len(completions) == 3 and len({c.text for c in completions}) == 1
+        close_generator(engine)
