@@ -80,7 +80,7 @@ class GeneratorConfig:
         check.not_empty("model")
         check.at_least(1, "batch_size", "max_concurrency", "tensor_parallel_size", "data_parallel_size")
         check.at_least(0, "max_retries", "retry_backoff_s", "backoff_max_s")
-        check.above(0, "request_timeout_s")
+        check.above(0, "request_timeout_s", "worker_timeout_s")
         check.share("gpu_memory_utilization", zero=False)
 
 

@@ -94,7 +94,7 @@ class TrainConfig:
         check.require(self.max_steps == -1 or self.max_steps >= 1, "max_steps", "must be -1 (all epochs) or >= 1")
         check.share("label_smoothing", one=False)
         check.require(self.loss_type == "sigmoid" or not self.label_smoothing, "label_smoothing", f"applies to loss_type sigmoid only (loss_type={self.loss_type})")
-        check.at_least(0, "sft_weight", "weight_decay", "eval_steps")
+        check.at_least(0, "sft_weight", "weight_decay", "eval_steps", "global_batch")
         check.share("warmup_ratio")
         check.share("eval_split", one=False)
         check.at_least(1, "batch_size", "eval_batch_size", "grad_accum", "max_prompt_length", "lora_r", "lora_alpha", "logging_steps", "save_steps", "save_total_limit", "reference_batch_size")
