@@ -319,7 +319,7 @@ def run(config: SFTConfig, problems: list[Problem], model: Any = None, tokenizer
         "train_loss": result.training_loss,
         "resumed_from": resume,
         "dropped": stats.dropped,
-        "compute": describe(str(trainer.args.device), "bfloat16" if config.bf16 else str(next(trained.parameters()).dtype).removeprefix("torch.")),
+        "compute": describe(str(trainer.args.device), "bfloat16" if config.bf16 else str(next(model.parameters()).dtype).removeprefix("torch.")),
     }
     atomic_write_json(out / "summary.json", summary)
     with open(out / "metrics.jsonl", "a", encoding="utf-8") as handle:

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any, Literal, Optional, Sequence
 
 from stepdpo.config import OptionCheck, save_config
-from stepdpo.errors import InputError
+from stepdpo.errors import ConfigError, InputError
 from stepdpo.hardware import describe
 from stepdpo.records import StepPair, atomic_write_json
 from stepdpo.rundir import Funnel, RunDir
