@@ -169,7 +169,8 @@ def command(config: RunConfig) -> int:
         return 0
 
     _timed(timings, rd, "sample", lambda: sample.command(replace(config.sample, run_dir=root, seed=config.seed, generator=generator)))
-    _timed(timings, rd, "locate", lambda: locate.command(replace(config.locate, run_dir=root, generator=generator)))
+    locate_config = replace(config.locate, run_dir=root, generator=generator, rollout=replace(config.locate.rollout, seed=config.seed))
+    _timed(timings, rd, "locate", lambda: locate.command(locate_config))
     _timed(timings, rd, "rectify", lambda: rectify.command(replace(config.rectify, run_dir=root, seed=config.seed, generator=generator)))
     _timed(timings, rd, "pairs", lambda: pairs.command(replace(config.pairs, run_dir=root)))
     if any(method in SCDPO_METHODS for method in config.methods):
