@@ -1,7 +1,9 @@
 """The OpenAI-compatible backend against a real HTTP server on 127.0.0.1 that injects faults.
 
 A prompt (or the last chat message) ``"<fault>:<k>"`` makes the server fail k
-times in that way before answering normally; ``"always500"`` never succeeds.
+times in that way before answering normally; ``"always500"`` never succeeds;
+``"after:<other>"`` is taken in only once ``<other>`` has been, so a test can make
+the server see concurrent requests in an order other than the one they were made in.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ class _Server(ThreadingHTTPServer):
 
     def __init__(self):
         super().__init__(("127.0.0.1", 0), _Handler)
-        self.lock = threading.Lock()
+        self.lock = threading.Condition()
         self.seen: Counter[str] = Counter()
         self.requests: list[dict] = []
         self.auth: set[str | None] = set()
@@ -65,10 +67,13 @@ class _Handler(BaseHTTPRequestHandler):
         payload = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         key = payload["prompt"] if "prompt" in payload else payload["messages"][-1]["content"]
         with self.server.lock:
+            if key.startswith("after:"):
+                self.server.lock.wait_for(lambda: self.server.seen[key.removeprefix("after:")] > 0, timeout=60)
             self.server.requests.append(payload)
             self.server.auth.add(self.headers.get("Authorization"))
             self.server.seen[key] += 1
             count = self.server.seen[key]
+            self.server.lock.notify_all()
         fault, _, times = key.partition(":")
         failing = fault == "always500" or (times.isdigit() and count <= int(times))
         if failing and self._fault(fault):
@@ -230,11 +235,15 @@ def test_fewer_choices_fall_back_to_single_requests(make, server):
 
 def test_chat(make, server):
     gen = make(sleeps=[])
-    conversations = [[{"role": "system", "content": "judge"}, {"role": "user", "content": "q1"}], [{"role": "user", "content": "503:1"}]]
+    # The server takes the first conversation in only after the second: replies still come back in input order.
+    first = [{"role": "system", "content": "judge"}, {"role": "user", "content": "after:503:1"}]
+    conversations = [first, [{"role": "user", "content": "503:1"}]]
     out = gen.chat(conversations, SamplingParams(n=2, max_new_tokens=8))
-    assert [[c.text for c in cs] for cs in out] == [["reply 0 to q1", "reply 1 to q1"], ["reply 0 to 503:1", "reply 1 to 503:1"]]
+    assert [[c.text for c in cs] for cs in out] == [["reply 0 to after:503:1", "reply 1 to after:503:1"],
+                                                    ["reply 0 to 503:1", "reply 1 to 503:1"]]
     assert all(c.finish_reason == "stop" and c.num_tokens == 4 for cs in out for c in cs)
-    # The two conversations are sent concurrently: the server may see either first.
+    # Requests are sent concurrently, in no fixed order: compare them as a set.
+    assert server.requests[0]["messages"] != first
     assert sorted(json.dumps(r["messages"]) for r in server.requests) == sorted(
         json.dumps(c) for c in [conversations[0], conversations[1], conversations[1]])
 
