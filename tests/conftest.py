@@ -15,6 +15,13 @@ SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 BENCH_DIR = Path(__file__).resolve().parents[1] / "bench"
 
 
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    """Name the random test order (pytest-randomly) at the end of every run, also under -q, so a failure can be replayed."""
+    seed = getattr(config.option, "randomly_seed", None)
+    if isinstance(seed, int) and config.pluginmanager.has_plugin("randomly"):
+        terminalreporter.write_line(f"test order: -p randomly --randomly-seed={seed} repeats it (-p no:randomly: file order)")
+
+
 @pytest.fixture(scope="session")
 def load_bench() -> Callable[[str], ModuleType]:
     """Imports bench/<name>.py (bench/ is scripts, not a package)."""

@@ -98,19 +98,20 @@ class FaultServer:
     """A local OpenAI-compatible chat server that answers each request with the next scripted behaviour.
 
     Behaviours: 'ok' (a verdict 'Step 1: correct; Step 2: incorrect'), '429', '429-retry-after', '500', '503',
-    'reset' (connection closed without a reply), 'hang' (no reply for ``hang_s``), 'bad-json', 'no-choices',
+    'reset' (connection closed without a reply), 'hang' (no reply until the server stops, so the client's timeout
+    always fires, however slow the machine), 'bad-json', 'no-choices',
     'wrong-format' (a reply without a verdict). When the script runs out, ``default`` answers.
     """
 
     VERDICT = "The student multiplies wrongly in step 2.\nStep 1: correct; Step 2: incorrect"
 
-    def __init__(self, script: list[str], default: str = "ok", hang_s: float = 3.0):
+    def __init__(self, script: list[str], default: str = "ok"):
         import threading
         from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
         self.script = list(script)
         self.default = default
-        self.hang_s = hang_s
+        self.release = threading.Event()
         self.requests: list[tuple[str, str]] = []  # (behaviour, Authorization header)
         self.lock = threading.Lock()
         server = self
@@ -153,7 +154,7 @@ class FaultServer:
                 elif behaviour == "no-choices":
                     self._send(200, b'{"id": "x", "choices": []}')
                 elif behaviour == "hang":
-                    time.sleep(server.hang_s)
+                    server.release.wait()
                     self.close_connection = True
                 elif behaviour == "reset":
                     import socket
@@ -175,6 +176,7 @@ class FaultServer:
         return self
 
     def __exit__(self, *exc) -> None:
+        self.release.set()
         self.httpd.shutdown()
         self.httpd.server_close()
 
@@ -185,7 +187,7 @@ class FaultServer:
 
 def judge_args(run_dir: Path, base_url: str, **overrides: str) -> list[str]:
     """``stepdpo locate --localizer judge`` against ``base_url`` with small, bounded retry settings."""
-    options = {"--generator.max-retries": "2", "--generator.retry-backoff-s": "0.01", "--generator.request-timeout-s": "1",
+    options = {"--generator.max-retries": "2", "--generator.retry-backoff-s": "0.01", "--generator.request-timeout-s": "5",
                "--generator.max-concurrency": "1", "--chunk-size": "2", **overrides}
     return ["locate", "--localizer", "judge", "--generator.backend", "openai", "--generator.base-url", base_url,
             "--generator.model", "judge", "--run-dir", str(run_dir), *[x for kv in options.items() for x in kv]]

@@ -24,7 +24,8 @@ class FakeEngine:
         self.devices = os.environ["CUDA_VISIBLE_DEVICES"]
         self.config = config
 
-    def generate(self, prompts: list[str], params: SamplingParams) -> list[list[Completion]]:
+    def generate(self, prompts: list[str], params: SamplingParams, seeds=None) -> list[list[Completion]]:
+        self.seeds = seeds
         if "RAISE" in prompts:
             raise RuntimeError("scripted engine failure")
         if "CRASH" in prompts:
@@ -35,6 +36,8 @@ class FakeEngine:
         for prompt in prompts:
             finish = "length" if prompt == "LONG" else "stop"
             out.append([Completion(f"{prompt}@{self.devices}#{i}", 3, finish) for i in range(params.n)])
+        if seeds is not None:  # the seed each prompt reached its engine with
+            out = [[Completion(f"{c.text}~{seed}", c.num_tokens, c.finish_reason) for c in cs] for cs, seed in zip(out, seeds)]
         return out
 
     def close(self) -> None:
@@ -87,6 +90,19 @@ def test_workers_split_the_prompts_pin_their_gpus_and_merge_in_order(engine_log)
     assert sorted(engine_log.read_text().splitlines()) == ["closed 4,5 dp=1", "closed 6,7 dp=1"]
     with pytest.raises(WorkerError, match="shut down"):
         generator.generate(["late"], SamplingParams())
+
+
+def test_each_prompt_keeps_its_seed_whatever_shard_it_falls_in(engine_log):
+    prompts = ["a", "b", "c"]
+    with DataParallelGenerator(config(dp=2), engine_factory=fake_engine, devices=["0", "1"]) as generator:
+        out = generator.generate(prompts, SamplingParams(temperature=0.7), seeds=[7, 8, 9])
+        assert [cs[0].text.split("~")[1] for cs in out] == ["7", "8", "9"]
+        # Seeded through SamplingParams.seed: resolved per prompt before sharding, as one engine would.
+        from stepdpo.generation.base import prompt_seeds
+
+        params = SamplingParams(temperature=0.7, seed=5)
+        by_seed = generator.generate(prompts, params)
+        assert [cs[0].text.split("~")[1] for cs in by_seed] == [str(s) for s in prompt_seeds(prompts, params, None)]
 
 
 def test_an_engine_error_names_the_gpu_and_stops_every_worker(engine_log):

@@ -178,3 +178,37 @@ def test_embedded_model_answers_easy_prompts():
     for [completion] in out:
         assert 0 < completion.num_tokens <= 24
     assert prompt_format(config) is not None
+
+
+def _texts(out) -> list[list[str]]:
+    return [[c.text for c in cs] for cs in out]
+
+
+def test_identical_prompts_get_different_samples(generator):
+    """One seed per prompt: two identical prompts asked for one sample each do not get the same sample."""
+    params = SamplingParams(temperature=1.0, max_new_tokens=8)
+    [[a], [b]] = generator.generate([PROMPTS[0], PROMPTS[0]], params, seeds=[1, 2])
+    assert a.text != b.text
+    # The same holds for a call seeded only through SamplingParams.seed (prompts are then seeded by position).
+    [[c], [d]] = generator.generate([PROMPTS[0], PROMPTS[0]], replace(params, seed=3))
+    assert c.text != d.text
+
+
+def test_samples_do_not_depend_on_batch_or_position(tiny_model_dir):
+    """A prompt's samples depend on its seed alone: not on batch size, the other prompts of the call, or its place."""
+    params = SamplingParams(n=3, temperature=1.0, top_p=0.9, top_k=40, max_new_tokens=8)
+    seeds = [101, 202, 303, 404, 505]
+    big = _lively(tiny_model_dir, batch_size=4).generate(PROMPTS, params, seeds=seeds)
+    small = _lively(tiny_model_dir, batch_size=1)
+    alone = [small.generate([p], params, seeds=[s])[0] for p, s in zip(PROMPTS, seeds)]
+    backwards = small.generate(PROMPTS[::-1], params, seeds=seeds[::-1])[::-1]
+    assert _texts(big) == _texts(alone) == _texts(backwards)
+    assert all(len(set(texts)) > 1 for texts in _texts(big))  # the n samples of a prompt differ
+    assert _texts(small.generate(PROMPTS, params, seeds=[s + 1 for s in seeds])) != _texts(big)
+
+
+def test_sampling_applies_top_k_before_drawing(generator):
+    """top_k = 1 leaves one token to draw from: sampling then gives the greedy continuation, at any temperature."""
+    greedy = generator.generate(PROMPTS, SamplingParams(max_new_tokens=8))
+    sampled = generator.generate(PROMPTS, SamplingParams(n=2, temperature=5.0, top_k=1, max_new_tokens=8), seeds=[1, 2, 3, 4, 5])
+    assert _texts(sampled) == [[cs[0].text] * 2 for cs in greedy]

@@ -1,7 +1,9 @@
 """The OpenAI-compatible backend against a real HTTP server on 127.0.0.1 that injects faults.
 
 A prompt (or the last chat message) ``"<fault>:<k>"`` makes the server fail k
-times in that way before answering normally; ``"always500"`` never succeeds.
+times in that way before answering normally; ``"always500"`` never succeeds;
+``"after:<other>"`` is taken in only once ``<other>`` has been, so a test can make
+the server see concurrent requests in an order other than the one they were made in.
 """
 
 from __future__ import annotations
@@ -20,10 +22,14 @@ import pytest
 from stepdpo.errors import ConfigError
 from stepdpo.generation.base import Generator, GeneratorConfig, SamplingParams, build_generator
 from stepdpo.generation.openai import OpenAIGenerator, _retry_after_seconds
+from stepdpo.seeding import completion_seed, derive_seed
 
 KEY = "sk-test-SECRET-5f3a9c"
 KEY_ENV = "STEPDPO_TEST_OPENAI_KEY"
-TIMEOUT_S = 0.3
+TIMEOUT_S = 30.0
+"""The client's request timeout: long, so that a slow machine never times out a request the test expects to succeed."""
+HANG_TIMEOUT_S = 1.0
+"""The timeout of the tests that make the server hang (it never answers those requests, however long the client waits)."""
 
 
 class _Server(ThreadingHTTPServer):
@@ -31,10 +37,12 @@ class _Server(ThreadingHTTPServer):
 
     def __init__(self):
         super().__init__(("127.0.0.1", 0), _Handler)
-        self.lock = threading.Lock()
+        self.lock = threading.Condition()
         self.seen: Counter[str] = Counter()
         self.requests: list[dict] = []
         self.auth: set[str | None] = set()
+        self.release = threading.Event()
+        """Set at teardown: hanging handlers return."""
 
     def handle_error(self, request, client_address):
         """Faults close sockets under the handler on purpose; nothing to report."""
@@ -59,10 +67,13 @@ class _Handler(BaseHTTPRequestHandler):
         payload = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         key = payload["prompt"] if "prompt" in payload else payload["messages"][-1]["content"]
         with self.server.lock:
+            if key.startswith("after:"):
+                self.server.lock.wait_for(lambda: self.server.seen[key.removeprefix("after:")] > 0, timeout=60)
             self.server.requests.append(payload)
             self.server.auth.add(self.headers.get("Authorization"))
             self.server.seen[key] += 1
             count = self.server.seen[key]
+            self.server.lock.notify_all()
         fault, _, times = key.partition(":")
         failing = fault == "always500" or (times.isdigit() and count <= int(times))
         if failing and self._fault(fault):
@@ -93,7 +104,7 @@ class _Handler(BaseHTTPRequestHandler):
             self.connection.close()
             self.close_connection = True
         elif fault == "hang":
-            time.sleep(TIMEOUT_S * 4)
+            self.server.release.wait()
             self.close_connection = True
         elif fault == "malformed":
             self._send(200, b'{"choices": [{"text": "trunc')
@@ -110,6 +121,7 @@ def server():
     thread = threading.Thread(target=srv.serve_forever, daemon=True)
     thread.start()
     yield srv
+    srv.release.set()
     srv.shutdown()
     srv.server_close()
 
@@ -119,14 +131,14 @@ def make(server, monkeypatch):
     monkeypatch.setenv(KEY_ENV, KEY)
     made: list[OpenAIGenerator] = []
 
-    def build(max_retries: int = 3, sleeps: list[float] | None = None) -> OpenAIGenerator:
+    def build(max_retries: int = 3, sleeps: list[float] | None = None, timeout_s: float = TIMEOUT_S) -> OpenAIGenerator:
         config = GeneratorConfig(
             backend="openai",
             model="test-model",
             base_url=f"http://127.0.0.1:{server.server_address[1]}/v1",
             api_key_env=KEY_ENV,
             max_concurrency=4,
-            request_timeout_s=TIMEOUT_S,
+            request_timeout_s=timeout_s,
             max_retries=max_retries,
             retry_backoff_s=0.01,
             backoff_max_s=0.05,
@@ -152,18 +164,34 @@ def test_many_prompts_in_order_with_n_and_key_sent(make, server):
     gen = make()
     prompts = [f"p{i}" for i in range(20)]
     out = gen.generate(prompts, SamplingParams(n=2, temperature=0.7, max_new_tokens=16, stop=("\n\n",), seed=3))
-    assert [[c.text for c in cs] for cs in out] == [[f"p{i} -> 0 seed=3", f"p{i} -> 1 seed=3"] for i in range(20)]
+    # Without per-prompt seeds, SamplingParams.seed seeds prompt i by its position.
+    seeds = [derive_seed(3, "call", "", i) for i in range(20)]
+    assert len(set(seeds)) == 20
+    assert [[c.text for c in cs] for cs in out] == [[f"p{i} -> 0 seed={seeds[i]}", f"p{i} -> 1 seed={seeds[i]}"] for i in range(20)]
     assert all(c.num_tokens == 4 and c.finish_reason == "length" for cs in out for c in cs)
     assert server.auth == {f"Bearer {KEY}"}
-    sent = server.requests[0]
-    assert sent["model"] == "test-model" and sent["n"] == 2 and sent["max_tokens"] == 16
-    assert sent["stop"] == ["\n\n"] and sent["temperature"] == 0.7 and "top_k" not in sent
+    # Requests are sent concurrently, so the server sees them in any order: check every one.
+    assert sorted(r["prompt"] for r in server.requests) == sorted(prompts)
+    for sent in server.requests:
+        assert sent["model"] == "test-model" and sent["n"] == 2 and sent["max_tokens"] == 16
+        assert sent["stop"] == ["\n\n"] and sent["temperature"] == 0.7 and "top_k" not in sent
+
+
+def test_each_request_carries_its_prompts_seed(make, server):
+    """Identical prompts with their own seeds are separate requests with separate seeds (one seed for all would
+    make a server that honours seeds return identical samples)."""
+    gen = make()
+    out = gen.generate(["same", "same", "other"], SamplingParams(temperature=1.0), seeds=[11, 12, 11])
+    assert [cs[0].text for cs in out] == ["same -> 0 seed=11", "same -> 0 seed=12", "other -> 0 seed=11"]
+    assert sorted(r["seed"] for r in server.requests) == [11, 11, 12]
+    with pytest.raises(ValueError, match="2 seeds for 3 prompts"):
+        gen.generate(["a", "b", "c"], SamplingParams(temperature=1.0), seeds=[1, 2])
 
 
 @pytest.mark.parametrize("fault", ["429", "500", "503", "reset", "hang", "malformed", "empty"])
 def test_transient_faults_are_retried(make, server, fault):
     sleeps: list[float] = []
-    gen = make(sleeps=sleeps)
+    gen = make(sleeps=sleeps, timeout_s=HANG_TIMEOUT_S if fault == "hang" else TIMEOUT_S)
     [[completion]] = gen.generate([f"{fault}:2"], SamplingParams())
     assert completion.text == f"{fault}:2 -> 0 seed=None"
     assert server.seen[f"{fault}:2"] == 3
@@ -198,23 +226,31 @@ def test_client_errors_are_not_retried(make, server):
 
 def test_fewer_choices_fall_back_to_single_requests(make, server):
     gen = make()
-    [completions] = gen.generate(["fewer"], SamplingParams(n=3, temperature=1.0, seed=10))
-    assert [c.text for c in completions] == ["fewer -> 0 seed=10", "fewer -> 0 seed=11", "fewer -> 0 seed=12"]
+    [completions] = gen.generate(["fewer"], SamplingParams(n=3, temperature=1.0), seeds=[10])
+    # The missing choices are asked for one at a time, each with its own completion seed.
+    expected = [10, completion_seed(10, 1), completion_seed(10, 2)]
+    assert [c.text for c in completions] == [f"fewer -> 0 seed={seed}" for seed in expected]
     assert [r["n"] for r in server.requests] == [3, 1, 1]
 
 
 def test_chat(make, server):
     gen = make(sleeps=[])
-    conversations = [[{"role": "system", "content": "judge"}, {"role": "user", "content": "q1"}], [{"role": "user", "content": "503:1"}]]
+    # The server takes the first conversation in only after the second: replies still come back in input order.
+    first = [{"role": "system", "content": "judge"}, {"role": "user", "content": "after:503:1"}]
+    conversations = [first, [{"role": "user", "content": "503:1"}]]
     out = gen.chat(conversations, SamplingParams(n=2, max_new_tokens=8))
-    assert [[c.text for c in cs] for cs in out] == [["reply 0 to q1", "reply 1 to q1"], ["reply 0 to 503:1", "reply 1 to 503:1"]]
+    assert [[c.text for c in cs] for cs in out] == [["reply 0 to after:503:1", "reply 1 to after:503:1"],
+                                                    ["reply 0 to 503:1", "reply 1 to 503:1"]]
     assert all(c.finish_reason == "stop" and c.num_tokens == 4 for cs in out for c in cs)
-    assert server.requests[0]["messages"] == conversations[0]
+    # Requests are sent concurrently, in no fixed order: compare them as a set.
+    assert server.requests[0]["messages"] != first
+    assert sorted(json.dumps(r["messages"]) for r in server.requests) == sorted(
+        json.dumps(c) for c in [conversations[0], conversations[1], conversations[1]])
 
 
 def test_key_never_logged_or_shown(make, server, caplog, capsys):
     caplog.set_level(logging.DEBUG)
-    gen = make(max_retries=1, sleeps=[])
+    gen = make(max_retries=1, sleeps=[], timeout_s=HANG_TIMEOUT_S)
     prompts = ["429after:5", "429:5", "500:5", "503:5", "reset:5", "hang:5", "malformed:5", "empty:5", "400:5", "always500"]
     out = gen.generate(prompts, SamplingParams(n=2))
     reasons = [c.finish_reason for cs in out for c in cs]

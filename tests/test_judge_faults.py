@@ -20,7 +20,7 @@ PHASE_1 = [
 def test_judge_faults_are_retried_recorded_and_resumed(tmp_path, capsys):
     run_dir = tmp_path / "run"
     prepare_judge_run(run_dir, 5)
-    with FaultServer(PHASE_1, default="500", hang_s=2.5) as server:
+    with FaultServer(PHASE_1, default="500") as server:
         assert cli.main(judge_args(run_dir, server.base_url)) == 0
         assert [b for b, _ in server.requests] == PHASE_1  # every retry bounded: exactly 3 attempts at most per item
 

@@ -18,6 +18,7 @@ from stepdpo.localizers.judge import JudgeConfig, JudgeLocalizer, first_wrong, p
 from stepdpo.localizers.rollout import (RolloutConfig, RolloutLocalizer, binary_queries, boundary_confidence, drive,
                                         first_dead_binary, first_dead_linear, linear_queries)
 from stepdpo.records import LocatedError, Problem, RecordStore, Sample
+from stepdpo.seeding import derive_seed
 from stepdpo.stages.locate import LocateConfig, run as locate_run
 from stepdpo.steps import PromptFormat, split_steps
 
@@ -146,8 +147,10 @@ def test_rollouts_of_many_samples_share_generator_calls():
     # One call per search round (the longest search takes ceil(log2 9) = 4 rounds), not one per query.
     assert len(generator.calls) == max(len(r.evidence["queried"]) for r in results) <= 4
     assert sum(prompts for prompts, _ in generator.calls) == sum(len(r.evidence["queried"]) for r in results)
-    # Round r is seeded with seed + r, so reruns are reproducible.
-    assert [params.seed for _, params in generator.calls] == list(range(len(generator.calls)))
+    # Rollouts are seeded by (run seed, stage, sample id, prefix length), not by round or position in the call.
+    expected = [[derive_seed(0, "locate", r.sample_id, r.evidence["queried"][round_index]) for r in results
+                 if round_index < len(r.evidence["queried"])] for round_index in range(len(generator.calls))]
+    assert generator.seeds == expected
 
 
 def test_rollout_empty_response_is_not_searched():

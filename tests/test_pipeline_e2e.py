@@ -33,9 +33,9 @@ class Forced:
         self.name = f"forced({inner.name})"
         self.prompts = 0
 
-    def generate(self, prompts: list[str], params: SamplingParams) -> list[list[Completion]]:
+    def generate(self, prompts: list[str], params: SamplingParams, seeds=None) -> list[list[Completion]]:
         self.prompts += len(prompts)
-        out = self.inner.generate(prompts, params)
+        out = self.inner.generate(prompts, params, seeds)
         for prompt, completions in zip(prompts, out):
             after = prompt.split(STEP_HEADER, 1)[1]
             forced = {"Step 1:": {0: RIGHT, 1: WRONG_AT_2}, "Step 1: 2 + 3 = 5\nStep 2:": {0: FROM_STEP_2}}.get(after, {})

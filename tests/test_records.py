@@ -31,6 +31,22 @@ def test_torn_last_line_is_dropped_and_cut(tmp_path):
     assert [json.loads(line)["id"] for line in lines] == ["a", "b"]
 
 
+def test_last_record_without_its_newline_is_kept_on_disk_and_in_memory(tmp_path):
+    """A process killed between a line's closing brace and its newline left a whole record: loading keeps it
+    in memory, so it must stay in the file too (it used to be cut off, and later stages never saw it)."""
+    path = tmp_path / "p.jsonl"
+    RecordStore(path, Problem).append([Problem(id="a", question="q", answer="1")])
+    with open(path, "ab") as handle:
+        handle.write(b'{"id": "b", "question": "q", "answer": "2"}')
+    store = RecordStore(path, Problem)
+    assert store.keys() == {"a", "b"}
+    assert [p.id for p in RecordStore(path, Problem).records()] == ["a", "b"]
+    assert store.append([Problem(id="b", question="q", answer="2"), Problem(id="c", question="q", answer="3")]) == 1
+    lines = path.read_text().split("\n")
+    assert [json.loads(line)["id"] for line in lines[:-1]] == ["a", "b", "c"] and lines[-1] == ""
+    assert [p.id for p in RecordStore(path, Problem).records()] == ["a", "b", "c"]
+
+
 def test_malformed_middle_line_names_file_and_line(tmp_path):
     path = tmp_path / "bad.jsonl"
     path.write_text('{"id": "a", "question": "q", "answer": "1"}\n{oops\n{"id": "b", "question": "q", "answer": "1"}\n')

@@ -187,8 +187,8 @@ class FlakyJudge(ScriptedGenerator):
         self.failing = set(failing)
         self.when = when
 
-    def generate(self, prompts, params):
-        out = super().generate(prompts, params)
+    def generate(self, prompts, params, seeds=None):
+        out = super().generate(prompts, params, seeds)
         for prompt, completions in zip(prompts, out):
             partial = UNDER_REVIEW.search(prompt).group(1)
             if self.when in partial and partial.splitlines()[-1] in self.failing:

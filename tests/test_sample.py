@@ -10,6 +10,7 @@ from stepdpo.generation.base import GeneratorConfig
 from stepdpo.generation.scripted import ScriptedGenerator
 from stepdpo.records import Problem, RecordStore, Sample
 from stepdpo.rundir import RunDir
+from stepdpo.seeding import derive_seed
 from stepdpo.stages.sample import SampleConfig, command, read_problems, run, summarize
 from stepdpo.steps import PromptFormat
 
@@ -37,8 +38,9 @@ def test_run_samples_grades_and_splits():
     assert first.steps == ["Step 1: 1 + 1 = 2\n", "Step 2: then 5\nThe answer is: \\boxed{5}"]
     assert first.correct and first.predicted == "5" and first.temperature == 0.7 and first.model == "scripted"
     assert [s.correct for s in samples] == [True, False, False] * 3
-    # Two chunks (2 + 1 problems), seeded seed + chunk index, n = k.
-    assert [(count, params.n, params.seed, params.temperature) for count, params in generator.calls] == [(2, 3, 5, 0.7), (1, 3, 6, 0.7)]
+    # Two chunks (2 + 1 problems), n = k; each problem's samples seeded by (seed, "sample", problem id).
+    assert [(count, params.n, params.temperature) for count, params in generator.calls] == [(2, 3, 0.7), (1, 3, 0.7)]
+    assert generator.seeds == [[derive_seed(5, "sample", "p0"), derive_seed(5, "sample", "p1")], [derive_seed(5, "sample", "p2")]]
 
 
 def test_summarize_accuracy_and_pass_at_k():

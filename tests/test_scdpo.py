@@ -281,8 +281,8 @@ class Forced:
         self.name = f"forced({inner.name})"
         self.branch_calls = 0
 
-    def generate(self, prompts: list[str], params: SamplingParams) -> list[list[Completion]]:
-        out = self.inner.generate(prompts, params)
+    def generate(self, prompts: list[str], params: SamplingParams, seeds=None) -> list[list[Completion]]:
+        out = self.inner.generate(prompts, params, seeds)
         for prompt, completions in zip(prompts, out):
             if STEP_STOP in params.stop and after_header(prompt) == "Step 1: 2 + 3 = 5\nStep 2:":
                 self.branch_calls += 1

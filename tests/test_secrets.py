@@ -14,7 +14,7 @@ def test_api_key_never_written_or_printed(tmp_path):
     prepare_judge_run(run_dir, 4)
     outputs = []
     script = ["500", "500", "500", "429", "reset", "hang", "bad-json", "ok", "wrong-format", "ok", "ok"]
-    with FaultServer(script, default="503", hang_s=2.0) as server:
+    with FaultServer(script, default="503") as server:
         first = run_stepdpo(judge_args(run_dir, server.base_url), env=env, timeout_s=120)
         outputs += [first.stdout, first.stderr]
         assert first.returncode == 0, first.stderr

@@ -212,9 +212,12 @@ def read_jsonl_dicts(path: str | os.PathLike, *, allow_torn_tail: bool = False) 
 class RecordStore(Generic[RecordT]):
     """An append-only JSONL file of one record type, keyed for resumption.
 
-    ``open()`` reads what is there, cuts off a torn last line, and remembers the
-    keys already written; ``append`` writes whole lines and flushes them to disk
-    so a SIGKILL loses at most the line being written, never earlier ones.
+    Loading reads what is there and remembers the keys already written. A last
+    line without its newline is either torn (it does not parse: it is cut off the
+    file) or complete up to the newline (the process died between the closing
+    ``}`` and the ``\n``: it is kept, and the newline is written), so the file and
+    the records in memory always agree. ``append`` writes whole lines and flushes
+    them to disk, so a SIGKILL loses at most the line being written, never earlier ones.
     """
 
     def __init__(self, path: str | os.PathLike, record_type: type[RecordT], key: str = "id"):
@@ -231,10 +234,12 @@ class RecordStore(Generic[RecordT]):
         self._loaded = True
         if not self.path.exists():
             return
-        good_end = 0
         raw = self.path.read_bytes()
+        last_line = raw.count(b"\n") + 1
+        kept_last = False
         records: list[RecordT] = []
         for number, obj in read_jsonl_dicts(self.path, allow_torn_tail=True):
+            kept_last = number == last_line
             record = record_from_dict(self.record_type, obj, self.path, number)
             key = getattr(record, self.key)
             if key in self._keys:
@@ -242,11 +247,17 @@ class RecordStore(Generic[RecordT]):
             self._keys.add(key)
             records.append(record)
         self._records = records
-        # Cut a torn tail off the file itself, so the next append starts on a fresh line.
         if raw and not raw.endswith(b"\n"):
-            good_end = raw.rfind(b"\n") + 1
+            # The next append must start on a fresh line: end a complete last record (loaded above)
+            # with its newline, or cut a torn one off, as it was not loaded.
             with open(self.path, "r+b") as handle:
-                handle.truncate(good_end)
+                if kept_last:
+                    handle.seek(0, os.SEEK_END)
+                    handle.write(b"\n")
+                else:
+                    handle.truncate(raw.rfind(b"\n") + 1)
+                handle.flush()
+                os.fsync(handle.fileno())
 
     def __contains__(self, key: Any) -> bool:
         self._load()

@@ -4,14 +4,25 @@ Every stage (sampling, rollouts, rectification, evaluation) talks to a
 :class:`Generator` and never knows which backend runs it. Prompts are complete
 texts (chat template and step priming already applied by
 :class:`stepdpo.steps.PromptFormat`); completions are the continuation only.
+
+Seeds are per prompt. ``generate(prompts, params, seeds)`` takes one seed per
+prompt, and completion ``j`` of prompt ``i`` is drawn with
+``completion_seed(seeds[i], j)`` (:mod:`stepdpo.seeding`): a prompt's samples
+depend on its seed alone, not on the other prompts of the call, their order or
+the batch size, and identical prompts with different seeds get different
+samples. Stages derive each prompt's seed from the record it makes
+(:func:`stepdpo.seeding.derive_seed`). Without ``seeds``, ``params.seed`` (when
+set) seeds prompt ``i`` by its position in the call, which is reproducible for
+the same call but not across batchings; with neither, sampling is unseeded.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal, Protocol, runtime_checkable
+from typing import Literal, Protocol, Sequence, runtime_checkable
 
 from stepdpo.config import OptionCheck
+from stepdpo.seeding import derive_seed
 from stepdpo.steps import PromptFormat
 
 
@@ -28,6 +39,7 @@ class SamplingParams:
     stop: tuple[str, ...] = ()
     """Generation ends at the first of these strings; the stop string is not included."""
     seed: int | None = None
+    """Seeds a call whose ``generate`` gets no per-prompt ``seeds``: prompt i by its position (see the module docstring)."""
 
 
 @dataclass
@@ -46,9 +58,22 @@ class Generator(Protocol):
     name: str
     """A short description for provenance, e.g. 'hf:/path/to/model'."""
 
-    def generate(self, prompts: list[str], params: SamplingParams) -> list[list[Completion]]:
-        """Return, for each prompt in order, ``params.n`` completions."""
+    def generate(self, prompts: list[str], params: SamplingParams, seeds: Sequence[int] | None = None) -> list[list[Completion]]:
+        """Return, for each prompt in order, ``params.n`` completions; ``seeds``: one per prompt (see the module docstring)."""
         ...
+
+
+def prompt_seeds(prompts: Sequence[str], params: SamplingParams, seeds: Sequence[int] | None) -> list[int | None]:
+    """The seed of each prompt of a call: ``seeds``, else ``params.seed`` keyed by position, else None (unseeded)."""
+    if seeds is not None:
+        if params.seed is not None:
+            raise ValueError("give per-prompt seeds or SamplingParams.seed, not both")
+        if len(seeds) != len(prompts):
+            raise ValueError(f"{len(seeds)} seeds for {len(prompts)} prompts")
+        return [int(seed) for seed in seeds]
+    if params.seed is None:
+        return [None] * len(prompts)
+    return [derive_seed(params.seed, "call", "", index) for index in range(len(prompts))]
 
 
 @dataclass

@@ -23,10 +23,10 @@ import traceback
 import weakref
 from dataclasses import dataclass, replace
 from multiprocessing.connection import Connection, wait
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Sequence
 
 from stepdpo.errors import ConfigError, StepdpoError
-from stepdpo.generation.base import Completion, Generator, GeneratorConfig, SamplingParams, close_generator
+from stepdpo.generation.base import Completion, Generator, GeneratorConfig, SamplingParams, close_generator, prompt_seeds
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +68,7 @@ def shard_bounds(count: int, shards: int) -> list[tuple[int, int]]:
 def serve(conn: Connection, engine_factory: EngineFactory, config: GeneratorConfig, devices: list[str]) -> None:
     """A worker's life: pin its GPUs, build one engine, answer ``generate`` requests until told to stop.
 
-    Messages in: ``("generate", prompts, params)`` or ``("stop",)``. Messages out: ``("ready",)``
+    Messages in: ``("generate", prompts, params, seeds)`` or ``("stop",)``. Messages out: ``("ready",)``
     once the engine is built, then ``("ok", completions)`` or ``("error", traceback)`` per request.
     The engine is shut down on the way out, whatever ends the loop (a stop, or the parent gone).
     """
@@ -88,9 +88,9 @@ def serve(conn: Connection, engine_factory: EngineFactory, config: GeneratorConf
                 return
             if message[0] == "stop":
                 return
-            _, prompts, params = message
+            _, prompts, params, seeds = message
             try:
-                conn.send(("ok", engine.generate(prompts, params)))
+                conn.send(("ok", engine.generate(prompts, params, seeds=seeds)))
             except Exception:  # noqa: BLE001 - reported to the parent, which names this worker's GPUs
                 conn.send(("error", traceback.format_exc()))
     finally:
@@ -161,15 +161,22 @@ class DataParallelGenerator:
             raise
         log.info("vllm data parallel: %d engines on %s", len(self._workers), "; ".join(w.where for w in self._workers))
 
-    def generate(self, prompts: list[str], params: SamplingParams) -> list[list[Completion]]:
-        """Each worker generates its contiguous shard; the answers come back in prompt order."""
+    def generate(self, prompts: list[str], params: SamplingParams, seeds: Sequence[int] | None = None) -> list[list[Completion]]:
+        """Each worker generates its contiguous shard; the answers come back in prompt order.
+
+        Each prompt keeps its own seed (resolved here, before sharding), so a sample does not
+        depend on how many workers there are or which shard its prompt falls in.
+        """
         if not self._finalizer.alive:
             raise WorkerError("the data-parallel vLLM workers were shut down")
         if not prompts:
             return []
+        resolved = prompt_seeds(prompts, params, seeds)
+        shard_seeds = None if all(seed is None for seed in resolved) else resolved
+        params = replace(params, seed=None)
         bounds = [(worker, start, end) for worker, (start, end) in zip(self._workers, shard_bounds(len(prompts), len(self._workers))) if end > start]
         for worker, start, end in bounds:
-            worker.conn.send(("generate", prompts[start:end], params))
+            worker.conn.send(("generate", prompts[start:end], params, None if shard_seeds is None else shard_seeds[start:end]))
         deadline = time.monotonic() + self.timeout_s
         merged: list[list[Completion]] = []
         try:

@@ -5,6 +5,11 @@ them), expanded to one row per sample, sorted by length so that a batch wastes
 little left padding, and generated in batches of ``config.batch_size`` rows.
 Results come back in the original prompt order.
 
+Sampling is per row: each sampled row draws from its own seed (see
+:class:`KeyedSampler`), so a completion is the same whatever batch, chunk or
+position it was generated in (up to the float rounding that padding and batch
+shape cause in the logits, as with greedy decoding).
+
 Token counts: ``num_tokens`` is the number of tokens the model generated for
 the completion, up to and including the end-of-sequence token or the token
 that completed a stop string (what vLLM reports too); padding written after a
@@ -16,11 +21,12 @@ from __future__ import annotations
 import contextlib
 import logging
 from dataclasses import replace
-from typing import Any, Iterator
+from typing import Any, Sequence
 
 from stepdpo.errors import ConfigError
-from stepdpo.generation.base import Completion, GeneratorConfig, SamplingParams
+from stepdpo.generation.base import Completion, GeneratorConfig, SamplingParams, prompt_seeds
 from stepdpo.hardware import cpu_supports_bf16
+from stepdpo.seeding import SEED_BITS, completion_seed, derive_seed
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +54,48 @@ def _check_params(params: SamplingParams) -> None:
         raise ConfigError(f"top_k must be >= 0 (0 disables it), got {params.top_k}")
     if any(not s for s in params.stop):
         raise ConfigError("stop strings must be non-empty")
+
+
+class KeyedSampler:
+    """A logits processor that samples each row's next token from the row's own seed.
+
+    transformers applies user logits processors *before* its temperature, top-k and
+    top-p warpers (``_get_logits_processor`` in transformers 5), and then samples all
+    rows from one global RNG. So generate runs greedy, and this processor does both:
+    it applies transformers' own warpers in generate's order (temperature, top-k,
+    top-p), then picks a token by the Gumbel-max trick (argmax of scores - log E,
+    E ~ Exp(1)) with noise from a generator seeded by ``derive_seed(row seed,
+    "token", "", position)``, and leaves only that token finite, which greedy then
+    takes. A row's tokens depend on its seed, position and logits only.
+    """
+
+    def __init__(self, params: SamplingParams, row_seeds: Sequence[int], prompt_width: int, device: str):
+        import torch
+        from transformers import TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
+
+        self.warpers: list[Any] = [TemperatureLogitsWarper(params.temperature)]
+        if params.top_k > 0:
+            self.warpers.append(TopKLogitsWarper(top_k=params.top_k))
+        if params.top_p < 1.0:
+            self.warpers.append(TopPLogitsWarper(top_p=params.top_p))
+        self.row_seeds = list(row_seeds)
+        self.prompt_width = prompt_width
+        self.rng = torch.Generator(device=device)
+
+    def __call__(self, input_ids: Any, scores: Any) -> Any:
+        import torch
+
+        for warper in self.warpers:
+            scores = warper(input_ids, scores)
+        position = input_ids.shape[1] - self.prompt_width
+        noise = torch.empty_like(scores)
+        for row, seed in enumerate(self.row_seeds):
+            self.rng.manual_seed(derive_seed(seed, "token", "", position))
+            noise[row].exponential_(generator=self.rng)
+        # exponential_ may return 0, whose log would turn a filtered (-inf) token into nan.
+        noise.clamp_(min=torch.finfo(noise.dtype).tiny)
+        choice = (scores - noise.log()).argmax(dim=-1, keepdim=True)
+        return torch.full_like(scores, float("-inf")).scatter_(1, choice, 0.0)
 
 
 class HFGenerator:
@@ -117,42 +165,33 @@ class HFGenerator:
             return contextlib.nullcontext()
         return torch.autocast(device_type=self.device.split(":")[0], dtype=self.autocast_dtype)
 
-    @contextlib.contextmanager
-    def _seeded(self, seed: int | None) -> Iterator[None]:
-        """Seed torch's RNG for one batch without disturbing the caller's RNG state."""
-        import torch
-
-        if seed is None:
-            yield
-            return
-        devices = [self.device] if self.device.startswith("cuda") else []
-        with torch.random.fork_rng(devices=devices):
-            torch.manual_seed(seed)
-            yield
-
     def _generation_config(self, params: SamplingParams) -> Any:
         from transformers import GenerationConfig
 
-        sample = params.temperature > 0
+        # Always greedy for generate itself: sampling happens in KeyedSampler, which leaves one token per row
+        # (generate's own sampling would draw every row from one RNG, so a row's sample would depend on its batch).
         return GenerationConfig(
             max_new_tokens=params.max_new_tokens,
-            do_sample=sample,
+            do_sample=False,
             # Explicit values: unset ones would be filled from the model's or the global defaults (top_k=50).
-            temperature=params.temperature if sample else 1.0,
-            top_p=params.top_p if sample else 1.0,
-            # Greedy: None keeps the default, which generate's validation does not flag as unused.
-            top_k=params.top_k if sample else None,
+            temperature=1.0,
+            top_p=1.0,
+            # None keeps the default, which generate's validation does not flag as unused when greedy.
+            top_k=None,
             num_beams=1,
             eos_token_id=self.eos_ids,
             pad_token_id=self.pad_id,
             stop_strings=list(params.stop) or None,
         )
 
-    def generate(self, prompts: list[str], params: SamplingParams) -> list[list[Completion]]:
+    def generate(self, prompts: list[str], params: SamplingParams, seeds: Sequence[int] | None = None) -> list[list[Completion]]:
         """Return ``params.n`` completions for each prompt, in prompt order.
 
         With ``temperature == 0`` the n completions of a prompt are identical,
-        so each prompt is decoded once and the result repeated.
+        so each prompt is decoded once and the result repeated. Sampled rows draw
+        from their own seed (``completion_seed(prompt seed, j)``), so a completion
+        does not depend on the batch it was generated in; unseeded rows get a seed
+        from torch's global RNG.
         """
         import torch
         from tqdm.auto import tqdm
@@ -160,22 +199,35 @@ class HFGenerator:
         _check_params(params)
         if not prompts:
             return []
+        per_prompt = prompt_seeds(prompts, params, seeds)
         encoded = self.tokenizer(list(prompts), add_special_tokens=False)["input_ids"]
-        copies = params.n if params.temperature > 0 else 1
+        sampled = params.temperature > 0
+        copies = params.n if sampled else 1
         rows = [(p, s) for p in range(len(prompts)) for s in range(copies)]
+        row_seed: dict[tuple[int, int], int] = {}
+        if sampled:
+            for p, s in rows:
+                seed = per_prompt[p]
+                row_seed[(p, s)] = completion_seed(seed, s) if seed is not None else int(torch.randint(2**SEED_BITS, ()).item())
         # Longest first: similar lengths share a batch, and an out-of-memory batch shows up at once.
         rows.sort(key=lambda row: (-len(encoded[row[0]]), row))
         gen_config = self._generation_config(params)
         results: dict[tuple[int, int], Completion] = {}
         batches = [rows[i : i + self.config.batch_size] for i in range(0, len(rows), self.config.batch_size)]
-        for index, batch in enumerate(tqdm(batches, desc="generate", unit="batch", disable=len(batches) < 2, leave=False)):
+        for batch in tqdm(batches, desc="generate", unit="batch", disable=len(batches) < 2, leave=False):
             input_ids, attention_mask = self._left_pad([encoded[p] for p, _ in batch])
-            seed = None if params.seed is None else params.seed + index
-            with torch.inference_mode(), self._autocast(), self._seeded(seed):
+            processors = None
+            if sampled:
+                from transformers import LogitsProcessorList
+
+                sampler = KeyedSampler(params, [row_seed[row] for row in batch], input_ids.shape[1], self.device)
+                processors = LogitsProcessorList([sampler])
+            with torch.inference_mode(), self._autocast():
                 output = self.model.generate(
                     input_ids=input_ids,
                     attention_mask=attention_mask,
                     generation_config=gen_config,
+                    logits_processor=processors,
                     tokenizer=self.tokenizer if params.stop else None,
                 )
             generated = output[:, input_ids.shape[1] :].tolist()

@@ -22,6 +22,10 @@ up in a reason (a short excerpt of a 4xx body) is scrubbed of it too.
 ``top_k`` is not an OpenAI parameter; it is sent only when it is > 0 (vLLM's
 server accepts it). Servers report completion tokens as a total per request:
 with several choices in one response, each gets an even share of that total.
+
+Seeds: each prompt's request carries its own ``seed`` (servers that honour it,
+such as vLLM's, seed the request's choices from it); a choice the server did
+not return is asked for alone with ``completion_seed(prompt seed, j)``.
 """
 
 from __future__ import annotations
@@ -34,12 +38,13 @@ import random
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import httpx
 
 from stepdpo.errors import ConfigError
-from stepdpo.generation.base import Completion, GeneratorConfig, SamplingParams
+from stepdpo.generation.base import Completion, GeneratorConfig, SamplingParams, prompt_seeds
+from stepdpo.seeding import completion_seed
 
 log = logging.getLogger(__name__)
 
@@ -114,17 +119,18 @@ class OpenAIGenerator:
 
     # -- public API -------------------------------------------------------------------
 
-    def generate(self, prompts: list[str], params: SamplingParams) -> list[list[Completion]]:
-        """``params.n`` completions per prompt from ``/completions``, in prompt order."""
-        return self._run("/completions", [{"prompt": p} for p in prompts], params)
+    def generate(self, prompts: list[str], params: SamplingParams, seeds: Sequence[int] | None = None) -> list[list[Completion]]:
+        """``params.n`` completions per prompt from ``/completions``, in prompt order; ``seeds``: one per prompt."""
+        return self._run("/completions", [{"prompt": p} for p in prompts], params, prompt_seeds(prompts, params, seeds))
 
-    def chat(self, conversations: list[list[dict]], params: SamplingParams) -> list[list[Completion]]:
+    def chat(self, conversations: list[list[dict]], params: SamplingParams, seeds: Sequence[int] | None = None) -> list[list[Completion]]:
         """``params.n`` assistant replies per conversation (a list of ``{"role", "content"}``) from ``/chat/completions``."""
-        return self._run("/chat/completions", [{"messages": c} for c in conversations], params)
+        return self._run("/chat/completions", [{"messages": c} for c in conversations], params,
+                         prompt_seeds(conversations, params, seeds))
 
     # -- internals --------------------------------------------------------------------
 
-    def _run(self, endpoint: str, inputs: list[dict], params: SamplingParams) -> list[list[Completion]]:
+    def _run(self, endpoint: str, inputs: list[dict], params: SamplingParams, seeds: list[int | None]) -> list[list[Completion]]:
         from tqdm.auto import tqdm
 
         if params.n < 1:
@@ -132,18 +138,17 @@ class OpenAIGenerator:
         if not inputs:
             return []
         with ThreadPoolExecutor(max_workers=min(self.config.max_concurrency, len(inputs))) as pool:
-            futures = [pool.submit(self._one_input, endpoint, item, params) for item in inputs]
+            futures = [pool.submit(self._one_input, endpoint, item, params, seed) for item, seed in zip(inputs, seeds)]
             with tqdm(total=len(futures), desc=f"openai {endpoint}", unit="req", disable=len(futures) < 2, leave=False) as bar:
                 for future in futures:
                     future.add_done_callback(lambda _: bar.update())
                 return [future.result() for future in futures]
 
-    def _one_input(self, endpoint: str, item: dict, params: SamplingParams) -> list[Completion]:
+    def _one_input(self, endpoint: str, item: dict, params: SamplingParams, seed: int | None) -> list[Completion]:
         """n completions for one prompt/conversation: one request with ``n``, then single requests for missing choices."""
-        completions = self._request(endpoint, item, params, params.n, params.seed)
+        completions = self._request(endpoint, item, params, params.n, seed)
         for extra in range(len(completions), params.n):
-            seed = None if params.seed is None else params.seed + extra
-            completions.extend(self._request(endpoint, item, params, 1, seed))
+            completions.extend(self._request(endpoint, item, params, 1, None if seed is None else completion_seed(seed, extra)))
         return completions
 
     def _payload(self, item: dict, params: SamplingParams, n: int, seed: int | None) -> dict[str, Any]:

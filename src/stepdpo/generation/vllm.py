@@ -8,14 +8,19 @@ tokenizer that adds BOS does not add a second one.
 ``num_tokens`` is ``len(output.token_ids)``: every generated token, including
 the end-of-sequence token or the tokens of a stop string (whose text vLLM
 removes from the output).
+
+Seeds: every request gets its own ``vllm.SamplingParams`` with its prompt's
+seed (``LLM.generate`` takes one per prompt), and vLLM seeds each request's
+sampling on its own, whatever else is in the batch. For ``n > 1`` vLLM splits
+a request into n children and seeds child j with ``seed + j`` itself.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Sequence
 
 from stepdpo.errors import ConfigError
-from stepdpo.generation.base import Completion, GeneratorConfig, SamplingParams
+from stepdpo.generation.base import Completion, GeneratorConfig, SamplingParams, prompt_seeds
 
 
 def _import_vllm() -> Any:
@@ -51,8 +56,9 @@ class VLLMGenerator:
         self.tokenizer = self.llm.get_tokenizer()
         self._vllm = vllm
 
-    def sampling_params(self, params: SamplingParams) -> Any:
-        """Our :class:`SamplingParams` as vLLM's (top_k -1 = off; temperature 0 = greedy, one sequence: vLLM refuses n > 1)."""
+    def sampling_params(self, params: SamplingParams, seed: int | None = None) -> Any:
+        """Our :class:`SamplingParams` as vLLM's for one request seeded with ``seed`` (top_k -1 = off;
+        temperature 0 = greedy, one sequence: vLLM refuses n > 1)."""
         return self._vllm.SamplingParams(
             n=params.n if params.temperature > 0 else 1,
             temperature=params.temperature,
@@ -60,17 +66,18 @@ class VLLMGenerator:
             top_k=params.top_k if params.top_k > 0 and params.temperature > 0 else -1,
             max_tokens=params.max_new_tokens,
             stop=list(params.stop) or None,
-            seed=params.seed,
+            seed=seed,
         )
 
-    def generate(self, prompts: list[str], params: SamplingParams) -> list[list[Completion]]:
+    def generate(self, prompts: list[str], params: SamplingParams, seeds: Sequence[int] | None = None) -> list[list[Completion]]:
         """``params.n`` completions per prompt, in prompt order (vLLM schedules the batch itself)."""
         if params.n < 1:
             raise ConfigError(f"sampling n must be >= 1, got {params.n}")
         if not prompts:
             return []
         token_prompts = [{"prompt_token_ids": self.tokenizer.encode(p, add_special_tokens=False)} for p in prompts]
-        outputs = self.llm.generate(token_prompts, self.sampling_params(params), use_tqdm=True)
+        request_params = [self.sampling_params(params, seed) for seed in prompt_seeds(prompts, params, seeds)]
+        outputs = self.llm.generate(token_prompts, request_params, use_tqdm=True)
         if params.temperature > 0:
             return [[_completion(out) for out in request.outputs] for request in outputs]
         # Greedy: vLLM decodes one sequence; the n answers are that one, as separate objects (as the hf backend does).

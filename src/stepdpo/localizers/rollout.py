@@ -34,6 +34,7 @@ from stepdpo.generation.base import Generator, SamplingParams
 from stepdpo.grading import grade_responses
 from stepdpo.localizers.base import STATUS_OK, empty_response
 from stepdpo.records import LocatedError, Problem, Sample
+from stepdpo.seeding import derive_seed
 from stepdpo.steps import PromptFormat, next_marker
 
 Search = Coroutine[int, bool, int]
@@ -113,7 +114,7 @@ class RolloutConfig:
     top_p: float = field(default=0.95, metadata={"help": "Rollout nucleus sampling."})
     max_new_tokens: int = field(default=512, metadata={"help": "Token limit of each rollout."})
     stop: tuple[str, ...] = field(default=(), metadata={"help": "Extra stop strings for rollouts."})
-    seed: int = field(default=0, metadata={"help": "Base seed; round r of the search uses seed + r."})
+    seed: int = field(default=0, metadata={"help": "Run seed; the rollouts from prefix i of a sample are seeded by (seed, stage, sample id, i)."})
 
     def validate(self, prefix: str = "") -> None:
         """Refuse options that cannot work, before anything is loaded; the error names the option (``prefix`` + field)."""
@@ -149,12 +150,14 @@ class _State:
 class RolloutLocalizer:
     """Batched rollout localization: every round answers the pending query of all unfinished samples at once."""
 
-    def __init__(self, config: RolloutConfig, generator: Generator, fmt: PromptFormat):
+    def __init__(self, config: RolloutConfig, generator: Generator, fmt: PromptFormat, stage: str = "locate"):
         if config.rollouts_per_prefix < 1:
             raise ValueError("rollouts_per_prefix must be >= 1")
         self.config = config
         self.generator = generator
         self.fmt = fmt
+        self.stage = stage
+        """The stage name in the rollouts' seeds, so that two stages rolling out one sample draw independently."""
         self.name = f"rollout-{config.search}"
 
     def _alive(self, successes: int, trials: int) -> bool:
@@ -166,7 +169,6 @@ class RolloutLocalizer:
         states = {j: _State(p, s, SEARCHES[cfg.search](len(s.steps))) for j, (p, s) in enumerate(items) if results[j] is None}
         for state in states.values():
             state.advance(None)
-        round_index = 0
         while True:
             pending = [state for state in states.values() if state.query is not None]
             if not pending:
@@ -174,8 +176,10 @@ class RolloutLocalizer:
             prefixes = ["".join(state.sample.steps[: state.query]) for state in pending]
             prompts = [self.fmt.prompt(state.problem.question, prefix) for state, prefix in zip(pending, prefixes)]
             params = SamplingParams(n=cfg.rollouts_per_prefix, temperature=cfg.temperature, top_p=cfg.top_p,
-                                    max_new_tokens=cfg.max_new_tokens, stop=tuple(cfg.stop), seed=cfg.seed + round_index)
-            outputs = self.generator.generate(prompts, params)
+                                    max_new_tokens=cfg.max_new_tokens, stop=tuple(cfg.stop))
+            # Keyed on (sample, prefix): a sample's rollouts do not depend on the chunk, round or search that asks.
+            seeds = [derive_seed(cfg.seed, self.stage, state.sample.id, state.query) for state in pending]
+            outputs = self.generator.generate(prompts, params, seeds=seeds)
             graded = grade_responses([(prefix + next_marker(prefix) + completion.text, state.problem.answer)
                                  for state, prefix, completions in zip(pending, prefixes, outputs) for completion in completions])
             at = 0
@@ -186,7 +190,6 @@ class RolloutLocalizer:
                 state.rollouts += len(completions)
                 state.tokens += sum(completion.num_tokens for completion in completions)
                 state.advance(self._alive(successes, len(completions)))
-            round_index += 1
         for j, state in states.items():
             k = state.result
             assert k is not None

@@ -39,6 +39,7 @@ from stepdpo.grading import answers_match, extract_answer
 from stepdpo.hardware import describe
 from stepdpo.records import Problem, RecordStore, atomic_write_json
 from stepdpo.rundir import Funnel, RunDir
+from stepdpo.seeding import derive_seed
 from stepdpo.steps import FIRST_MARKER
 
 log = logging.getLogger(__name__)
@@ -61,7 +62,7 @@ class EvalConfig:
     model: Optional[str] = field(default=None, metadata={"help": "Model to evaluate (hub id, path or 'smollm2-135m'); overrides generator.model when set."})
     data: list[str] = field(default_factory=lambda: ["gsm8k:test"], metadata={"help": "Test sets, as loader specs (gsm8k:test, math500:test, multiarith:test, a file, ...); comma-separated or repeated."})
     limit: Optional[int] = field(default=None, metadata={"help": "At most this many problems per set (a seeded random subset); None: all."})
-    seed: int = field(default=0, metadata={"help": "Seed of the subset choice and of sampling."})
+    seed: int = field(default=0, metadata={"help": "Seed of the subset choice and of sampling (a problem's samples are seeded by (seed, set, problem id))."})
     prompt: Literal["boxed", "step"] = field(default="boxed", metadata={"help": "boxed: the paper's 'reason step by step ... \\boxed{}' instruction, no priming; step: the step-wise format primed with 'Step 1:'."})
     n: int = field(default=1, metadata={"help": "Samples per problem (n > 1 needs temperature > 0)."})
     temperature: float = field(default=0.0, metadata={"help": "Sampling temperature; 0 = greedy."})
@@ -332,7 +333,7 @@ def run(config: EvalConfig, problems_by_set: dict[str, list[Problem]], generator
     compute = generator_compute(generator)
     _guard_settings(out, settings, fingerprint, compute)
     store: RecordStore[EvalSample] = RecordStore(out / "samples.jsonl", EvalSample)
-    params = SamplingParams(n=config.n, temperature=config.temperature, top_p=config.top_p, max_new_tokens=config.max_new_tokens, seed=config.seed)
+    params = SamplingParams(n=config.n, temperature=config.temperature, top_p=config.top_p, max_new_tokens=config.max_new_tokens)
     prompter: Callable[[str], tuple[str, str]] | None = None
     started = time.perf_counter()
     sets: dict[str, Any] = {}
@@ -350,7 +351,8 @@ def run(config: EvalConfig, problems_by_set: dict[str, list[Problem]], generator
                 chunk = todo[start : start + config.chunk_size]
                 prompter = prompter or make_prompter(config)
                 prompts = [prompter(p.question) for p in chunk]
-                completions = generator.generate([prompt for prompt, _ in prompts], params)
+                seeds = [derive_seed(config.seed, "eval", f"{set_name}|{p.id}") for p in chunk]
+                completions = generator.generate([prompt for prompt, _ in prompts], params, seeds=seeds)
                 graded = [
                     grade_sample(config, set_name, problem, index, prompt, head + c.text, c.num_tokens, c.finish_reason)
                     for problem, (prompt, head), outs in zip(chunk, prompts, completions)

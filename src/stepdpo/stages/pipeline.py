@@ -161,7 +161,7 @@ def stage_config(config: RunConfig, section: str, method: Optional[str] = None) 
     if section == "sample":
         return replace(config.sample, run_dir=root, seed=config.seed, generator=generator)
     if section == "locate":
-        return replace(config.locate, run_dir=root, generator=generator)
+        return replace(config.locate, run_dir=root, generator=generator, rollout=replace(config.locate.rollout, seed=config.seed))
     if section == "rectify":
         return replace(config.rectify, run_dir=root, seed=config.seed, generator=generator)
     if section == "pairs":

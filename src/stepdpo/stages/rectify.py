@@ -55,6 +55,7 @@ from stepdpo.localizers.base import FAILED_PREFIX, STATUS_OK
 from stepdpo.localizers.judge import JudgeConfig, first_wrong, load_template, numbered_solution, parse_verdict, reference_text, render_template
 from stepdpo.records import LocatedError, Problem, RecordStore, Rectification, Sample, append_failures
 from stepdpo.rundir import Funnel, RunDir
+from stepdpo.seeding import derive_seed
 from stepdpo.stages.sample import read_problems, read_samples
 from stepdpo.steps import PromptFormat, next_marker, prefix_before, split_steps
 
@@ -91,7 +92,7 @@ class RectifyConfig:
     top_p: float = field(default=0.95, metadata={"help": "Nucleus sampling (the release: 0.95)."})
     max_new_tokens: int = field(default=512, metadata={"help": "Token limit of each continuation."})
     stop: tuple[str, ...] = field(default=(), metadata={"help": "Extra stop strings."})
-    seed: int = field(default=0, metadata={"help": "Sampling seed; chunk c uses seed + c."})
+    seed: int = field(default=0, metadata={"help": "Sampling seed; the continuations of a located error are seeded by (seed, its sample id)."})
     limit: Optional[int] = field(default=None, metadata={"help": "Rectify at most this many located errors."})
     chunk_size: int = field(default=8, metadata={"help": "Located errors per generation call; saved after each chunk."})
     run_dir: str = field(default="runs/default", metadata={"help": "Run directory: reads located.jsonl, writes rectified.jsonl."})
@@ -296,11 +297,8 @@ def sample_candidates(config: RectifyConfig, problems: dict[str, Problem], sampl
     new: list[Rectification] = []
     chunk_size = max(1, config.chunk_size)
     with tqdm(total=len(usable), initial=len(usable) - len(todo), desc="rectify", unit="error") as bar:
-        # Chunks are cut from all usable errors, not from what is left, so a resumed run seeds each chunk as an uninterrupted one does.
-        for chunk_index, start in enumerate(range(0, len(usable), chunk_size)):
-            chunk = [x for x in usable[start: start + chunk_size] if x.sample_id not in done]
-            if not chunk:
-                continue
+        for start in range(0, len(todo), chunk_size):
+            chunk = todo[start: start + chunk_size]
             jobs = []
             for x in chunk:
                 sample, problem = samples[x.sample_id], problems[x.problem_id]
@@ -310,8 +308,8 @@ def sample_candidates(config: RectifyConfig, problems: dict[str, Problem], sampl
                 jobs.append((x, sample, problem, k, prefix))
             prompts = [fmt.prompt(problem.question, prefix) for _, _, problem, _, prefix in jobs]
             params = SamplingParams(n=config.r, temperature=config.temperature, top_p=config.top_p,
-                                    max_new_tokens=config.max_new_tokens, stop=tuple(config.stop), seed=config.seed + chunk_index)
-            outputs = generator.generate(prompts, params)
+                                    max_new_tokens=config.max_new_tokens, stop=tuple(config.stop))
+            outputs = generator.generate(prompts, params, seeds=[derive_seed(config.seed, "rectify", x.sample_id) for x in chunk])
             graded = grade_responses([(prefix + next_marker(prefix) + c.text, problem.answer)
                                  for (_, _, problem, _, prefix), cs in zip(jobs, outputs) for c in cs])
             at = 0

@@ -26,6 +26,7 @@ from stepdpo.metrics import pass_at_k
 from stepdpo.errors import InputError
 from stepdpo.records import Problem, RecordStore, Sample, atomic_write_text, record_to_dict
 from stepdpo.rundir import Funnel, RunDir
+from stepdpo.seeding import derive_seed
 from stepdpo.steps import FIRST_MARKER, PromptFormat, split_steps
 
 log = logging.getLogger(__name__)
@@ -37,7 +38,7 @@ class SampleConfig:
 
     data: str = field(default="gsm8k:train", metadata={"help": "Problem set spec: gsm8k:train, math:train, synthetic:..., or a JSONL path (see `stepdpo data show`)."})
     limit: Optional[int] = field(default=None, metadata={"help": "Use at most this many problems (a seeded subset)."})
-    seed: int = field(default=0, metadata={"help": "Seed for the problem subset and for sampling (chunk c uses seed + c)."})
+    seed: int = field(default=0, metadata={"help": "Seed for the problem subset and for sampling (each problem's samples are seeded by (seed, problem id))."})
     k: int = field(default=4, metadata={"help": "Samples per problem."})
     temperature: float = field(default=0.8, metadata={"help": "Sampling temperature (the paper: 0.8)."})
     top_p: float = field(default=0.95, metadata={"help": "Nucleus sampling (the paper: 0.95)."})
@@ -98,15 +99,15 @@ def run(config: SampleConfig, problems: Sequence[Problem], generator: Generator,
     new: list[Sample] = []
     chunk_size = max(1, config.chunk_size)
     with tqdm(total=len(problems), desc="sample", unit="problem") as bar:
-        for chunk_index, start in enumerate(range(0, len(problems), chunk_size)):
+        for start in range(0, len(problems), chunk_size):
             chunk = [p for p in problems[start: start + chunk_size] if any(f"{p.id}#{j}" not in done for j in range(config.k))]
             bar.update(len(problems[start: start + chunk_size]) - len(chunk))
             if not chunk:
                 continue
             prompts = [fmt.prompt(p.question) for p in chunk]
             params = SamplingParams(n=config.k, temperature=config.temperature, top_p=config.top_p,
-                                    max_new_tokens=config.max_new_tokens, stop=tuple(config.stop), seed=config.seed + chunk_index)
-            outputs = generator.generate(prompts, params)
+                                    max_new_tokens=config.max_new_tokens, stop=tuple(config.stop))
+            outputs = generator.generate(prompts, params, seeds=[derive_seed(config.seed, "sample", p.id) for p in chunk])
             graded = grade_responses([(FIRST_MARKER + c.text, p.answer) for p, cs in zip(chunk, outputs) for c in cs])
             at = 0
             chunk_samples: list[Sample] = []

@@ -57,6 +57,7 @@ from stepdpo.grading import extract_answer, grade_many
 from stepdpo.localizers.rollout import RolloutConfig, RolloutLocalizer
 from stepdpo.records import Problem, RecordStore, Sample, StepPair
 from stepdpo.rundir import Funnel, RunDir
+from stepdpo.seeding import derive_seed
 from stepdpo.stages.pairs import PairsConfig, check_pair, dpo_pairs, write_pairs
 from stepdpo.stages.rectify import normalize_ws
 from stepdpo.stages.sample import read_problems, read_samples
@@ -157,7 +158,7 @@ def branch_points(sample: Sample, mode: str, seed: int) -> list[int]:
     candidates = list(range(1, len(sample.steps)))
     if mode == "every" or not candidates:
         return candidates
-    return [random.Random(f"{seed}:{sample.id}").choice(candidates)]
+    return [random.Random(derive_seed(seed, "scdpo-branch-point", sample.id)).choice(candidates)]
 
 
 class PrefixChecker:
@@ -212,9 +213,11 @@ class _Continuation:
         return self.job.prefix + "".join(self.steps)
 
 
-def continue_stepwise(jobs: Sequence[_Job], config: SCDPOConfig, generator: Generator, fmt: PromptFormat,
-                      seed: int) -> list[_Continuation]:
+def continue_stepwise(jobs: Sequence[_Job], config: SCDPOConfig, generator: Generator, fmt: PromptFormat) -> list[_Continuation]:
     """One continuation per job, generated one step per call; call ``i`` samples at ``step_temperature(i)``.
+
+    Step ``i`` of a job's attempt ``a`` is seeded by ``(config.seed, "scdpo", job key, a, i)``,
+    so a branch point's continuations do not depend on the chunk or round it runs in.
 
     Each round prompts ``fmt.prompt(question, prefix + steps so far)`` (ending in the next
     ``Step j:`` marker) for every live continuation at once and stops at ``"\\nStep "``.
@@ -231,8 +234,9 @@ def continue_stepwise(jobs: Sequence[_Job], config: SCDPOConfig, generator: Gene
         texts = [c.response for c in todo]
         prompts = [fmt.prompt(c.job.problem.question, text) for c, text in zip(todo, texts)]
         params = SamplingParams(n=1, temperature=temperature, top_p=config.top_p, max_new_tokens=config.max_step_tokens,
-                                stop=stop, seed=seed + index)
-        outputs = generator.generate(prompts, params)
+                                stop=stop)
+        seeds = [derive_seed(config.seed, "scdpo", c.job.key, c.job.attempts, index) for c in todo]
+        outputs = generator.generate(prompts, params, seeds=seeds)
         for c, text, completions in zip(todo, texts, outputs):
             completion = completions[0]
             step = next_marker(text) + completion.text
@@ -398,19 +402,22 @@ def run(config: SCDPOConfig, problems: dict[str, Problem], samples: Sequence[Sam
                 funnel.drop("branch point splits a token of the correct sample")
                 continue
             queue[s.problem_id].append(_Job(problem, s, k, prefix))
-    for problem_id, jobs in queue.items():
-        random.Random(f"{config.seed}:{problem_id}").shuffle(jobs)
+    def branch_order(job: _Job) -> tuple[str, int]:
+        # A keyed order rather than a shuffle: any subset (what a resumed run has left) keeps the same relative order.
+        return job.problem.id, derive_seed(config.seed, "scdpo-branch-order", job.key)
+
+    for jobs in queue.values():
+        jobs.sort(key=branch_order)
 
     found = Counter(b.problem_id for b in stored.values() if b.negative is not None)
     new: list[Branch] = []
     problem_ids = sorted(queue)
     chunk_size = max(1, config.chunk_size)
     with tqdm(total=sum(len(v) for v in queue.values()), desc="scdpo", unit="branch") as bar:
-        for chunk_index, start in enumerate(range(0, len(problem_ids), chunk_size)):
+        for start in range(0, len(problem_ids), chunk_size):
             chunk = problem_ids[start: start + chunk_size]
             active: dict[str, list[_Job]] = {p: [] for p in chunk}
             finished: list[_Job] = []
-            round_index = 0
             while True:
                 for p in chunk:  # refill: never more open branch points than negatives still allowed
                     while queue[p] and len(active[p]) < config.max_negatives_per_problem - found[p]:
@@ -418,10 +425,8 @@ def run(config: SCDPOConfig, problems: dict[str, Problem], samples: Sequence[Sam
                 jobs = [job for p in chunk for job in active[p]]
                 if not jobs:
                     break
-                seed = config.seed + 1_000_003 * chunk_index + 1_009 * round_index
-                continuations = continue_stepwise(jobs, config, generator, fmt, seed)
+                continuations = continue_stepwise(jobs, config, generator, fmt)
                 judge(continuations, checker)
-                round_index += 1
                 for p in chunk:
                     for job in list(active[p]):
                         if job.negative is not None or job.attempts >= config.max_attempts:
@@ -431,7 +436,8 @@ def run(config: SCDPOConfig, problems: dict[str, Problem], samples: Sequence[Sam
                             bar.update(1)
             dropped = sum(len(queue[p]) for p in chunk)
             bar.update(dropped)
-            records = [job.record() for job in finished]
+            # In branch order, not finishing order, so that the file does not depend on which problems shared the chunk.
+            records = [job.record() for job in sorted(finished, key=branch_order)]
             if branch_store is not None:
                 branch_store.append(records)
             new += records
@@ -449,7 +455,7 @@ def run(config: SCDPOConfig, problems: dict[str, Problem], samples: Sequence[Sam
         rollout = RolloutConfig(search="linear", rollouts_per_prefix=config.rollouts, alive_threshold=config.alive_threshold,
                                 temperature=config.rollout_temperature, top_p=config.rollout_top_p,
                                 max_new_tokens=config.rollout_max_new_tokens, stop=tuple(config.stop), seed=config.seed)
-        localizer = RolloutLocalizer(rollout, generator, fmt)
+        localizer = RolloutLocalizer(rollout, generator, fmt, stage="scdpo-judge-free")
         localizer_name = localizer.name
         checks = {c.key: c for c in (check_store.records() if check_store is not None else [])}
         todo = [(problems[b.problem_id], samples_by_id[b.sample_id], b) for b in with_negative if b.key not in checks]
