@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from stepdpo.grading import answers_match, extract_answer, grade_many, is_correct, normalize_answer
+from stepdpo.grading import answers_match, brace_fractions, extract_answer, grade_many, is_correct, normalize_answer, states_final_answer
 
 sys.path.insert(0, str(Path(__file__).parent))
 from grading_cases import MATCH_CASES  # noqa: E402
@@ -181,3 +181,43 @@ def test_grade_responses_extracts_before_matching():
 
     responses = [("Step 1: 2+3=5 so 7", "7"), ("Step 1: x\nThe answer is: 9", "9"), ("Step 1: \\boxed{4}", "5")]
     assert grade_responses(responses) == [True, True, False]
+
+
+@pytest.mark.parametrize(
+    ("response", "expected"),
+    [
+        ("Step 1: 2+2=4\nStep 2:", "4"),  # the 2 of a trailing marker is no answer
+        ("Step 1: He has 7 apples.\nStep 2: He buys", "7"),
+        ("Step 1: 2+2=4\nStep 2", "4"),  # cut off before the marker's colon
+        ("Step 1: 2+2=4. Step 2: then", "4"),  # a marker inside a line
+        ("step 3:", None),
+        ("Step 1: 3 apples\nStep 2: 5", "5"),  # a number after the colon is the step's own
+    ],
+)
+def test_last_number_fallback_skips_step_markers(response, expected):
+    assert extract_answer(response) == expected
+
+
+def test_a_half_written_step_is_not_graded_by_its_marker():
+    assert not is_correct("Step 1: He has 7 apples.\nStep 2: He buys", "2")
+    assert not is_correct("Step 1: 2+2=4\nStep 2:", "2")
+
+
+def test_frac_without_braces_takes_one_digit_per_argument():
+    """TeX reads \\frac123 as \\frac{1}{2}3 (one half, then 3): not 12/3, and not math-verify's 1/23."""
+    assert brace_fractions("\\frac123") == "\\frac{1}{2}3"
+    assert brace_fractions("\\dfrac{\\frac12}3") == "\\dfrac{\\frac{1}{2}}{3}"
+    assert brace_fractions("\\frac\\pi2 + \\frac{1}{") == "\\frac{\\pi}{2} + \\frac{1}{"
+    assert not answers_match("\\frac123", "4")
+    assert not answers_match("\\frac123", "1/23", timeout_s=60.0)
+    assert answers_match("\\frac123", "3/2", timeout_s=60.0)
+    assert answers_match("\\frac12", "0.5")
+
+
+@pytest.mark.parametrize(
+    ("text", "states"),
+    [("Step 3: 4 + 3 = 7\n#### 7", True), ("Step 3: so the answer is: 7", True), ("Step 3: \\boxed{7}", True),
+     ("Step 3: 4 + 3 = 7", False), ("Step 3: The answer is", False), ("Step 3: \\boxed{7", False)],
+)
+def test_states_final_answer(text, states):
+    assert states_final_answer(text) is states

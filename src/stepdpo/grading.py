@@ -1,7 +1,13 @@
 """Final-answer extraction and equivalence checking, with hard time limits.
 
 ``extract_answer`` finds the final answer of a response (last ``\\boxed{}``, then
-"The answer is", then GSM8K's ``####``, then optionally the last number).
+"The answer is", then GSM8K's ``####``, then optionally the last number outside
+``Step N:`` markers). ``states_final_answer`` says whether a text states a final
+answer (the first three only). ``grade_for_data`` is the one rule every stage that
+builds data (sampling, rollouts, rectification, SCDPO) grades by: a response is
+right only when it states a final answer, the model ended it itself (finish reason
+``eos`` or ``stop``, not the token limit), and the answer matches gold; the
+last-number fallback is for evaluation only, where it is an explicit setting.
 ``answers_match`` decides whether two answers are mathematically equal:
 
 1. a cheap, exact comparison of normalised strings and of plain numbers
@@ -55,6 +61,9 @@ _ANSWER_IS_RE = re.compile(r"the\s+(?:final\s+)?answer\s+is\s*:?\s*", re.IGNOREC
 _HASHES_RE = re.compile(r"####\s*")
 # A minus sign counts only where it cannot be subtraction ("10-5" ends in 5, not -5).
 _NUMBER_RE = re.compile(r"(?:(?<![\w.)])-)?\d+(?:,\d{3})*(?:\.\d+)?(?:/\d+)?")
+# A step marker ("Step 2:") anywhere, or a half-written one ("Step 2" cut off before its colon)
+# at the very end: its number counts steps, it is never an answer.
+_STEP_MARKER_RE = re.compile(r"\bStep[ \t]+\d+(?:[ \t]*:|[ \t]*\Z)", re.IGNORECASE)
 _SENTENCE_END_RE = re.compile(r"\.(?:\s|$)|\n")
 
 
@@ -101,7 +110,9 @@ def extract_answer(response: str, *, last_number_fallback: bool = True) -> str |
     (or ``\\fbox{...}``, nested braces included); the rest of the sentence after
     the last "The answer is" (with or without a colon); the rest of the line
     after the last ``####``; and, when ``last_number_fallback`` is set, the last
-    number in the text. Surrounding ``$`` and a trailing period are removed.
+    number in the text that is not part of a ``Step N:`` marker (so
+    ``"Step 1: 2+2=4\\nStep 2:"`` gives ``"4"``, never the ``2`` of the marker).
+    Surrounding ``$`` and a trailing period are removed.
     """
     if not response:
         return None
@@ -118,12 +129,48 @@ def extract_answer(response: str, *, last_number_fallback: bool = True) -> str |
         if found is not None:
             return found
     if last_number_fallback:
+        unmarked = _STEP_MARKER_RE.sub(lambda marker: " " * len(marker.group(0)), response)
         last = None
-        for last in _NUMBER_RE.finditer(response):
+        for last in _NUMBER_RE.finditer(unmarked):
             pass
         if last is not None:
             return last.group(0)
     return None
+
+
+def states_final_answer(text: str) -> bool:
+    """Whether ``text`` states a final answer: a complete ``\\boxed{}``, "The answer is ..." or ``#### ...``.
+
+    A bare last number does not count. This decides where a solution ends: a step that
+    states the final answer is the last one (SCDPO stops there, and step-DPO training
+    gives it an end-of-sequence token).
+    """
+    return extract_answer(text, last_number_fallback=False) is not None
+
+
+FINISHED_REASONS = ("eos", "stop")
+"""Finish reasons of a response the model ended itself (end-of-sequence, or a stop string)."""
+
+
+def data_answer(response: str, finish_reason: str) -> str | None:
+    """The final answer a response states, if it may count for data; else None.
+
+    None when the response states no final answer (a last number does not count) or the
+    model did not end it itself: stopped at the token limit (``length``), or an error.
+    """
+    if finish_reason not in FINISHED_REASONS:
+        return None
+    return extract_answer(response, last_number_fallback=False)
+
+
+def grade_for_data(items: Iterable[tuple[str, str, str]], *, timeout_s: float = 5.0) -> list[bool]:
+    """The data rule over ``(response, finish_reason, gold)``: right only when the response states a
+    final answer, the model ended it itself (not at the token limit) and the answer matches gold.
+
+    Every stage that builds data grades with this: sampling, the rollout localizer's alive/dead
+    prefixes, rectification's "reached gold", SCDPO's continuations and judge-free rollouts.
+    """
+    return grade_many(((data_answer(response, finish), gold) for response, finish, gold in items), timeout_s=timeout_s)
 
 
 # ---------------------------------------------------------------------------
@@ -139,7 +186,55 @@ _TEXT_RE = re.compile(r"\\(?:text|textbf|mathrm|mbox)\{([^{}]*)\}")
 _INT_RE = re.compile(r"^-?\d+$")
 _DECIMAL_RE = re.compile(r"^-?(?:\d+(?:\.\d+)?|\.\d+)$")  # unambiguous: no backtracking on long digit runs
 _SLASH_FRACTION_RE = re.compile(r"^(-?\d+)/(\d+)$")
-_LATEX_FRACTION_RE = re.compile(r"^(-?)\\frac\{?(\d+)\}?\{?(\d+)\}?$")
+_LATEX_FRACTION_RE = re.compile(r"^(-?)\\frac\{(\d+)\}\{(\d+)\}$")
+_FRAC_RE = re.compile(r"\\[dt]?frac(?![A-Za-z])")
+
+
+def _frac_argument(text: str, start: int) -> tuple[int, int, bool] | None:
+    """Where one TeX argument of ``\\frac`` starting at ``start`` lies: (start, end, braced); None when there is none.
+
+    An argument is a brace group, or a single token: one character (``\\frac12`` is
+    ``\\frac{1}{2}``) or a control word (``\\frac\\pi2``). Spaces before it are skipped.
+    """
+    at = start
+    while at < len(text) and text[at] in " \t":
+        at += 1
+    if at >= len(text) or text[at] == "}":
+        return None
+    if text[at] == "{":
+        close = _closing_braces(text[at:]).get(0)
+        return None if close is None else (at, at + close + 1, True)
+    if text[at] == "\\":
+        word = re.match(r"\\(?:[A-Za-z]+|.)", text[at:], re.DOTALL)
+        assert word is not None
+        return at, at + word.end(), False
+    return at, at + 1, False
+
+
+def brace_fractions(text: str) -> str:
+    """``\\frac``, ``\\dfrac`` and ``\\tfrac`` with both arguments in braces, as TeX reads them.
+
+    TeX takes one token per unbraced argument: ``\\frac123`` is ``\\frac{1}{2}3`` (one half,
+    then 3), not 12/3 (our old reading) nor 1/23 (math-verify's). A fraction that lacks an
+    argument is left as it is, and so is text longer than ``MAX_ANSWER_CHARS`` (compared as
+    a string only).
+    """
+    if "frac" not in text or len(text) > MAX_ANSWER_CHARS:
+        return text
+    at = 0
+    while True:
+        match = _FRAC_RE.search(text, at)
+        if match is None:
+            return text
+        at = match.end()  # go on inside the arguments: they may hold fractions too
+        numerator = _frac_argument(text, match.end())
+        denominator = _frac_argument(text, numerator[1]) if numerator else None
+        if numerator is None or denominator is None or (numerator[2] and denominator[2]):
+            continue
+        parts = [match.group(0)]
+        for begin, end, braced in (numerator, denominator):
+            parts.append(text[begin:end] if braced else "{" + text[begin:end] + "}")
+        text = text[: match.start()] + "".join(parts) + text[denominator[1] :]
 
 
 def normalize_answer(answer: str) -> str:
@@ -151,7 +246,7 @@ def normalize_answer(answer: str) -> str:
         text = text[box.end() : -1]
     for token in _REMOVE:
         text = text.replace(token, "")
-    text = text.replace(r"\dfrac", r"\frac").replace(r"\tfrac", r"\frac")
+    text = brace_fractions(text).replace(r"\dfrac", r"\frac").replace(r"\tfrac", r"\frac")
     text = _TEXT_RE.sub(r"\1", text)
     text = "".join(text.split()).rstrip(".")
     if _THOUSANDS_RE.match(text):
@@ -413,7 +508,9 @@ def _match(pred: str, gold: str, timeout_s: float) -> bool:
         return verdict
     # math-verify sees the answers as written (its own normaliser removes units and
     # \text{} words, which ours would glue onto the number), minus math-mode dollars.
-    pred, gold = _MATH_DOLLAR_RE.sub("", pred).strip(), _MATH_DOLLAR_RE.sub("", gold).strip()
+    # Fractions with unbraced arguments are braced first: math-verify reads \frac123 as 1/23.
+    pred = brace_fractions(_MATH_DOLLAR_RE.sub("", pred).strip())
+    gold = brace_fractions(_MATH_DOLLAR_RE.sub("", gold).strip())
     if _too_hard(pred) or _too_hard(gold):
         return False
     key = (pred, gold)
