@@ -122,7 +122,7 @@ def test_stop_string_truncates_and_stops_early(generator):
     stop = piece.strip()
     expected = full[: full.find(stop)]
     [[completion]] = generator.generate([prompt], SamplingParams(max_new_tokens=20, stop=(stop,)))
-    assert completion.finish_reason == "stop"
+    assert completion.finish_reason == "stop" and completion.stop_string == stop
     assert completion.text == expected
     assert completion.num_tokens <= 7
 
@@ -147,7 +147,7 @@ def test_eos_ends_a_completion_and_is_counted(tiny_model_dir):
     probe.model.generation_config.eos_token_id = [probe.tokenizer.eos_token_id, tokens[at]]
     gen = HFGenerator.from_model(probe.model, probe.tokenizer, GeneratorConfig(model=str(tiny_model_dir), dtype="float32"))
     [[completion]] = gen.generate([PROMPTS[0]], SamplingParams(max_new_tokens=10))
-    assert completion.finish_reason == "stop"
+    assert completion.finish_reason == "eos" and completion.stop_string is None  # not a stop string
     assert completion.num_tokens == at + 1
     assert completion.text == gen.tokenizer.decode(tokens[:at], skip_special_tokens=True)
 

@@ -241,7 +241,8 @@ def test_chat(make, server):
     out = gen.chat(conversations, SamplingParams(n=2, max_new_tokens=8))
     assert [[c.text for c in cs] for cs in out] == [["reply 0 to after:503:1", "reply 1 to after:503:1"],
                                                     ["reply 0 to 503:1", "reply 1 to 503:1"]]
-    assert all(c.finish_reason == "stop" and c.num_tokens == 4 for cs in out for c in cs)
+    # No stop strings were asked for, so the server's "stop" can only be the end of the model's turn.
+    assert all(c.finish_reason == "eos" and c.num_tokens == 4 for cs in out for c in cs)
     # Requests are sent concurrently, in no fixed order: compare them as a set.
     assert server.requests[0]["messages"] != first
     assert sorted(json.dumps(r["messages"]) for r in server.requests) == sorted(
@@ -276,3 +277,24 @@ def test_retry_after_parsing():
     assert _retry_after_seconds(None) is None
     assert _retry_after_seconds("soon") is None
     assert _retry_after_seconds("Wed, 21 Oct 2015 07:28:00 GMT") == 0.0
+
+
+@pytest.mark.parametrize(
+    ("choice", "asked_stop", "expected"),
+    [
+        # vLLM's server names what stopped it: null = end of sequence, a string = that stop string, an int = a stop token.
+        ({"text": "a", "finish_reason": "stop", "stop_reason": None}, True, ("eos", None)),
+        ({"text": "a", "finish_reason": "stop", "stop_reason": "\nStep "}, True, ("stop", "\nStep ")),
+        ({"text": "a", "finish_reason": "stop", "stop_reason": 2}, True, ("eos", None)),
+        # Other servers: without stop strings only EOS can stop; with them, "stop" cannot be told apart.
+        ({"text": "a", "finish_reason": "stop"}, False, ("eos", None)),
+        ({"text": "a", "finish_reason": "stop"}, True, ("stop", None)),
+        ({"text": "a", "finish_reason": "eos_token"}, True, ("eos", None)),
+        ({"text": "a", "finish_reason": "length", "stop_reason": None}, True, ("length", None)),
+        ({"text": "a", "finish_reason": None}, False, ("length", None)),
+        ({"text": "a", "finish_reason": "content_filter"}, False, ("content_filter", None)),
+    ],
+)
+def test_finish_reason_tells_eos_from_a_stop_string_where_the_server_says(choice, asked_stop, expected):
+    completion = OpenAIGenerator._completion(choice, {"completion_tokens": 3}, 1, asked_stop)
+    assert (completion.finish_reason, completion.stop_string) == expected

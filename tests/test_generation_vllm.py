@@ -43,13 +43,15 @@ def test_vllm_generates_in_order_with_counts(generator):
     assert "Paris" in greedy[0][0].text
     for [completion] in greedy:
         assert 0 < completion.num_tokens <= 24
-        assert completion.finish_reason in ("stop", "length")
+        assert completion.finish_reason in ("eos", "length")
     params = SamplingParams(n=4, temperature=0.8, max_new_tokens=16, seed=7, stop=("\n",))
     first = generator.generate(prompts, params)
     again = generator.generate(prompts, params)
     assert [len(c) for c in first] == [4, 4, 4]
     assert [[c.text for c in cs] for cs in first] == [[c.text for c in cs] for cs in again]
     assert all("\n" not in c.text for cs in first for c in cs)
+    # A row cut at the stop string says so and names it; the others ended by EOS or the token limit.
+    assert all(c.finish_reason in ("eos", "length") or (c.finish_reason, c.stop_string) == ("stop", "\n") for cs in first for c in cs)
 
 
 class _FakeVLLM:
@@ -202,3 +204,19 @@ def test_vllm_gets_one_seed_per_request(seeded_fake_vllm):
     # Seeded only through SamplingParams.seed, prompts are seeded by position: still one seed each.
     fake_vllm.generate(["same", "same"], replace(params, seed=3))
     assert [r.seed for r in fake_vllm.llm.requests[-1]] == [derive_seed(3, "call", "", 0), derive_seed(3, "call", "", 1)]
+
+
+@pytest.mark.parametrize(
+    ("finish_reason", "stop_reason", "expected"),
+    [("stop", None, ("eos", None)), ("stop", "\nStep ", ("stop", "\nStep ")), ("stop", 2, ("eos", None)),
+     ("length", None, ("length", None)), ("abort", None, ("error: abort", None)), (None, None, ("length", None))],
+)
+def test_vllm_output_finish_reasons(finish_reason, stop_reason, expected):
+    """vLLM says 'stop' for EOS and for a stop string alike; its stop_reason tells them apart (None: EOS)."""
+    from types import SimpleNamespace
+
+    from stepdpo.generation.vllm import _completion
+
+    output = SimpleNamespace(text="x", token_ids=[1, 2], finish_reason=finish_reason, stop_reason=stop_reason)
+    completion = _completion(output)
+    assert (completion.finish_reason, completion.stop_string) == expected and completion.num_tokens == 2

@@ -42,13 +42,23 @@ class SamplingParams:
     """Seeds a call whose ``generate`` gets no per-prompt ``seeds``: prompt i by its position (see the module docstring)."""
 
 
+FINISH_EOS = "eos"
+FINISH_STOP = "stop"
+FINISH_LENGTH = "length"
+
+
 @dataclass
 class Completion:
     text: str
     num_tokens: int
     """Generated tokens (after truncation at a stop string, when the backend can tell)."""
-    finish_reason: str = "length"
-    """'stop' (end of sequence or stop string), 'length' (max_new_tokens), or 'error: ...'."""
+    finish_reason: str = FINISH_LENGTH
+    """Why generation ended: 'eos' (the model's end-of-sequence token), 'stop' (one of the
+    request's stop strings; the text excludes it), 'length' (max_new_tokens), or 'error: ...'.
+    An OpenAI-compatible server that does not say which (only vLLM's does) reports 'stop' for
+    both when stop strings were asked for (see :mod:`stepdpo.generation.openai`)."""
+    stop_string: str | None = None
+    """The stop string that ended it, when finish_reason is 'stop' and the backend knows which."""
 
 
 @runtime_checkable

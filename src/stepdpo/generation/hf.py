@@ -24,7 +24,7 @@ from dataclasses import replace
 from typing import Any, Sequence
 
 from stepdpo.errors import ConfigError
-from stepdpo.generation.base import Completion, GeneratorConfig, SamplingParams, prompt_seeds
+from stepdpo.generation.base import FINISH_EOS, FINISH_LENGTH, FINISH_STOP, Completion, GeneratorConfig, SamplingParams, prompt_seeds
 from stepdpo.hardware import cpu_supports_bf16
 from stepdpo.seeding import SEED_BITS, completion_seed, derive_seed
 
@@ -258,15 +258,17 @@ class HFGenerator:
             end = len(tokens)
             while end and tokens[end - 1] == self.pad_id:
                 end -= 1
-            finish, count = "length", end
+            finish, count = FINISH_LENGTH, end
         else:
-            finish, count = "stop", end + 1
+            finish, count = FINISH_EOS, end + 1
         text = self.tokenizer.decode(tokens[:end], skip_special_tokens=True)
-        cuts = [at for at in (text.find(s) for s in params.stop) if at >= 0]
+        cuts = [(at, stop) for at, stop in ((text.find(s), s) for s in params.stop) if at >= 0]
         if cuts:
             # With pad == eos a row ended by a stop string looks ended by eos: count the
             # tokens up to the one that completed the stop string instead.
-            text, finish, count = text[: min(cuts)], "stop", self._tokens_until_stop(tokens[:end], params.stop)
+            at, stop = min(cuts)
+            text, count = text[:at], self._tokens_until_stop(tokens[:end], params.stop)
+            return Completion(text=text, num_tokens=count, finish_reason=FINISH_STOP, stop_string=stop)
         return Completion(text=text, num_tokens=count, finish_reason=finish)
 
     def _tokens_until_stop(self, tokens: list[int], stops: tuple[str, ...]) -> int:

@@ -26,6 +26,14 @@ with several choices in one response, each gets an even share of that total.
 Seeds: each prompt's request carries its own ``seed`` (servers that honour it,
 such as vLLM's, seed the request's choices from it); a choice the server did
 not return is asked for alone with ``completion_seed(prompt seed, j)``.
+
+Finish reasons: the OpenAI API reports ``stop`` both when the model ends its turn
+and when a stop string is hit. vLLM's server says which in ``stop_reason`` (null:
+end-of-sequence; a string: that stop string), and that is used; a request without
+stop strings can only have ended at end-of-sequence (``eos``). From any other server
+a request with stop strings that ends in ``stop`` stays ``stop`` with no
+``stop_string``: it is not knowable which of the two happened, so stages that must
+tell them apart (SCDPO's step-by-step continuation) work exactly only against vLLM.
 """
 
 from __future__ import annotations
@@ -43,7 +51,7 @@ from typing import Any, Callable, Sequence
 import httpx
 
 from stepdpo.errors import ConfigError
-from stepdpo.generation.base import Completion, GeneratorConfig, SamplingParams, prompt_seeds
+from stepdpo.generation.base import FINISH_EOS, FINISH_LENGTH, FINISH_STOP, Completion, GeneratorConfig, SamplingParams, prompt_seeds
 from stepdpo.seeding import completion_seed
 
 log = logging.getLogger(__name__)
@@ -51,6 +59,27 @@ log = logging.getLogger(__name__)
 _BODY_EXCERPT = 200
 # Request timeout, conflict and rate limiting are transient; other 4xx are the client's fault.
 _RETRY_STATUS = {408, 409, 429}
+
+
+def _finish(finish: str, choice: dict, asked_stop: bool) -> tuple[str, str | None]:
+    """(finish_reason, stop string) of one choice: the server's 'stop' split into 'eos' and 'stop' where knowable.
+
+    The OpenAI API says 'stop' both for the end of the model's turn and for a stop string.
+    vLLM's server adds ``stop_reason``: null for EOS, the stop string, or a stop token id
+    (an EOS). TGI says 'eos_token' / 'stop_sequence'. Without such a field, a request that
+    asked for no stop strings can only have stopped at EOS; one that asked for some stays
+    'stop' with no stop string: EOS or a stop string, the server does not say.
+    """
+    if finish in ("eos", "eos_token"):
+        return FINISH_EOS, None
+    if finish == "stop_sequence":
+        return FINISH_STOP, None
+    if finish != "stop":
+        return finish, None
+    if "stop_reason" in choice:
+        reason = choice["stop_reason"]
+        return (FINISH_STOP, reason) if isinstance(reason, str) else (FINISH_EOS, None)
+    return (FINISH_STOP, None) if asked_stop else (FINISH_EOS, None)
 
 
 @dataclass
@@ -220,7 +249,7 @@ class OpenAIGenerator:
             if not isinstance(choices, list):
                 raise TypeError("choices is not a list")
             usage = body.get("usage") or {}
-            completions = [self._completion(choice, usage, len(choices)) for choice in choices[:n]]
+            completions = [self._completion(choice, usage, len(choices), "stop" in payload) for choice in choices[:n]]
         except (ValueError, KeyError, TypeError, AttributeError) as err:
             raise _Failure(f"malformed response ({type(err).__name__})", retryable=True) from None
         if not completions:
@@ -228,7 +257,7 @@ class OpenAIGenerator:
         return completions
 
     @staticmethod
-    def _completion(choice: dict, usage: dict, num_choices: int) -> Completion:
+    def _completion(choice: dict, usage: dict, num_choices: int, asked_stop: bool) -> Completion:
         if "message" in choice:
             text = choice["message"].get("content") or ""
         else:
@@ -237,8 +266,9 @@ class OpenAIGenerator:
             raise TypeError("completion text is not a string")
         total = usage.get("completion_tokens")
         tokens = int(total) // num_choices if isinstance(total, (int, float)) else 0
-        finish = choice.get("finish_reason") or "length"
-        return Completion(text=text, num_tokens=tokens, finish_reason="stop" if finish in ("stop", "eos") else str(finish))
+        finish = str(choice.get("finish_reason") or FINISH_LENGTH)
+        finish, stop_string = _finish(finish, choice, asked_stop)
+        return Completion(text=text, num_tokens=tokens, finish_reason=finish, stop_string=stop_string)
 
     def _scrub(self, text: str) -> str:
         return text.replace(self._api_key.reveal(), "***") if self._api_key else text

@@ -20,7 +20,7 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 from stepdpo.errors import ConfigError
-from stepdpo.generation.base import Completion, GeneratorConfig, SamplingParams, prompt_seeds
+from stepdpo.generation.base import FINISH_EOS, FINISH_LENGTH, FINISH_STOP, Completion, GeneratorConfig, SamplingParams, prompt_seeds
 
 
 def _import_vllm() -> Any:
@@ -109,9 +109,19 @@ class VLLMGenerator:
 
 
 def _completion(output: Any) -> Completion:
-    finish = output.finish_reason or "length"
-    return Completion(
-        text=output.text,
-        num_tokens=len(output.token_ids),
-        finish_reason=finish if finish in ("stop", "length") else f"error: {finish}",
-    )
+    """vLLM's output as a Completion: its 'stop' splits into 'eos' and 'stop' by ``stop_reason``.
+
+    vLLM reports ``finish_reason="stop"`` both for the end-of-sequence token and for a stop
+    string; ``stop_reason`` is None for EOS, the stop string for a stop string, and a token id
+    for a stop token (the generation config's extra end-of-sequence ids land there; we ask
+    for no other stop tokens), so a token id is an EOS too.
+    """
+    finish = output.finish_reason or FINISH_LENGTH
+    stop_reason = getattr(output, "stop_reason", None)
+    if finish == "stop" and isinstance(stop_reason, str):
+        return Completion(text=output.text, num_tokens=len(output.token_ids), finish_reason=FINISH_STOP, stop_string=stop_reason)
+    if finish == "stop":
+        finish = FINISH_EOS
+    elif finish != FINISH_LENGTH:
+        finish = f"error: {finish}"
+    return Completion(text=output.text, num_tokens=len(output.token_ids), finish_reason=finish)
