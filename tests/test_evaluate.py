@@ -7,7 +7,7 @@ from stepdpo.errors import ConfigError
 from stepdpo.generation.base import GeneratorConfig
 from stepdpo.generation.scripted import ScriptedGenerator
 from stepdpo.records import Problem, RecordStore
-from stepdpo.stages.evaluate import BOXED_INSTRUCTION, EvalConfig, EvalSample, data_specs, default_name, model_fingerprint, render_table, run
+from stepdpo.stages.evaluate import BOXED_INSTRUCTION, EvalConfig, EvalSample, data_specs, default_name, checkpoint_fingerprint, render_table, run
 
 PLAIN = GeneratorConfig(prompt_style="plain")
 
@@ -176,7 +176,7 @@ def test_step_prompt_with_chat_template(tmp_path, tiny_model_dir):
     row = RecordStore(tmp_path / "eval" / "samples.jsonl", EvalSample).records()[0]
     assert row.response.startswith("Step 1: 1 + 1 = 2.") and row.correct
     assert results["fingerprint"]["path"] and len(results["fingerprint"]["sha256"]) == 64
-    assert model_fingerprint(str(tiny_model_dir)) == results["fingerprint"]
+    assert checkpoint_fingerprint(str(tiny_model_dir)) == results["fingerprint"]
 
 
 def test_config_checks_and_helpers(tmp_path):
@@ -194,11 +194,11 @@ def test_fingerprint_changes_with_weights(tmp_path):
     folder.mkdir()
     (folder / "config.json").write_text("{}")
     (folder / "model.safetensors").write_bytes(bytes(5 << 20))
-    first = model_fingerprint(str(folder))["sha256"]
+    first = checkpoint_fingerprint(str(folder))["sha256"]
     data = bytearray(5 << 20)
     data[-1] = 1
     (folder / "model.safetensors").write_bytes(bytes(data))
-    assert model_fingerprint(str(folder))["sha256"] != first
+    assert checkpoint_fingerprint(str(folder))["sha256"] != first
 
 
 @pytest.mark.slow
@@ -213,3 +213,19 @@ def test_real_eval_of_embedded_model(tmp_path, monkeypatch):
     assert multiarith["problems"] == 4 and multiarith["total"] == 4 and 0 < multiarith["generated_tokens"] <= 4 * 48
     assert results["fingerprint"]["sha256"] and results["generator"]
     assert (tmp_path / "run" / "funnel" / "eval-smollm2-135m.json").is_file()
+
+
+def test_last_number_fallback_is_off_by_default_with_the_step_prompt_and_recorded(tmp_path):
+    """A step-prompt response that ends without stating its answer is wrong unless the fallback is asked for;
+    the setting in force is written to results.json. The boxed prompt (the paper's protocol) keeps it on."""
+
+    def unstated(prompt, params, index):
+        number = int(prompt.split("What is ")[1].split(" ")[0])
+        return f" {number} + {number} = {2 * number}\nStep 2:"
+
+    default = run(config(tmp_path / "a", prompt="step"), {"toy:test": problems(2)}, ScriptedGenerator(unstated))
+    assert default["settings"]["last_number_fallback"] is False and default["sets"]["toy:test"]["accuracy"] == 0.0
+    asked = run(config(tmp_path / "b", prompt="step", last_number_fallback=True), {"toy:test": problems(2)}, ScriptedGenerator(unstated))
+    assert asked["settings"]["last_number_fallback"] is True and asked["sets"]["toy:test"]["accuracy"] == 1.0
+    boxed = run(config(tmp_path / "c"), {"toy:test": problems(2)}, ScriptedGenerator(unstated))
+    assert boxed["settings"]["last_number_fallback"] is True

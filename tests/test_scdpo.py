@@ -63,13 +63,14 @@ def test_step_temperature_rises_and_caps():
 
 
 def test_generator_sees_a_rising_temperature_per_generated_step(tokenizer):
-    """Three steps without an answer, then a wrong answer at the fourth: temperatures 1.1, 1.15, 1.2, 1.25."""
+    """Three steps without an answer, each followed by the next step's marker (a call stops there), then a wrong
+    answer at the fourth: temperatures 1.1, 1.15, 1.2, 1.25."""
     seen: list[tuple[str, float]] = []
 
     def script(prompt, params, index):
         seen.append((after_header(prompt), params.temperature))
         generated = after_header(prompt).count("hmm")
-        return " hmm" if generated < 3 else " The answer is: \\boxed{7}"
+        return " hmm\nStep 9: the model goes on" if generated < 3 else " The answer is: \\boxed{7}"
 
     gen = ScriptedGenerator(script)
     out = scdpo.run(config(), {"p0": problem()}, [make_sample("p0", 0, RIGHT)], gen, FMT, tokenizer)
@@ -113,6 +114,36 @@ def test_retry_budget_and_what_counts_as_a_negative(tokenizer):
     assert out.funnel.extra["correct_samples_with_pair"] == 0 and len(always_right.calls) == 4
 
 
+def test_a_continuation_the_model_ended_is_not_continued(tokenizer):
+    """A step that ends with EOS and no answer ends the continuation there ('no answer'): no newline and next marker
+    are appended and the model is not asked for another step. A step cut off at the token limit ends it too, even
+    when its text states an answer: a cut-off response is never graded."""
+    prompts: list[str] = []
+
+    def script(prompt, params, index):
+        prompts.append(after_header(prompt))
+        return {1: " I am done here", 2: " 5 * 4 = 21 so the answer is \\boxed{21} and then I keep talking on and on"}[len(prompts)]
+
+    out = scdpo.run(config(max_attempts=2, max_step_tokens=12), {"p0": problem()}, [make_sample("p0", 0, RIGHT)],
+                    ScriptedGenerator(script), FMT, tokenizer)
+    assert prompts == ["Step 1: 2 + 3 = 5\nStep 2:"] * 2  # one step per attempt, never a forced "Step 3:"
+    [branch] = out.branches
+    assert branch.attempts == 2 and branch.outcomes == {"no answer": 2} and branch.negative is None and out.scdpo == []
+
+    jobs = [scdpo._Job(problem(), make_sample("p0", 0, RIGHT), 1, "Step 1: 2 + 3 = 5\n")]
+    [ended] = scdpo.continue_stepwise(jobs, config(), ScriptedGenerator(lambda p, s, i: " I am done here"), FMT, seed=0)
+    assert ended.end == "eos" and ended.response == "Step 1: 2 + 3 = 5\nStep 2: I am done here"
+    [cut] = scdpo.continue_stepwise(jobs, config(max_step_tokens=2), ScriptedGenerator(lambda p, s, i: " so \\boxed{20} right"), FMT, seed=0)
+    assert cut.end == "length" and cut.response == "Step 1: 2 + 3 = 5\nStep 2: so \\boxed{20}"
+
+
+def test_an_extra_stop_string_ends_the_continuation(tokenizer):
+    jobs = [scdpo._Job(problem(), make_sample("p0", 0, RIGHT), 1, "Step 1: 2 + 3 = 5\n")]
+    gen = ScriptedGenerator(lambda p, s, i: " 5 * 4 = 20\n\nQuestion: next one\nStep 1: more")
+    [ended] = scdpo.continue_stepwise(jobs, config(stop=("\n\nQuestion:",)), gen, FMT, seed=0)
+    assert ended.end == "stop string" and ended.response == "Step 1: 2 + 3 = 5\nStep 2: 5 * 4 = 20" and len(gen.calls) == 1
+
+
 def test_cap_per_problem_is_never_exceeded(tokenizer):
     """Three 3-step samples per problem = 6 branch points each; every continuation is wrong; cap 2 per problem."""
     problems = {pid: problem(pid) for pid in ("a", "b")}
@@ -127,6 +158,34 @@ def test_cap_per_problem_is_never_exceeded(tokenizer):
 
     out = scdpo.run(config(max_negatives_per_problem=1, branch="random"), problems, samples, gen, FMT, tokenizer)
     assert len(out.scdpo) == 2 and len(out.branches) == 2
+
+
+class CountingSample(Sample):
+    """A Sample that counts how often its problem id is read: the work a pass over the samples does."""
+
+    reads = [0]
+
+    @property
+    def problem_id(self):
+        self.reads[0] += 1
+        return self._problem_id
+
+    @problem_id.setter
+    def problem_id(self, value):
+        self._problem_id = value
+
+
+def test_naive_dpo_selection_is_linear_in_the_samples(tokenizer):
+    """The problems with a correct sample are collected once, not once per sample (quadratic at 80k samples)."""
+    n = 400
+    problems = {f"p{i}": problem(f"p{i}") for i in range(n)}
+    samples = [CountingSample(id=f"p{i}#{j}", problem_id=f"p{i}", prompt="", response=text, steps=split_steps(text), predicted=None,
+                              correct=j == 0, model="m")
+               for i in range(n) for j, text in enumerate(("Step 1: \\boxed{20}", "Step 1: \\boxed{21}"))]
+    CountingSample.reads[0] = 0
+    out = scdpo.run(config(dpo=True), problems, samples, ScriptedGenerator(lambda *_: ""), FMT, tokenizer)
+    assert len(out.dpo) == n and out.scdpo == []
+    assert CountingSample.reads[0] < 20 * len(samples)  # the old set-per-sample read n * n = 160000 ids
 
 
 def test_branch_points_random_is_seeded_and_every_covers_all():
@@ -194,7 +253,7 @@ def judge_free_script(prompt, params, index):
         ROLLOUT_PROMPTS.append(after_header(prompt))
     if is_step_call(params):
         generated = after_header(prompt).count("Step") - 2
-        return " 5 * 5 = 25" if generated == 0 else " The answer is: \\boxed{25}"
+        return " 5 * 5 = 25\nStep 3: then" if generated == 0 else " The answer is: \\boxed{25}"
     return " The answer is: \\boxed{20}" if "(alive)" in prompt else " The answer is: \\boxed{25}"
 
 
@@ -232,7 +291,7 @@ def test_judge_free_last_step_is_dead_without_rollouts_and_same_step_is_dropped(
 
     def script(prompt, params, index):
         if is_step_call(params) and after_header(prompt).endswith("Step 2:"):
-            return " 5 * 4 = 20"
+            return " 5 * 4 = 20\nStep 3: next"
         return " \\boxed{3}"
 
     out = scdpo.run(config(judge_free=True), {"p0": problem()}, [make_sample("p0", 0, right3)], ScriptedGenerator(script), FMT, tokenizer)
@@ -287,7 +346,7 @@ class Forced:
             if STEP_STOP in params.stop and after_header(prompt) == "Step 1: 2 + 3 = 5\nStep 2:":
                 self.branch_calls += 1
                 if self.branch_calls == 2:
-                    completions[0] = Completion(text=" 5 * 4 = 24\nThe answer is: \\boxed{24}", num_tokens=12, finish_reason="stop")
+                    completions[0] = Completion(text=" 5 * 4 = 24\nThe answer is: \\boxed{24}", num_tokens=12, finish_reason="eos")
         return out
 
 

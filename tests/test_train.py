@@ -57,10 +57,31 @@ def test_context_and_continuation_tokenized_separately(tokenizer):
     assert clipped.prefix == tokens.prefix[-5:]
 
 
-def test_final_step_gets_eos():
+def test_final_step_gets_eos(tokenizer):
     assert step_ends_solution("Step 3: 4 + 5 = 9.\nThe answer is: \\boxed{9}", "")
     assert step_ends_solution("Step 3: 4 + 5 = 9.", "Step 3: 4 + 5 = 9.\n")
     assert not step_ends_solution("Step 2: 4 + 5 = 9.\n", "Step 2: 4 + 5 = 9.\nStep 3: done")
+    # The same rule SCDPO ends its continuations by: GSM8K's '#### 7' and any 'the answer is' end a solution;
+    # an unclosed box does not state an answer.
+    assert step_ends_solution("Step 3: 4 + 3 = 7\n#### 7", "Step 3: 4 + 3 = 7\n#### 7\nStep 4: more")
+    assert step_ends_solution("Step 3: so the answer is 7.", "")
+    assert not step_ends_solution("Step 3: \\boxed{7", "")
+    pair = make_pairs(1)[0]
+    pair.chosen = pair.full_chosen = "Step 2: So he has 3 + 10 = 13 apples.\n#### 13"
+    tokens = tokenize_pair(pair, tokenizer, PromptFormat(chat_template_owner=tokenizer), TokenizeOptions(mode="step-dpo"))
+    assert tokens.chosen[-1] == tokenizer.eos_token_id and tokens.rejected[-1] != tokenizer.eos_token_id
+
+
+def test_weights_fingerprint_follows_the_weights():
+    from stepdpo.training.reference import weights_fingerprint
+
+    torch.manual_seed(0)
+    model = torch.nn.Linear(4, 3)
+    first = weights_fingerprint(model)
+    assert weights_fingerprint(model) == first
+    with torch.no_grad():
+        model.weight[0, 0] += 1.0
+    assert weights_fingerprint(model) != first
 
 
 def test_read_pairs_step_and_trl_rows(tmp_path):

@@ -2,7 +2,9 @@
 
 Prefix ``i`` of a sample with steps ``s_1 … s_n`` is the text of steps ``1..i``.
 From it the policy samples ``m`` completions; with ``c_i`` of them reaching the
-gold answer the prefix is *alive* when ``c_i / m >= threshold``. The first wrong
+gold answer the prefix is *alive* when ``c_i / m >= threshold``. A rollout reaches gold
+only when it states the gold answer and ends by itself (:func:`stepdpo.grading.grade_for_data`):
+one cut off at the token limit never does. The first wrong
 step is the ``k`` whose prefix ``k`` is dead while prefix ``k-1`` is alive.
 
 Two boundary facts need no rollouts: prefix 0 (the question alone) is taken as
@@ -31,7 +33,7 @@ from typing import Callable, Generator as Coroutine, Literal, Sequence
 
 from stepdpo.config import OptionCheck
 from stepdpo.generation.base import Generator, SamplingParams
-from stepdpo.grading import grade_responses
+from stepdpo.grading import grade_for_data
 from stepdpo.localizers.base import STATUS_OK, empty_response
 from stepdpo.records import LocatedError, Problem, Sample
 from stepdpo.seeding import derive_seed
@@ -180,8 +182,8 @@ class RolloutLocalizer:
             # Keyed on (sample, prefix): a sample's rollouts do not depend on the chunk, round or search that asks.
             seeds = [derive_seed(cfg.seed, self.stage, state.sample.id, state.query) for state in pending]
             outputs = self.generator.generate(prompts, params, seeds=seeds)
-            graded = grade_responses([(prefix + next_marker(prefix) + completion.text, state.problem.answer)
-                                 for state, prefix, completions in zip(pending, prefixes, outputs) for completion in completions])
+            graded = grade_for_data([(prefix + next_marker(prefix) + completion.text, completion.finish_reason, state.problem.answer)
+                                     for state, prefix, completions in zip(pending, prefixes, outputs) for completion in completions])
             at = 0
             for state, completions in zip(pending, outputs):
                 successes = sum(graded[at: at + len(completions)])
@@ -196,7 +198,7 @@ class RolloutLocalizer:
             results[j] = LocatedError(
                 sample_id=state.sample.id, problem_id=state.problem.id, first_wrong_step=k, localizer=self.name,
                 confidence=boundary_confidence(state.stats, k, len(state.sample.steps)),
-                rollouts=state.rollouts, rollout_tokens=state.tokens, status=STATUS_OK,
+                rollouts=state.rollouts, localizer_tokens=state.tokens, status=STATUS_OK,
                 evidence={"search": cfg.search, "num_steps": len(state.sample.steps), "queried": state.queried,
                           "prefix_stats": {str(i): list(v) for i, v in sorted(state.stats.items())},
                           "rollouts_per_prefix": cfg.rollouts_per_prefix, "alive_threshold": cfg.alive_threshold})

@@ -69,7 +69,7 @@ class EvalConfig:
     top_p: float = field(default=1.0, metadata={"help": "Nucleus sampling threshold."})
     ks: list[int] = field(default_factory=list, metadata={"help": "k values for pass@k and maj@k (each <= n); empty: 1 and n."})
     max_new_tokens: int = field(default=512, metadata={"help": "Most tokens generated per response."})
-    last_number_fallback: bool = field(default=True, metadata={"help": "Grade a response without a boxed/'The answer is' answer by its last number."})
+    last_number_fallback: Optional[bool] = field(default=None, metadata={"help": "Grade a response that states no final answer (boxed, 'The answer is', '####') by its last number outside 'Step N:' markers. None: on with the boxed prompt (the paper's protocol), off with the step prompt (where a response cut off mid-step would be graded by a number it was still working with). The setting used is recorded in results.json."})
     on_bad_row: Literal["error", "skip"] = field(default="error", metadata={"help": "A test-set row that cannot be used: stop with an error naming file, line and field, or skip it and count it in the funnel."})
     chunk_size: int = field(default=64, metadata={"help": "Problems per generation call; their samples are on disk after each call."})
     run_dir: str = field(default="runs/default", metadata={"help": "Run directory (the output goes to RUN/eval/<name>, the funnel to RUN/funnel)."})
@@ -178,7 +178,7 @@ def _file_digest(path: Path, digest: "hashlib._Hash") -> None:
             digest.update(handle.read(_CHUNK))
 
 
-def model_fingerprint(name: str) -> dict[str, Any]:
+def checkpoint_fingerprint(name: str) -> dict[str, Any]:
     """Identify the evaluated weights: ``{model, path, sha256}``.
 
     For a local model (folder or file) the hash covers every file's name and size,
@@ -214,8 +214,15 @@ def make_prompter(config: EvalConfig) -> Callable[[str], tuple[str, str]]:
     return lambda question: (fmt.prompt(question), FIRST_MARKER)
 
 
+def uses_last_number_fallback(config: EvalConfig) -> bool:
+    """The fallback setting in force: the explicit one, else on for the boxed prompt and off for the step prompt."""
+    if config.last_number_fallback is not None:
+        return config.last_number_fallback
+    return config.prompt == "boxed"
+
+
 def grade_sample(config: EvalConfig, set_name: str, problem: Problem, index: int, prompt: str, response: str, num_tokens: int, finish_reason: str) -> EvalSample:
-    predicted = extract_answer(response, last_number_fallback=config.last_number_fallback)
+    predicted = extract_answer(response, last_number_fallback=uses_last_number_fallback(config))
     return EvalSample(
         id=sample_key(set_name, problem.id, index),
         set=set_name,
@@ -245,7 +252,7 @@ def settings_of(config: EvalConfig) -> dict[str, Any]:
         "seed": config.seed,
         "limit": config.limit,
         "ks": k_values(config),
-        "last_number_fallback": config.last_number_fallback,
+        "last_number_fallback": uses_last_number_fallback(config),
         "backend": config.generator.backend,
         "dtype": config.generator.dtype,
     }
@@ -328,7 +335,7 @@ def run(config: EvalConfig, problems_by_set: dict[str, list[Problem]], generator
     out = output_dir(config)
     out.mkdir(parents=True, exist_ok=True)
     model = model_name(config)
-    fingerprint = model_fingerprint(model)
+    fingerprint = checkpoint_fingerprint(model)
     settings = settings_of(config)
     compute = generator_compute(generator)
     _guard_settings(out, settings, fingerprint, compute)

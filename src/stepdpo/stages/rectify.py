@@ -2,7 +2,8 @@
 
 For a located error at step k of a wrong sample, the policy continues
 ``question + steps 1..k-1`` (prompt ends with the ``Step k:`` marker) r times.
-A continuation whose full response reaches the gold answer contributes its
+A continuation whose full response reaches the gold answer (states it and ends by
+itself, not at the token limit: :func:`stepdpo.grading.grade_for_data`) contributes its
 step k as a *chosen* candidate, unless that step equals the rejected step or an
 earlier candidate after whitespace normalisation. ``full_chosen`` keeps the
 whole continuation from step k on. Records are appended per chunk to
@@ -50,7 +51,7 @@ from tqdm.auto import tqdm
 from stepdpo.config import OptionCheck, validate_config
 from stepdpo.errors import ConfigError, InputError
 from stepdpo.generation.base import Completion, Generator, GeneratorConfig, SamplingParams, build_generator, close_generator, prompt_format
-from stepdpo.grading import grade_responses
+from stepdpo.grading import grade_for_data
 from stepdpo.localizers.base import FAILED_PREFIX, STATUS_OK
 from stepdpo.localizers.judge import JudgeConfig, first_wrong, load_template, numbered_solution, parse_verdict, reference_text, render_template
 from stepdpo.records import LocatedError, Problem, RecordStore, Rectification, Sample, append_failures
@@ -310,8 +311,8 @@ def sample_candidates(config: RectifyConfig, problems: dict[str, Problem], sampl
             params = SamplingParams(n=config.r, temperature=config.temperature, top_p=config.top_p,
                                     max_new_tokens=config.max_new_tokens, stop=tuple(config.stop))
             outputs = generator.generate(prompts, params, seeds=[derive_seed(config.seed, "rectify", x.sample_id) for x in chunk])
-            graded = grade_responses([(prefix + next_marker(prefix) + c.text, problem.answer)
-                                 for (_, _, problem, _, prefix), cs in zip(jobs, outputs) for c in cs])
+            graded = grade_for_data([(prefix + next_marker(prefix) + c.text, c.finish_reason, problem.answer)
+                                     for (_, _, problem, _, prefix), cs in zip(jobs, outputs) for c in cs])
             at = 0
             chunk_out = []
             for (x, sample, problem, k, prefix), completions in zip(jobs, outputs):

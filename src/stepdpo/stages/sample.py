@@ -3,7 +3,9 @@
 The prompt primes the assistant with ``Let's think step by step.\\nStep 1:``;
 a sample's response is ``"Step 1:" + continuation``. Wrong samples feed
 localization; right ones feed rectification checks and the plain-DPO baseline.
-Work proceeds in chunks of problems, appended to ``samples.jsonl`` after each
+A sample is right only when it states a final answer that matches gold and the
+model ended it itself (:func:`stepdpo.grading.grade_for_data`: a response cut off
+at the token limit is wrong, whatever its last number). Work proceeds in chunks of problems, appended to ``samples.jsonl`` after each
 chunk, so a rerun only generates for problems that have fewer than k samples.
 """
 
@@ -21,7 +23,7 @@ from tqdm.auto import tqdm
 
 from stepdpo.config import OptionCheck, validate_config
 from stepdpo.generation.base import Generator, GeneratorConfig, SamplingParams, build_generator, close_generator, prompt_format
-from stepdpo.grading import extract_answer, grade_responses
+from stepdpo.grading import extract_answer, grade_for_data
 from stepdpo.metrics import pass_at_k
 from stepdpo.errors import InputError
 from stepdpo.records import Problem, RecordStore, Sample, atomic_write_text, record_to_dict
@@ -84,7 +86,7 @@ def make_samples(problem: Problem, prompt: str, texts: Sequence[tuple[str, int, 
     for j, ((text, tokens, finish), correct) in enumerate(zip(texts, graded)):
         response = FIRST_MARKER + text
         out.append(Sample(id=f"{problem.id}#{start_index + j}", problem_id=problem.id, prompt=prompt, response=response,
-                          steps=split_steps(response), predicted=extract_answer(response), correct=correct,
+                          steps=split_steps(response), predicted=extract_answer(response, last_number_fallback=False), correct=correct,
                           num_tokens=tokens, finish_reason=finish, temperature=temperature, model=model))
     return out
 
@@ -108,7 +110,7 @@ def run(config: SampleConfig, problems: Sequence[Problem], generator: Generator,
             params = SamplingParams(n=config.k, temperature=config.temperature, top_p=config.top_p,
                                     max_new_tokens=config.max_new_tokens, stop=tuple(config.stop))
             outputs = generator.generate(prompts, params, seeds=[derive_seed(config.seed, "sample", p.id) for p in chunk])
-            graded = grade_responses([(FIRST_MARKER + c.text, p.answer) for p, cs in zip(chunk, outputs) for c in cs])
+            graded = grade_for_data([(FIRST_MARKER + c.text, c.finish_reason, p.answer) for p, cs in zip(chunk, outputs) for c in cs])
             at = 0
             chunk_samples: list[Sample] = []
             for problem, prompt, completions in zip(chunk, prompts, outputs):

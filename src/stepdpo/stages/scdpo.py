@@ -8,14 +8,19 @@ every generated step::
     T_i = min(start + increment · i, cap)        i = 0, 1, 2, …  (i-th generated step)
 
 (the paper: start 1.1, increment 0.05, cap 1.4). A continuation ends when a step
-states a final answer, hits the per-step token limit, or after ``max_steps`` steps.
-Continuations are regenerated until one states a *wrong* final answer or the retry
-budget of the branch point runs out; each problem yields at most
-``max_negatives_per_problem`` negatives.
+states a final answer, when the model ends it (end-of-sequence, or one of the extra stop
+strings) without one, when a step hits the per-step token limit, or after ``max_steps``
+steps. Only a continuation that states its final answer and ends by itself is graded
+(:func:`stepdpo.grading.grade_for_data`). Continuations are regenerated until one states
+a *wrong* final answer or the retry budget of the branch point runs out; each problem
+yields at most ``max_negatives_per_problem`` negatives.
 
 Generating one step per call is what makes the temperature per step exact: every call
 stops at ``"\\nStep "`` and the next call continues ``prefix + generated steps`` at the
-next temperature. All live continuations at the same step index share one
+next temperature. Only a call that stopped there (the model began its next step) is
+continued; one the model ended is not (an OpenAI-compatible server other than vLLM's
+cannot say which of the two happened when stop strings are set: such a stop is taken
+as the step boundary, with a warning). All live continuations at the same step index share one
 temperature, so each round is one batched generator call over all of them.
 
 Pairs built from a negative ``y'`` (identical to ``y`` up to step ``k``):
@@ -42,6 +47,7 @@ Resumable: every finished branch point is appended to ``RUN/scdpo/branches.jsonl
 
 from __future__ import annotations
 
+import logging
 import random
 import time
 from collections import Counter, defaultdict
@@ -52,8 +58,8 @@ from tqdm.auto import tqdm
 
 from stepdpo.config import OptionCheck, validate_config
 from stepdpo.errors import InputError
-from stepdpo.generation.base import Generator, GeneratorConfig, SamplingParams, build_generator, close_generator, prompt_format
-from stepdpo.grading import extract_answer, grade_many
+from stepdpo.generation.base import FINISH_LENGTH, FINISH_STOP, Generator, GeneratorConfig, SamplingParams, build_generator, close_generator, prompt_format
+from stepdpo.grading import extract_answer, grade_for_data, states_final_answer
 from stepdpo.localizers.rollout import RolloutConfig, RolloutLocalizer
 from stepdpo.records import Problem, RecordStore, Sample, StepPair
 from stepdpo.rundir import Funnel, RunDir
@@ -62,6 +68,8 @@ from stepdpo.stages.pairs import PairsConfig, check_pair, dpo_pairs, write_pairs
 from stepdpo.stages.rectify import normalize_ws
 from stepdpo.stages.sample import read_problems, read_samples
 from stepdpo.steps import STEP_HEADER, PromptFormat, next_marker, split_steps
+
+log = logging.getLogger(__name__)
 
 STEP_STOP = "\nStep "
 """Stop string that ends a call after one step (the next step's marker is not generated)."""
@@ -148,11 +156,6 @@ def step_temperature(index: int, start: float, increment: float, cap: float) -> 
     return round(min(start + increment * index, cap), 9)
 
 
-def states_answer(step: str) -> bool:
-    """True when a step states a final answer (a box, 'The answer is', '####'; a bare number does not count)."""
-    return extract_answer(step, last_number_fallback=False) is not None
-
-
 def branch_points(sample: Sample, mode: str, seed: int) -> list[int]:
     """Branch points k (steps kept) of a correct sample: all of 1..n-1, or one seeded by (seed, sample id)."""
     candidates = list(range(1, len(sample.steps)))
@@ -206,7 +209,10 @@ class _Continuation:
     steps: list[str] = field(default_factory=list)
     temperatures: list[float] = field(default_factory=list)
     end: str = ""
-    """'' while generating; then 'answer', 'length', 'max steps' or 'error'."""
+    """'' while generating; then 'answer', 'eos' (ended by the model without an answer), 'stop string'
+    (an extra stop string), 'length', 'max steps' or 'error'."""
+    finish_reason: str = ""
+    """The finish reason of the last generated step."""
 
     @property
     def response(self) -> str:
@@ -222,10 +228,12 @@ def continue_stepwise(jobs: Sequence[_Job], config: SCDPOConfig, generator: Gene
     Each round prompts ``fmt.prompt(question, prefix + steps so far)`` (ending in the next
     ``Step j:`` marker) for every live continuation at once and stops at ``"\\nStep "``.
     A step is ``marker + completion`` (plus the newline the stop string began with, unless
-    the step ends the continuation).
+    the step ends the continuation). Only a step that stopped at ``"\\nStep "`` is followed
+    by another: one the model ended (EOS, an extra stop string) ends the continuation there.
     """
     live = [_Continuation(job) for job in jobs]
     stop = (STEP_STOP, *config.stop)
+    unknown_stops = 0
     for index in range(config.max_steps):
         todo = [c for c in live if not c.end]
         if not todo:
@@ -240,25 +248,34 @@ def continue_stepwise(jobs: Sequence[_Job], config: SCDPOConfig, generator: Gene
         for c, text, completions in zip(todo, texts, outputs):
             completion = completions[0]
             step = next_marker(text) + completion.text
+            finish = completion.finish_reason
             c.job.tokens += completion.num_tokens
             c.temperatures.append(temperature)
-            if states_answer(step):
-                c.end = "answer"
-            elif completion.finish_reason.startswith("error"):
+            c.finish_reason = finish
+            if finish.startswith("error"):
                 c.end = "error"
-            elif completion.finish_reason == "length":
+            elif finish == FINISH_LENGTH:
                 c.end = "length"
-            else:
-                step += "\n"
+            elif states_final_answer(step):
+                c.end = "answer"
+            elif finish == FINISH_STOP and completion.stop_string in (STEP_STOP, None):
+                unknown_stops += completion.stop_string is None
+                step += "\n"  # the model began its next step: the stop string took this newline
                 if index + 1 == config.max_steps:
                     c.end = "max steps"
+            else:
+                c.end = "eos" if finish != FINISH_STOP else "stop string"
             c.steps.append(step)
+    if unknown_stops:
+        log.warning("%d step(s) stopped at an unnamed stop string (the backend does not tell EOS from a stop string): "
+                    "taken as the step boundary '\\nStep ', so a solution the model ended may have been continued", unknown_stops)
     return live
 
 
-def judge(continuations: Sequence[_Continuation], checker: PrefixChecker) -> None:
-    """Grade finished continuations; the first wrong one of a job whose prefix checks pass becomes its negative."""
-    graded = grade_many([(extract_answer(c.response), c.job.problem.answer) for c in continuations])
+def grade_continuations(continuations: Sequence[_Continuation], checker: PrefixChecker) -> None:
+    """Grade finished continuations against gold (no judge: the data rule); the first wrong one of a job
+    whose prefix checks pass becomes its negative. One that ends without a final answer is 'no answer'."""
+    graded = grade_for_data([(c.response, c.finish_reason, c.job.problem.answer) for c in continuations])
     for c, right in zip(continuations, graded):
         job = c.job
         job.attempts += 1
@@ -272,7 +289,7 @@ def judge(continuations: Sequence[_Continuation], checker: PrefixChecker) -> Non
             job.outcomes["prefix tokens differ"] += 1
         else:
             job.outcomes["wrong"] += 1
-            job.negative, job.predicted, job.temperatures = c.response, extract_answer(c.response), c.temperatures
+            job.negative, job.predicted, job.temperatures = c.response, extract_answer(c.response, last_number_fallback=False), c.temperatures
 
 
 def negative_sample(problem: Problem, branch: Branch, model: str) -> Sample:
@@ -340,7 +357,7 @@ def confirm_dead(items: Sequence[tuple[Problem, Sample, Branch]], localizer: Rol
     for (_, _, branch), result in zip(items, located):
         successes, trials = result.evidence.get("prefix_stats", {}).get("1", [0, 0])
         out.append(JudgeFreeCheck(key=branch.key, dead=result.first_wrong_step == 1, successes=successes, trials=trials,
-                                  rollout_tokens=result.rollout_tokens))
+                                  rollout_tokens=result.localizer_tokens))
     return out
 
 
@@ -426,7 +443,7 @@ def run(config: SCDPOConfig, problems: dict[str, Problem], samples: Sequence[Sam
                 if not jobs:
                     break
                 continuations = continue_stepwise(jobs, config, generator, fmt)
-                judge(continuations, checker)
+                grade_continuations(continuations, checker)
                 for p in chunk:
                     for job in list(active[p]):
                         if job.negative is not None or job.attempts >= config.max_attempts:
@@ -483,8 +500,9 @@ def run(config: SCDPOConfig, problems: dict[str, Problem], samples: Sequence[Sam
     for b in branches:
         if b.negative is None:
             funnel.drop("retry budget spent without a wrong answer")
+    with_correct = {c.problem_id for c in correct}
     dpo = dpo_pairs(PairsConfig(max_dpo_pairs_per_problem=config.max_dpo_pairs_per_problem, dataset=config.dataset),
-                    problems, [s for s in samples if s.problem_id in {c.problem_id for c in correct}]) if config.dpo else []
+                    problems, [s for s in samples if s.problem_id in with_correct]) if config.dpo else []
 
     outcomes: Counter = Counter()
     for b in branches:

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any, Iterable, Literal, Sequence
 
 from stepdpo.errors import InputError
+from stepdpo.grading import states_final_answer
 from stepdpo.records import StepPair, read_jsonl_dicts, record_from_dict
 from stepdpo.steps import PromptFormat
 from stepdpo.training.packing import PairTokens
@@ -34,7 +35,6 @@ log = logging.getLogger(__name__)
 
 Mode = Literal["step-dpo", "dpo", "scdpo"]
 TRL_FORMAT = "trl"
-_ANSWER_MARKERS = ("\\boxed", "The answer is")
 
 
 def _pair_from_row(row: dict[str, Any], path: Path, line: int) -> StepPair:
@@ -76,8 +76,9 @@ def read_pairs(paths: Iterable[str | Path]) -> list[StepPair]:
 
 
 def step_ends_solution(step: str, full: str) -> bool:
-    """True when a step is the solution's last: it states the final answer or is the whole remaining solution."""
-    return any(marker in step for marker in _ANSWER_MARKERS) or (bool(full.strip()) and full.strip() == step.strip())
+    """True when a step is the solution's last: it states the final answer (:func:`stepdpo.grading.states_final_answer`,
+    the rule SCDPO ends its continuations by) or is the whole remaining solution."""
+    return states_final_answer(step) or (bool(full.strip()) and full.strip() == step.strip())
 
 
 @dataclass(frozen=True)

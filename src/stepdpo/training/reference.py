@@ -30,7 +30,7 @@ log = logging.getLogger(__name__)
 _SAMPLE_VALUES = 64
 
 
-def model_fingerprint(model: Any) -> str:
+def weights_fingerprint(model: Any) -> str:
     """SHA-256 over each base weight's name, shape, dtype and up to 64 evenly strided values (LoRA weights excluded)."""
     digest = hashlib.sha256()
     for name, tensor in sorted(model.state_dict().items()):
@@ -98,7 +98,7 @@ def cached_reference_logps(
 
     Returns the log-probs and whether they came from the cache.
     """
-    key = hashlib.sha256(f"{model_fingerprint(model)}|{data_fingerprint(pairs)}|bf16={bf16}".encode()).hexdigest()[:24]
+    key = hashlib.sha256(f"{weights_fingerprint(model)}|{data_fingerprint(pairs)}|bf16={bf16}".encode()).hexdigest()[:24]
     path = Path(cache_dir) / f"{key}.json"
     if path.is_file():
         cached = json.loads(path.read_text(encoding="utf-8"))
