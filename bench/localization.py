@@ -98,7 +98,7 @@ def main(argv: list[str]) -> int:
         ok = [x for x in located if x.status == "ok"]
         results[search] = {**agreement(exact, found), "localized": len(ok),
                            "rollouts_per_localized": sum(x.rollouts for x in ok) / len(ok) if ok else 0.0,
-                           "tokens_per_localized": sum(x.rollout_tokens for x in ok) / len(ok) if ok else 0.0,
+                           "tokens_per_localized": sum(x.localizer_tokens for x in ok) / len(ok) if ok else 0.0,
                            "wall_s": round(wall, 2)}
         funnels[f"locate_{search}"] = asdict(locate.funnel_for(located, len(wrong), wall))
 

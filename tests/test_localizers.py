@@ -122,7 +122,7 @@ def test_rollout_localizer_counts_and_evidence(search, expected_rollouts):
     result = locate(localizer, problem, make_sample("p#0", "p", 5))
     assert result.first_wrong_step == 3 and result.status == "ok" and result.localizer == f"rollout-{search}"
     assert result.rollouts == expected_rollouts
-    assert result.rollout_tokens == expected_rollouts * 5  # the scripted generator counts words
+    assert result.localizer_tokens == expected_rollouts * 5  # the scripted generator counts words
     assert result.evidence["prefix_stats"]["3"] == [0, 8] and result.evidence["prefix_stats"]["2"] == [2, 8]
     assert result.confidence == pytest.approx((2 / 8 + 1.0) / 2)
 

@@ -82,3 +82,14 @@ def test_config_yaml_errors_name_line_and_key(tmp_path):
     with pytest.raises(ConfigError, match=r"c.yaml:2: key 'batch_size' expects int"):
         load_config(GeneratorConfig, path)
     assert config_from_dict(GeneratorConfig, {"batch_size": 4}).batch_size == 4
+
+
+def test_located_error_written_with_the_old_token_field_still_loads(tmp_path):
+    """LocatedError.rollout_tokens was renamed localizer_tokens (a judge's tokens are no rollouts); old files load."""
+    from stepdpo.records import LocatedError, record_to_dict
+
+    path = tmp_path / "located.jsonl"
+    old = {"sample_id": "p#0", "problem_id": "p", "first_wrong_step": 2, "localizer": "judge", "rollout_tokens": 321}
+    path.write_text(json.dumps(old) + "\n")
+    [located] = RecordStore(path, LocatedError, key="sample_id").records()
+    assert located.localizer_tokens == 321 and "rollout_tokens" not in record_to_dict(located)

@@ -85,7 +85,7 @@ def test_rectify_error_in_step_one():
 def make_inputs():
     samples = [sample("p#0", WRONG, False), sample("p#1", RIGHT, True), sample("p#2", WRONG.replace("11", "12"), False)]
     located = [LocatedError(sample_id=s, problem_id="p", first_wrong_step=2, localizer="rollout-binary", confidence=0.9,
-                            rollouts=16, rollout_tokens=400) for s in ("p#0", "p#2")]
+                            rollouts=16, localizer_tokens=400) for s in ("p#0", "p#2")]
     rectified = [Rectification(sample_id=s.id, problem_id="p", first_wrong_step=2, prefix=s.steps[0], rejected=s.steps[1],
                                chosen=["Step 2: 6 + 4 = 10\n", "Step 2: 4 + 6 = 10\n"],
                                full_chosen=["Step 2: 6 + 4 = 10\nStep 3: 9", "Step 2: 4 + 6 = 10\nStep 3: 9"], tried=20, reached_gold=5)

@@ -166,7 +166,7 @@ def make_full_run(root: Path) -> Path:
         located.append(record_to_dict(LocatedError(
             sample_id=f"synthetic-{i:04d}#{i % 8}", problem_id=f"synthetic-{i:04d}", first_wrong_step=step,
             localizer="rollout-binary", confidence=round(rng.uniform(0.5, 1.0), 3) if step else None,
-            rollouts=rollouts, rollout_tokens=rollouts * rng.randint(60, 140), status=status,
+            rollouts=rollouts, localizer_tokens=rollouts * rng.randint(60, 140), status=status,
         )))
     _write_jsonl(root / "located.jsonl", located)
 

@@ -77,7 +77,9 @@ class LocatedError:
     """Localizer-specific certainty in [0, 1] (e.g. the share of rollouts that agree)."""
     rollouts: int = 0
     """Continuations generated to reach the decision (rollout localizer)."""
-    rollout_tokens: int = 0
+    localizer_tokens: int = 0
+    """Tokens the localizer generated to decide: its rollouts', or the judge's answer (records
+    written before this name was chosen call it ``rollout_tokens``; both load)."""
     evidence: dict[str, Any] = field(default_factory=dict)
     """Per-prefix statistics (step -> successes/trials), the judge's analysis, ..."""
     status: str = "ok"
@@ -134,8 +136,15 @@ RecordT = TypeVar("RecordT")
 _DACITE = dacite.Config(strict=True, check_types=True)
 
 
+RENAMED_FIELDS: dict[type, dict[str, str]] = {LocatedError: {"rollout_tokens": "localizer_tokens"}}
+"""Old field name -> current one, per record type: records written under the old name still load."""
+
+
 def record_from_dict(record_type: type[RecordT], data: dict[str, Any], path: str | os.PathLike = "<dict>", line: int | None = None) -> RecordT:
     """Build a record from a dict, with an error that names the file, line and field."""
+    for old, new in RENAMED_FIELDS.get(record_type, {}).items():
+        if old in data and new not in data:
+            data = {**{k: v for k, v in data.items() if k != old}, new: data[old]}
     try:
         return dacite.from_dict(record_type, data, config=_DACITE)
     except dacite.UnexpectedDataError as err:

@@ -167,7 +167,7 @@ class JudgeLocalizer:
         return [r for r in results if r is not None]
 
     def _decide(self, problem: Problem, sample: Sample, completion: Completion) -> LocatedError:
-        base = dict(sample_id=sample.id, problem_id=problem.id, localizer=self.name, rollout_tokens=completion.num_tokens)
+        base = dict(sample_id=sample.id, problem_id=problem.id, localizer=self.name, localizer_tokens=completion.num_tokens)
         if completion.finish_reason.startswith("error"):
             reason = completion.finish_reason.split(":", 1)[-1].strip() or "request failed"
             return LocatedError(first_wrong_step=None, status=f"{FAILED_PREFIX}: {reason}", **base)

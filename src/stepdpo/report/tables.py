@@ -252,7 +252,7 @@ def localization_tables(located: list[LocatedError]) -> tuple[Table, Table]:
         group = [r for r in located if r.localizer == localizer]
         steps = [r.first_wrong_step for r in group if r.first_wrong_step is not None]
         rollouts = [r.rollouts for r in group]
-        tokens = [r.rollout_tokens for r in group]
+        tokens = [r.localizer_tokens for r in group]
         confidences = [r.confidence for r in group if r.confidence is not None]
         summary.append([
             localizer or "(unnamed)",

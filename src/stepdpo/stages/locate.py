@@ -116,7 +116,7 @@ def funnel_for(located: Sequence[LocatedError], wrong_samples: int, wall_s: floa
     if not_reached > 0:
         funnel.drop("not attempted (limit)", not_reached)
     ok = [x for x in located if x.status == STATUS_OK]
-    funnel.extra = {"rollouts": sum(x.rollouts for x in located), "rollout_tokens": sum(x.rollout_tokens for x in located),
+    funnel.extra = {"rollouts": sum(x.rollouts for x in located), "localizer_tokens": sum(x.localizer_tokens for x in located),
                     "rollouts_per_located": sum(x.rollouts for x in ok) / len(ok) if ok else 0.0,
                     "wall_s": round(wall_s, 2)}
     return funnel

@@ -90,7 +90,7 @@ def step_pairs(config: PairsConfig, problems: dict[str, Problem], samples: dict[
                 localizer=loc.localizer if loc else "",
                 provenance={"rejected_sample_id": sample.id, "first_wrong_step": k, "chosen_rank": j,
                             "localizer_confidence": loc.confidence if loc else None,
-                            "rollouts": loc.rollouts if loc else 0, "rollout_tokens": loc.rollout_tokens if loc else 0,
+                            "rollouts": loc.rollouts if loc else 0, "localizer_tokens": loc.localizer_tokens if loc else 0,
                             "rectify_tried": rect.tried, "rectify_reached_gold": rect.reached_gold, "model": sample.model,
                             # rectify --confirm keeps only the steps this judge confirmed
                             **({"chosen_confirmed_by": rect.evidence["judge"]} if rect.evidence.get("candidates") else {})})
