@@ -135,6 +135,9 @@ def test_a_continuation_the_model_ended_is_not_continued(tokenizer):
     assert ended.end == "eos" and ended.response == "Step 1: 2 + 3 = 5\nStep 2: I am done here"
     [cut] = scdpo.continue_stepwise(jobs, config(max_step_tokens=2), ScriptedGenerator(lambda p, s, i: " so \\boxed{20} right"), FMT, seed=0)
     assert cut.end == "length" and cut.response == "Step 1: 2 + 3 = 5\nStep 2: so \\boxed{20}"
+    filtered = ScriptedGenerator(lambda p, s, i: Completion(" so \\boxed{21}", 3, "content_filter"))
+    [unfinished] = scdpo.continue_stepwise(jobs, config(), filtered, FMT, seed=0)
+    assert unfinished.end == "content_filter"  # a server's own reason: not ended by the model, never a negative
 
 
 def test_an_extra_stop_string_ends_the_continuation(tokenizer):

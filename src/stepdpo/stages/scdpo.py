@@ -58,8 +58,8 @@ from tqdm.auto import tqdm
 
 from stepdpo.config import OptionCheck, validate_config
 from stepdpo.errors import InputError
-from stepdpo.generation.base import FINISH_LENGTH, FINISH_STOP, Generator, GeneratorConfig, SamplingParams, build_generator, close_generator, prompt_format
-from stepdpo.grading import extract_answer, grade_for_data, states_final_answer
+from stepdpo.generation.base import FINISH_EOS, FINISH_STOP, Generator, GeneratorConfig, SamplingParams, build_generator, close_generator, prompt_format
+from stepdpo.grading import FINISHED_REASONS, extract_answer, grade_for_data, states_final_answer
 from stepdpo.localizers.rollout import RolloutConfig, RolloutLocalizer
 from stepdpo.records import Problem, RecordStore, Sample, StepPair
 from stepdpo.rundir import Funnel, RunDir
@@ -210,7 +210,8 @@ class _Continuation:
     temperatures: list[float] = field(default_factory=list)
     end: str = ""
     """'' while generating; then 'answer', 'eos' (ended by the model without an answer), 'stop string'
-    (an extra stop string), 'length', 'max steps' or 'error'."""
+    (an extra stop string), 'length' (a step hit the token limit), 'max steps', 'error', or another
+    finish reason a server gave (e.g. 'content_filter')."""
     finish_reason: str = ""
     """The finish reason of the last generated step."""
 
@@ -254,8 +255,8 @@ def continue_stepwise(jobs: Sequence[_Job], config: SCDPOConfig, generator: Gene
             c.finish_reason = finish
             if finish.startswith("error"):
                 c.end = "error"
-            elif finish == FINISH_LENGTH:
-                c.end = "length"
+            elif finish not in FINISHED_REASONS:
+                c.end = finish  # 'length' (the token limit), or a server's own reason such as 'content_filter'
             elif states_final_answer(step):
                 c.end = "answer"
             elif finish == FINISH_STOP and completion.stop_string in (STEP_STOP, None):
@@ -264,7 +265,7 @@ def continue_stepwise(jobs: Sequence[_Job], config: SCDPOConfig, generator: Gene
                 if index + 1 == config.max_steps:
                     c.end = "max steps"
             else:
-                c.end = "eos" if finish != FINISH_STOP else "stop string"
+                c.end = "eos" if finish == FINISH_EOS else "stop string"
             c.steps.append(step)
     if unknown_stops:
         log.warning("%d step(s) stopped at an unnamed stop string (the backend does not tell EOS from a stop string): "
