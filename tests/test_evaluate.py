@@ -84,7 +84,7 @@ class ComputedGenerator(ScriptedGenerator):
 
 
 @pytest.mark.parametrize("name, changed", [
-    ("last_number_fallback", lambda c: replace(c, last_number_fallback=not c.last_number_fallback)),
+    ("last_number_fallback", lambda c: replace(c, last_number_fallback=False)),  # the boxed prompt grades with it by default
     ("backend", lambda c: replace(c, generator=replace(c.generator, backend="openai"))),
     ("dtype", lambda c: replace(c, generator=replace(c.generator, dtype="bfloat16"))),
 ])

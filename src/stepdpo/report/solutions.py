@@ -238,6 +238,6 @@ def sample_pairs(pairs: list[tuple[str, list[StepPair]]], located: list[LocatedE
         chosen = sorted(random.Random(f"{seed}:{method}").sample(range(len(records)), min(per_method, len(records))))
         for index in chosen:
             pair = records[index]
-            reaches = answers_match(extract_answer(pair.full_chosen), pair.answer)
+            reaches = answers_match(extract_answer(pair.full_chosen, last_number_fallback=False), pair.answer)  # stated, as data is graded
             shown.append(ShownPair(pair, method, by_sample.get(pair.sample_id) if pair.sample_id else None, reaches))
     return PairSample(shown, totals)

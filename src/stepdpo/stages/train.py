@@ -206,7 +206,7 @@ def is_complete(final: Path) -> bool:
 
 def _model_key(config: TrainConfig) -> str:
     """What the reference cache is keyed by for a model loaded from ``config.model``: its checkpoint files' fingerprint."""
-    from stepdpo.stages.evaluate import model_fingerprint as checkpoint_fingerprint
+    from stepdpo.stages.evaluate import checkpoint_fingerprint
 
     return checkpoint_fingerprint(config.model)["sha256"] or f"hub:{config.model}"
 
@@ -238,7 +238,7 @@ def run(config: TrainConfig, pairs: list[StepPair], model: Any = None, tokenizer
 
     from stepdpo.models import load_tokenizer
     from stepdpo.training.data import PackedCollator, PairDataset
-    from stepdpo.training.reference import model_fingerprint
+    from stepdpo.training.reference import weights_fingerprint
     from stepdpo.training.reference_pass import ReferencePass, cache_path, read_cache
     from stepdpo.training.saving import save_trained_model
     from stepdpo.training.trainer import LossSettings, MetricsJsonlCallback, PreferenceTrainer, read_metrics
@@ -295,7 +295,7 @@ def run(config: TrainConfig, pairs: list[StepPair], model: Any = None, tokenizer
         ddp_find_unused_parameters=False,
     )
     check_global_batch(config, args.world_size)
-    model_key = _model_key(config) if model is None else model_fingerprint(model)
+    model_key = _model_key(config) if model is None else weights_fingerprint(model)
     if model is None:
         model = _load_model(config)
     if config.lora and not hasattr(model, "peft_config"):

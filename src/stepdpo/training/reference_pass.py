@@ -13,7 +13,7 @@ every rank runs the same number of batches, padding its share with a repeat of a
 The cache key cannot come from the weights in memory (they are shards, or empty, before the
 Trainer prepares them, and trained weights after a resume): ``stepdpo train`` keys a model it
 loads by the fingerprint of its checkpoint files; a model handed in by a caller keeps the weight
-fingerprint of ``reference.model_fingerprint``.
+fingerprint of ``reference.weights_fingerprint``.
 """
 
 from __future__ import annotations
