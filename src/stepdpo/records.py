@@ -56,10 +56,13 @@ class Sample:
     steps: list[str]
     """``split_steps(response)``."""
     predicted: str | None
-    """Extracted final answer, None when the response has none."""
+    """The final answer the response states (box, 'The answer is', '####'), None when it states none."""
     correct: bool
+    """Graded by :func:`stepdpo.grading.grade_for_data`: a stated answer equal to gold, in a response the model ended."""
     num_tokens: int = 0
     finish_reason: str = ""
+    """'eos', 'stop' (a stop string), 'length' (the token limit) or 'error: ...'; records written before
+    'eos' was told apart say 'stop' for both of the first two."""
     temperature: float = 0.0
     model: str = ""
 
