@@ -131,19 +131,19 @@ def test_a_continuation_the_model_ended_is_not_continued(tokenizer):
     assert branch.attempts == 2 and branch.outcomes == {"no answer": 2} and branch.negative is None and out.scdpo == []
 
     jobs = [scdpo._Job(problem(), make_sample("p0", 0, RIGHT), 1, "Step 1: 2 + 3 = 5\n")]
-    [ended] = scdpo.continue_stepwise(jobs, config(), ScriptedGenerator(lambda p, s, i: " I am done here"), FMT, seed=0)
+    [ended] = scdpo.continue_stepwise(jobs, config(), ScriptedGenerator(lambda p, s, i: " I am done here"), FMT)
     assert ended.end == "eos" and ended.response == "Step 1: 2 + 3 = 5\nStep 2: I am done here"
-    [cut] = scdpo.continue_stepwise(jobs, config(max_step_tokens=2), ScriptedGenerator(lambda p, s, i: " so \\boxed{20} right"), FMT, seed=0)
+    [cut] = scdpo.continue_stepwise(jobs, config(max_step_tokens=2), ScriptedGenerator(lambda p, s, i: " so \\boxed{20} right"), FMT)
     assert cut.end == "length" and cut.response == "Step 1: 2 + 3 = 5\nStep 2: so \\boxed{20}"
     filtered = ScriptedGenerator(lambda p, s, i: Completion(" so \\boxed{21}", 3, "content_filter"))
-    [unfinished] = scdpo.continue_stepwise(jobs, config(), filtered, FMT, seed=0)
+    [unfinished] = scdpo.continue_stepwise(jobs, config(), filtered, FMT)
     assert unfinished.end == "content_filter"  # a server's own reason: not ended by the model, never a negative
 
 
 def test_an_extra_stop_string_ends_the_continuation(tokenizer):
     jobs = [scdpo._Job(problem(), make_sample("p0", 0, RIGHT), 1, "Step 1: 2 + 3 = 5\n")]
     gen = ScriptedGenerator(lambda p, s, i: " 5 * 4 = 20\n\nQuestion: next one\nStep 1: more")
-    [ended] = scdpo.continue_stepwise(jobs, config(stop=("\n\nQuestion:",)), gen, FMT, seed=0)
+    [ended] = scdpo.continue_stepwise(jobs, config(stop=("\n\nQuestion:",)), gen, FMT)
     assert ended.end == "stop string" and ended.response == "Step 1: 2 + 3 = 5\nStep 2: 5 * 4 = 20" and len(gen.calls) == 1
 
 
