@@ -19,16 +19,15 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Iterable, Literal, Optional, Sequence
 
-from tqdm.auto import tqdm
-
 from stepdpo.config import OptionCheck, validate_config
 from stepdpo.generation.base import Generator, GeneratorConfig, SamplingParams, build_generator, close_generator, prompt_format
-from stepdpo.grading import extract_answer, grade_for_data
+from stepdpo.generation.graded import Continue, Graded, generate_graded
+from stepdpo.grading import extract_answer
 from stepdpo.metrics import pass_at_k
 from stepdpo.errors import InputError
 from stepdpo.records import Problem, RecordStore, Sample, atomic_write_text, record_to_dict
 from stepdpo.rundir import Funnel, RunDir
-from stepdpo.seeding import derive_seed
+from stepdpo.stages.keyed import run_keyed
 from stepdpo.steps import FIRST_MARKER, PromptFormat, split_steps
 
 log = logging.getLogger(__name__)
@@ -79,16 +78,12 @@ def summarize(samples: Iterable[Sample], k: int) -> dict[str, float | int]:
     }
 
 
-def make_samples(problem: Problem, prompt: str, texts: Sequence[tuple[str, int, str]], graded: Sequence[bool],
-                 start_index: int, temperature: float, model: str) -> list[Sample]:
-    """Samples ``<problem_id>#<start_index + j>`` from continuations (text, tokens, finish reason) after ``Step 1:``."""
-    out = []
-    for j, ((text, tokens, finish), correct) in enumerate(zip(texts, graded)):
-        response = FIRST_MARKER + text
-        out.append(Sample(id=f"{problem.id}#{start_index + j}", problem_id=problem.id, prompt=prompt, response=response,
-                          steps=split_steps(response), predicted=extract_answer(response, last_number_fallback=False), correct=correct,
-                          num_tokens=tokens, finish_reason=finish, temperature=temperature, model=model))
-    return out
+def make_samples(problem: Problem, prompt: str, graded: Sequence[Graded], temperature: float, model: str) -> list[Sample]:
+    """Samples ``<problem_id>#<j>`` from the graded responses (``"Step 1:"`` + continuation) of one problem."""
+    return [Sample(id=f"{problem.id}#{j}", problem_id=problem.id, prompt=prompt, response=g.response, steps=split_steps(g.response),
+                   predicted=extract_answer(g.response, last_number_fallback=False), correct=g.correct,
+                   num_tokens=g.completion.num_tokens, finish_reason=g.completion.finish_reason, temperature=temperature, model=model)
+            for j, g in enumerate(graded)]
 
 
 def run(config: SampleConfig, problems: Sequence[Problem], generator: Generator, fmt: PromptFormat | None = None,
@@ -97,33 +92,20 @@ def run(config: SampleConfig, problems: Sequence[Problem], generator: Generator,
     fmt = fmt or prompt_format(config.generator)
     if config.k < 1:
         raise ValueError("k must be >= 1")
-    done = store.keys() if store is not None else set()
-    new: list[Sample] = []
-    chunk_size = max(1, config.chunk_size)
-    with tqdm(total=len(problems), desc="sample", unit="problem") as bar:
-        for start in range(0, len(problems), chunk_size):
-            chunk = [p for p in problems[start: start + chunk_size] if any(f"{p.id}#{j}" not in done for j in range(config.k))]
-            bar.update(len(problems[start: start + chunk_size]) - len(chunk))
-            if not chunk:
-                continue
-            prompts = [fmt.prompt(p.question) for p in chunk]
-            params = SamplingParams(n=config.k, temperature=config.temperature, top_p=config.top_p,
-                                    max_new_tokens=config.max_new_tokens, stop=tuple(config.stop))
-            outputs = generator.generate(prompts, params, seeds=[derive_seed(config.seed, "sample", p.id) for p in chunk])
-            graded = grade_for_data([(FIRST_MARKER + c.text, c.finish_reason, p.answer) for p, cs in zip(chunk, outputs) for c in cs])
-            at = 0
-            chunk_samples: list[Sample] = []
-            for problem, prompt, completions in zip(chunk, prompts, outputs):
-                texts = [(c.text, c.num_tokens, c.finish_reason) for c in completions]
-                chunk_samples += make_samples(problem, prompt, texts, graded[at: at + len(texts)], 0, config.temperature, generator.name)
-                at += len(texts)
-            chunk_samples = [s for s in chunk_samples if s.id not in done]
-            if store is not None:
-                store.append(chunk_samples)
-            new += chunk_samples
-            bar.update(len(chunk))
+    stored = store.keys() if store is not None else set()
+    params = SamplingParams(n=config.k, temperature=config.temperature, top_p=config.top_p,
+                            max_new_tokens=config.max_new_tokens, stop=tuple(config.stop))
+
+    def make(chunk: list[Problem], seeds: list[int]) -> list[Sample]:
+        jobs = [Continue(fmt.prompt(p.question), FIRST_MARKER, p.answer) for p in chunk]
+        samples = [s for p, job, graded in zip(chunk, jobs, generate_graded(generator, jobs, params, seeds))
+                   for s in make_samples(p, job.prompt, graded, config.temperature, generator.name)]
+        return [s for s in samples if s.id not in stored]  # a problem cut short by a crash keeps its stored samples
+
+    made = run_keyed(problems, make, stage="sample", seed=config.seed, key=lambda p: p.id, chunk_size=config.chunk_size, unit="problem",
+                     done=lambda p: all(f"{p.id}#{j}" in stored for j in range(config.k)), save=store.append if store is not None else None)
     if store is None:
-        return new
+        return made.new
     wanted = {p.id for p in problems}
     return [s for s in store.records() if s.problem_id in wanted]
 
