@@ -70,7 +70,7 @@ def old_grade_for_data(items: Iterable[tuple[str, str, str]], *, timeout_s: floa
     return grade_many(((old_extract_answer(response), gold) for response, _, gold in items), timeout_s=timeout_s)
 
 
-GRADED_MODULES = ("stepdpo.generation.graded", "stepdpo.localizers.rollout", "stepdpo.stages.rectify", "stepdpo.stages.scdpo")
+GRADED_MODULES = ("stepdpo.generation.graded", "stepdpo.stages.rectify", "stepdpo.stages.scdpo")
 
 
 @contextlib.contextmanager

@@ -63,3 +63,9 @@ def test_generate_graded_glues_head_and_grades_with_the_data_rule():
     assert [g.completion.finish_reason for g in graded[0]] == ["eos", "length", "eos"]
     assert [g.correct for g in graded[0]] == [True, False, False]
     assert [g.correct for g in graded[1]] == [False, False, True]
+
+
+def test_run_keyed_without_a_seed_leaves_seeding_to_the_stage():
+    got: list[list[int]] = []
+    run_keyed(["a", "b"], lambda chunk, seeds: got.append(seeds) or [], stage="locate", seed=None, key=str)
+    assert got == [[]]

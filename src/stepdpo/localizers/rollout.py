@@ -33,7 +33,7 @@ from typing import Callable, Generator as Coroutine, Literal, Sequence
 
 from stepdpo.config import OptionCheck
 from stepdpo.generation.base import Generator, SamplingParams
-from stepdpo.grading import grade_for_data
+from stepdpo.generation.graded import Continue, generate_graded
 from stepdpo.localizers.base import STATUS_OK, empty_response
 from stepdpo.records import LocatedError, Problem, Sample
 from stepdpo.seeding import derive_seed
@@ -129,6 +129,15 @@ class RolloutConfig:
 
 
 @dataclass
+class PrefixRollouts:
+    """Rollouts from one prefix: how many reached gold, of how many, and the tokens they took."""
+
+    successes: int
+    trials: int
+    tokens: int
+
+
+@dataclass
 class _State:
     problem: Problem
     sample: Sample
@@ -162,8 +171,24 @@ class RolloutLocalizer:
         """The stage name in the rollouts' seeds, so that two stages rolling out one sample draw independently."""
         self.name = f"rollout-{config.search}"
 
-    def _alive(self, successes: int, trials: int) -> bool:
-        return successes / trials >= self.config.alive_threshold
+    def alive(self, rollouts: PrefixRollouts) -> bool:
+        """The prefix is alive when at least ``alive_threshold`` of its rollouts reached gold."""
+        return rollouts.successes / rollouts.trials >= self.config.alive_threshold
+
+    def roll_out(self, queries: Sequence[tuple[Problem, str, str, int]]) -> list[PrefixRollouts]:
+        """``rollouts_per_prefix`` graded rollouts from each ``(problem, key, prefix, index)``, in one batched call.
+
+        Rollouts are seeded by (seed, stage, key, index): a prefix's rollouts do not depend on the
+        chunk, round or search that asks (``key``: the record, ``index``: which of its prefixes).
+        """
+        cfg = self.config
+        params = SamplingParams(n=cfg.rollouts_per_prefix, temperature=cfg.temperature, top_p=cfg.top_p,
+                                max_new_tokens=cfg.max_new_tokens, stop=tuple(cfg.stop))
+        jobs = [Continue(self.fmt.prompt(problem.question, prefix), prefix + next_marker(prefix), problem.answer)
+                for problem, _, prefix, _ in queries]
+        seeds = [derive_seed(cfg.seed, self.stage, key, index) for _, key, _, index in queries]
+        return [PrefixRollouts(successes=sum(g.correct for g in graded), trials=len(graded), tokens=sum(g.completion.num_tokens for g in graded))
+                for graded in generate_graded(self.generator, jobs, params, seeds)]
 
     def locate_many(self, items: Sequence[tuple[Problem, Sample]]) -> list[LocatedError]:
         cfg = self.config
@@ -175,23 +200,13 @@ class RolloutLocalizer:
             pending = [state for state in states.values() if state.query is not None]
             if not pending:
                 break
-            prefixes = ["".join(state.sample.steps[: state.query]) for state in pending]
-            prompts = [self.fmt.prompt(state.problem.question, prefix) for state, prefix in zip(pending, prefixes)]
-            params = SamplingParams(n=cfg.rollouts_per_prefix, temperature=cfg.temperature, top_p=cfg.top_p,
-                                    max_new_tokens=cfg.max_new_tokens, stop=tuple(cfg.stop))
-            # Keyed on (sample, prefix): a sample's rollouts do not depend on the chunk, round or search that asks.
-            seeds = [derive_seed(cfg.seed, self.stage, state.sample.id, state.query) for state in pending]
-            outputs = self.generator.generate(prompts, params, seeds=seeds)
-            graded = grade_for_data([(prefix + next_marker(prefix) + completion.text, completion.finish_reason, state.problem.answer)
-                                     for state, prefix, completions in zip(pending, prefixes, outputs) for completion in completions])
-            at = 0
-            for state, completions in zip(pending, outputs):
-                successes = sum(graded[at: at + len(completions)])
-                at += len(completions)
-                state.stats[state.query] = (successes, len(completions))
-                state.rollouts += len(completions)
-                state.tokens += sum(completion.num_tokens for completion in completions)
-                state.advance(self._alive(successes, len(completions)))
+            answers = self.roll_out([(state.problem, state.sample.id, "".join(state.sample.steps[: state.query]), state.query)
+                                     for state in pending])
+            for state, rollouts in zip(pending, answers):
+                state.stats[state.query] = (rollouts.successes, rollouts.trials)
+                state.rollouts += rollouts.trials
+                state.tokens += rollouts.tokens
+                state.advance(self.alive(rollouts))
         for j, state in states.items():
             k = state.result
             assert k is not None

@@ -36,14 +36,15 @@ class KeyedRun(Generic[RecordT]):
         return self.items - self.already_done
 
 
-def run_keyed(items: Sequence[ItemT], make: Callable[[list[ItemT], list[int]], list[RecordT]], *, stage: str, seed: int,
+def run_keyed(items: Sequence[ItemT], make: Callable[[list[ItemT], list[int]], list[RecordT]], *, stage: str, seed: int | None,
               key: Callable[[ItemT], str], done: Callable[[ItemT], bool] = lambda item: False,
               save: Callable[[list[RecordT]], object] | None = None, chunk_size: int = 16, unit: str = "item",
               desc: str | None = None) -> KeyedRun[RecordT]:
     """Make the records of every item of ``items`` not ``done``, ``chunk_size`` items per ``make(chunk, seeds)`` call.
 
     ``seeds[i]`` is ``derive_seed(seed, stage, key(chunk[i]))``: an item's records do not depend
-    on the chunk it lands in or on what was done before. ``save`` gets each chunk's records
+    on the chunk it lands in or on what was done before. ``seed=None`` for a stage that seeds
+    deeper than per item (a localizer per prefix, SCDPO per step): ``make`` then gets no seeds. ``save`` gets each chunk's records
     as soon as they are made (e.g. ``store.append``). The progress bar (``desc``, default the
     stage) counts items, starting at the ones already done.
     """
@@ -53,7 +54,7 @@ def run_keyed(items: Sequence[ItemT], make: Callable[[list[ItemT], list[int]], l
     with tqdm(total=len(items), initial=result.already_done, desc=desc or stage, unit=unit, disable=not todo) as bar:
         for start in range(0, len(todo), size):
             chunk = list(todo[start: start + size])
-            records = make(chunk, [derive_seed(seed, stage, key(item)) for item in chunk])
+            records = make(chunk, [] if seed is None else [derive_seed(seed, stage, key(item)) for item in chunk])
             if save is not None:
                 save(records)
             result.new += records

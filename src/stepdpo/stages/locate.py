@@ -16,8 +16,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Optional, Sequence
 
-from tqdm.auto import tqdm
-
 from stepdpo.config import OptionCheck, validate_config
 from stepdpo.errors import ConfigError, InputError
 from stepdpo.generation.base import Generator, GeneratorConfig, build_generator, close_generator, prompt_format
@@ -28,6 +26,7 @@ from stepdpo.localizers.judge import JudgeConfig, JudgeLocalizer
 from stepdpo.localizers.rollout import RolloutConfig, RolloutLocalizer
 from stepdpo.records import LocatedError, Problem, RecordStore, Sample, append_failures
 from stepdpo.rundir import Funnel, RunDir
+from stepdpo.stages.keyed import run_keyed
 from stepdpo.stages.sample import read_problems, read_samples
 from stepdpo.steps import PromptFormat
 
@@ -82,24 +81,24 @@ def run(config: LocateConfig, problems: dict[str, Problem], samples: Sequence[Sa
     for sample in wrong:
         if sample.problem_id not in problems:
             raise InputError("problems/train.jsonl", f"no problem {sample.problem_id!r} for sample {sample.id!r}", None, "problem_id")
-    done = store.keys() if store is not None else set()
-    todo = [s for s in wrong if s.id not in done]
-    decided: list[LocatedError] = []
+    decided_before = store.keys() if store is not None else set()
     failed: list[LocatedError] = []
-    chunk_size = max(1, config.chunk_size)
-    with tqdm(total=len(wrong), initial=len(wrong) - len(todo), desc=f"locate ({localizer.name})", unit="sample") as bar:
-        for start in range(0, len(todo), chunk_size):
-            chunk = todo[start: start + chunk_size]
-            located = localizer.locate_many([(problems[s.problem_id], s) for s in chunk])
-            chunk_failed = [x for x in located if is_failure(x)]
-            chunk_decided = [x for x in located if not is_failure(x)]
-            if store is not None:
-                store.append(chunk_decided)
-            if failures_path is not None:
-                append_failures(failures_path, chunk_failed)
-            decided += chunk_decided
-            failed += chunk_failed
-            bar.update(len(chunk))
+
+    def make(chunk: list[Sample], seeds: list[int]) -> list[LocatedError]:
+        return localizer.locate_many([(problems[s.problem_id], s) for s in chunk])
+
+    def save(located: list[LocatedError]) -> None:
+        # A failed attempt (an API error) is no decision: logged, tried again on the next run.
+        if store is not None:
+            store.append([x for x in located if not is_failure(x)])
+        if failures_path is not None:
+            append_failures(failures_path, [x for x in located if is_failure(x)])
+        failed.extend(x for x in located if is_failure(x))
+
+    made = run_keyed(wrong, make, stage="locate", seed=None,  # the rollout localizer seeds per (sample, prefix)
+                     key=lambda s: s.id, done=lambda s: s.id in decided_before, save=save,
+                     chunk_size=config.chunk_size, unit="sample", desc=f"locate ({localizer.name})")
+    decided = [x for x in made.new if not is_failure(x)]
     if store is not None:
         wanted = {s.id for s in wrong}
         decided = [x for x in store.records() if x.sample_id in wanted]
