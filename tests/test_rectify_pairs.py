@@ -12,10 +12,11 @@ from stepdpo.generation.base import Completion
 from stepdpo.generation.scripted import ScriptedGenerator
 from stepdpo.localizers.judge import JudgeConfig
 from stepdpo.records import LocatedError, Problem, RecordStore, Rectification, Sample, StepPair
-from stepdpo.stages.pairs import PairsConfig, check_pair, dpo_pairs, run as pairs_run, write_pairs
+from stepdpo.pairing import check_pair, dpo_pairs
+from stepdpo.stages.pairs import PairsConfig, run as pairs_run, write_pairs
 from stepdpo.stages.rectify import (RectifyConfig, StepJudge, StepVerdict, candidates, clip_judgement, decide, funnel_for, is_pending,
-                                    normalize_ws, run as rectify_run, verdict_key)
-from stepdpo.steps import STEP_HEADER, PromptFormat, split_steps
+                                    run as rectify_run, verdict_key)
+from stepdpo.steps import STEP_HEADER, PromptFormat, normalize_ws, split_steps
 
 FMT = PromptFormat(style="plain")
 WRONG = "Step 1: 2 * 3 = 6\nStep 2: 6 + 4 = 11\nStep 3: 11 - 1 = 10\nThe answer is: \\boxed{10}"
@@ -117,17 +118,17 @@ def test_check_pair_rejects_broken_pairs():
     wrong = sample("p#0", WRONG, False)
     good = StepPair(id="x", dataset="d", prompt="q", initial_reason_steps=STEP_HEADER + wrong.steps[0], chosen="Step 2: 6 + 4 = 10\n",
                     rejected=wrong.steps[1], full_chosen="", full_rejected="", answer="9")
-    check_pair(good, wrong)
+    check_pair(good, wrong.response, wrong.id)
     with pytest.raises(ValueError, match="prefix"):
-        check_pair(StepPair(**{**good.__dict__, "initial_reason_steps": STEP_HEADER + "Step 1: 2*3=6\n"}), wrong)
+        check_pair(StepPair(**{**good.__dict__, "initial_reason_steps": STEP_HEADER + "Step 1: 2*3=6\n"}), wrong.response, wrong.id)
     with pytest.raises(ValueError, match="equals"):
-        check_pair(StepPair(**{**good.__dict__, "chosen": " " + wrong.steps[1]}), wrong)
+        check_pair(StepPair(**{**good.__dict__, "chosen": " " + wrong.steps[1]}), wrong.response, wrong.id)
 
 
 def test_dpo_pairs_cap():
     samples = [sample(f"p#{i}", RIGHT if i % 2 else WRONG, bool(i % 2)) for i in range(6)]
-    assert len(dpo_pairs(PairsConfig(max_dpo_pairs_per_problem=2), {"p": PROBLEM}, samples)) == 2
-    assert len(dpo_pairs(PairsConfig(max_dpo_pairs_per_problem=5), {"p": PROBLEM}, samples)) == 3
+    assert len(dpo_pairs({"p": PROBLEM}, samples, 2)) == 2
+    assert len(dpo_pairs({"p": PROBLEM}, samples, 5)) == 3
 
 
 def test_written_pairs_load_with_datasets(tmp_path):

@@ -113,3 +113,8 @@ class PromptFormat:
         The generated continuation ``c`` completes the response ``prefix + marker + c``.
         """
         return self.head(question) + prefix + next_marker(prefix)
+
+
+def normalize_ws(text: str) -> str:
+    """Whitespace-insensitive form used for deduplication: runs of whitespace become one space, ends trimmed."""
+    return " ".join(text.split())

@@ -27,8 +27,8 @@ from typing import Optional, Sequence
 from stepdpo.config import OptionCheck
 from stepdpo.errors import InputError
 from stepdpo.records import LocatedError, Problem, RecordStore, Rectification, Sample, StepPair, atomic_write_text, record_to_dict
+from stepdpo.pairing import check_pair, dpo_pairs
 from stepdpo.rundir import Funnel, RunDir
-from stepdpo.stages.rectify import normalize_ws
 from stepdpo.stages.sample import read_problems, read_samples
 from stepdpo.steps import STEP_HEADER
 
@@ -49,17 +49,6 @@ class PairsConfig:
         check = OptionCheck(self, prefix)
         check.at_least(0, "max_pairs_per_error", "max_dpo_pairs_per_problem")
         check.at_least(1, "max_pairs_per_problem")
-
-
-def check_pair(pair: StepPair, rejected_sample: Sample) -> None:
-    """Invariants of a pair: the context is the header plus an exact prefix of the rejected sample, chosen != rejected."""
-    if not pair.initial_reason_steps.startswith(STEP_HEADER):
-        raise ValueError(f"pair {pair.id}: initial_reason_steps does not start with the step header")
-    prefix = pair.initial_reason_steps[len(STEP_HEADER):]
-    if not rejected_sample.response.startswith(prefix + pair.rejected):
-        raise ValueError(f"pair {pair.id}: prefix + rejected is not the start of sample {rejected_sample.id}")
-    if normalize_ws(pair.chosen) == normalize_ws(pair.rejected):
-        raise ValueError(f"pair {pair.id}: chosen equals rejected")
 
 
 def step_pairs(config: PairsConfig, problems: dict[str, Problem], samples: dict[str, Sample], located: dict[str, LocatedError],
@@ -94,30 +83,9 @@ def step_pairs(config: PairsConfig, problems: dict[str, Problem], samples: dict[
                             "rectify_tried": rect.tried, "rectify_reached_gold": rect.reached_gold, "model": sample.model,
                             # rectify --confirm keeps only the steps this judge confirmed
                             **({"chosen_confirmed_by": rect.evidence["judge"]} if rect.evidence.get("candidates") else {})})
-            check_pair(pair, sample)
+            check_pair(pair, sample.response, f"sample {sample.id}")
             per_problem[problem.id] += 1
             out.append(pair)
-    return out
-
-
-def dpo_pairs(config: PairsConfig, problems: dict[str, Problem], samples: Sequence[Sample]) -> list[StepPair]:
-    """Plain-DPO pairs: the i-th right sample of a problem against its i-th wrong one, up to the per-problem cap."""
-    by_problem: dict[str, tuple[list[Sample], list[Sample]]] = defaultdict(lambda: ([], []))
-    for sample in samples:
-        by_problem[sample.problem_id][0 if sample.correct else 1].append(sample)
-    out = []
-    for problem_id, (right, wrong) in by_problem.items():
-        problem = problems.get(problem_id)
-        if problem is None:
-            raise InputError("samples.jsonl", f"no problem {problem_id!r} in problems/train.jsonl", None, "problem_id")
-        for good, bad in list(zip(right, wrong))[: config.max_dpo_pairs_per_problem]:
-            if normalize_ws(good.response) == normalize_ws(bad.response):
-                continue
-            out.append(StepPair(
-                id=f"{good.id}>{bad.id}", dataset=config.dataset or problem.source or "unknown", prompt=problem.question,
-                initial_reason_steps=STEP_HEADER, chosen=good.response, rejected=bad.response, full_chosen=good.response,
-                full_rejected=bad.response, answer=problem.answer, kind="dpo", problem_id=problem_id, sample_id=bad.id,
-                step_index=None, localizer="", provenance={"chosen_sample_id": good.id, "rejected_sample_id": bad.id, "model": bad.model}))
     return out
 
 
@@ -148,7 +116,7 @@ def run(config: PairsConfig, problems: dict[str, Problem], samples: Sequence[Sam
     """(Step-DPO pairs, plain-DPO pairs)."""
     by_id = {s.id: s for s in samples}
     steps = step_pairs(config, problems, by_id, {x.sample_id: x for x in located}, rectified, funnel)
-    return steps, (dpo_pairs(config, problems, samples) if config.dpo else [])
+    return steps, (dpo_pairs(problems, samples, config.max_dpo_pairs_per_problem, config.dataset) if config.dpo else [])
 
 
 def command(config: PairsConfig) -> int:

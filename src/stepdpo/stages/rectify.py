@@ -58,7 +58,7 @@ from stepdpo.records import LocatedError, Problem, RecordStore, Rectification, S
 from stepdpo.rundir import Funnel, RunDir
 from stepdpo.seeding import derive_seed
 from stepdpo.stages.sample import read_problems, read_samples
-from stepdpo.steps import PromptFormat, next_marker, prefix_before, split_steps
+from stepdpo.steps import PromptFormat, next_marker, normalize_ws, prefix_before, split_steps
 
 log = logging.getLogger(__name__)
 
@@ -114,11 +114,6 @@ class RectifyConfig:
         if self.confirm:
             validate_config(self.judge, prefix + "judge.")
             validate_config(self.judge_generator, prefix + "judge_generator.")
-
-
-def normalize_ws(text: str) -> str:
-    """Whitespace-insensitive form used for deduplication: runs of whitespace become one space, ends trimmed."""
-    return " ".join(text.split())
 
 
 def candidates(prefix: str, rejected: str, step_number: int, continuations: Sequence[str], reached_gold: Sequence[bool]) -> tuple[list[str], list[str]]:

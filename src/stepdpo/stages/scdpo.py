@@ -36,7 +36,7 @@ Pairs built from a negative ``y'`` (identical to ``y`` up to step ``k``):
   Kept only when Monte-Carlo rollouts from ``prefix + rejected step`` confirm that
   prefix is dead (fewer than ``alive_threshold`` of ``m`` rollouts reach gold), using
   :class:`stepdpo.localizers.rollout.RolloutLocalizer`.
-- optionally ``kind="dpo"``: naive whole-solution pairs (:func:`stepdpo.stages.pairs.dpo_pairs`)
+- optionally ``kind="dpo"``: naive whole-solution pairs (:func:`stepdpo.pairing.dpo_pairs`)
   in the same output, for the paper's mixed loss (naive DPO + step-controlled DPO).
 
 Resumable: every finished branch point is appended to ``RUN/scdpo/branches.jsonl``
@@ -62,12 +62,12 @@ from stepdpo.generation.base import FINISH_EOS, FINISH_STOP, Generator, Generato
 from stepdpo.grading import FINISHED_REASONS, extract_answer, grade_for_data, states_final_answer
 from stepdpo.localizers.rollout import RolloutConfig, RolloutLocalizer
 from stepdpo.records import Problem, RecordStore, Sample, StepPair
+from stepdpo.pairing import check_pair, dpo_pairs
 from stepdpo.rundir import Funnel, RunDir
 from stepdpo.seeding import derive_seed
-from stepdpo.stages.pairs import PairsConfig, check_pair, dpo_pairs, write_pairs
-from stepdpo.stages.rectify import normalize_ws
+from stepdpo.stages.pairs import write_pairs
 from stepdpo.stages.sample import read_problems, read_samples
-from stepdpo.steps import STEP_HEADER, PromptFormat, next_marker, split_steps
+from stepdpo.steps import STEP_HEADER, PromptFormat, next_marker, normalize_ws, split_steps
 
 log = logging.getLogger(__name__)
 
@@ -293,13 +293,6 @@ def grade_continuations(continuations: Sequence[_Continuation], checker: PrefixC
             job.negative, job.predicted, job.temperatures = c.response, extract_answer(c.response, last_number_fallback=False), c.temperatures
 
 
-def negative_sample(problem: Problem, branch: Branch, model: str) -> Sample:
-    """The negative as a Sample record (what :func:`stepdpo.stages.pairs.check_pair` checks pairs against)."""
-    assert branch.negative is not None
-    return Sample(id=branch.key, problem_id=problem.id, prompt="", response=branch.negative, steps=split_steps(branch.negative),
-                  predicted=branch.predicted, correct=False, temperature=max(branch.temperatures, default=0.0), model=model)
-
-
 def scdpo_pair(problem: Problem, sample: Sample, branch: Branch, dataset: str | None) -> StepPair:
     """Correct solution vs the negative after their shared first k steps (``step_index`` = k+1, the first differing step)."""
     k = branch.branch_step
@@ -310,7 +303,7 @@ def scdpo_pair(problem: Problem, sample: Sample, branch: Branch, dataset: str | 
                     initial_reason_steps=STEP_HEADER + prefix, chosen=chosen, rejected=rejected, full_chosen=chosen,
                     full_rejected=rejected, answer=problem.answer, kind="scdpo", problem_id=problem.id, sample_id=sample.id,
                     step_index=k + 1, provenance=_provenance(sample, branch))
-    check_pair(pair, negative_sample(problem, branch, sample.model))
+    check_pair(pair, branch.negative, f"negative {branch.key}")
     return pair
 
 
@@ -328,7 +321,7 @@ def judge_free_pair(problem: Problem, sample: Sample, branch: Branch, check: Jud
                     kind="judge-free", problem_id=problem.id, sample_id=sample.id, step_index=k + 1, localizer=localizer,
                     provenance={**_provenance(sample, branch), "rollout_successes": check.successes, "rollout_trials": check.trials,
                                 "rollout_tokens": check.rollout_tokens})
-    check_pair(pair, negative_sample(problem, branch, sample.model))
+    check_pair(pair, branch.negative, f"negative {branch.key}")
     return pair
 
 
@@ -338,27 +331,21 @@ def _provenance(sample: Sample, branch: Branch) -> dict[str, Any]:
 
 
 def confirm_dead(items: Sequence[tuple[Problem, Sample, Branch]], localizer: RolloutLocalizer) -> list[JudgeFreeCheck]:
-    """Whether each negative's prefix through its first generated step is dead, by the rollout localizer.
+    """Whether each negative's prefix through its first generated step (``s_1 … s_k + r``) is dead, by rollouts.
 
-    The negative is presented to the localizer as a two-step sample ``[s_1 … s_k + r, rest]``
-    (``r`` its first generated step): the search then tests exactly one prefix,
-    ``s_1 … s_k + r``, and reports step 1 as the first wrong step iff that prefix is dead.
-    A negative whose first generated step is also its last is dead by definition (its
-    final answer is wrong): the localizer then needs no rollouts.
+    The rollouts of a branch are keyed (branch key, 1): the prefix one generated step past the
+    branch point. A negative whose first generated step is also its last is dead by definition
+    (its final answer is wrong): it needs no rollouts.
     """
-    proxies = []
-    for problem, _, branch in items:
-        negative_steps = split_steps(branch.negative or "")
-        k = branch.branch_step
-        head, rest = "".join(negative_steps[: k + 1]), "".join(negative_steps[k + 1:])
-        proxies.append((problem, Sample(id=branch.key, problem_id=problem.id, prompt="", response=head + rest,
-                                        steps=[head, rest] if rest else [head], predicted=branch.predicted, correct=False)))
-    located = localizer.locate_many(proxies)
+    heads = ["".join(split_steps(branch.negative or "")[: branch.branch_step + 1]) for _, _, branch in items]
+    asked = [j for j, ((_, _, branch), head) in enumerate(zip(items, heads)) if head != branch.negative]
+    answers = dict(zip(asked, localizer.roll_out([(items[j][0], items[j][2].key, heads[j], 1) for j in asked]) if asked else []))
     out = []
-    for (_, _, branch), result in zip(items, located):
-        successes, trials = result.evidence.get("prefix_stats", {}).get("1", [0, 0])
-        out.append(JudgeFreeCheck(key=branch.key, dead=result.first_wrong_step == 1, successes=successes, trials=trials,
-                                  rollout_tokens=result.localizer_tokens))
+    for j, (_, _, branch) in enumerate(items):
+        rollouts = answers.get(j)
+        out.append(JudgeFreeCheck(key=branch.key, dead=rollouts is None or not localizer.alive(rollouts),
+                                  successes=rollouts.successes if rollouts else 0, trials=rollouts.trials if rollouts else 0,
+                                  rollout_tokens=rollouts.tokens if rollouts else 0))
     return out
 
 
@@ -502,8 +489,8 @@ def run(config: SCDPOConfig, problems: dict[str, Problem], samples: Sequence[Sam
         if b.negative is None:
             funnel.drop("retry budget spent without a wrong answer")
     with_correct = {c.problem_id for c in correct}
-    dpo = dpo_pairs(PairsConfig(max_dpo_pairs_per_problem=config.max_dpo_pairs_per_problem, dataset=config.dataset),
-                    problems, [s for s in samples if s.problem_id in with_correct]) if config.dpo else []
+    dpo = dpo_pairs(problems, [s for s in samples if s.problem_id in with_correct], config.max_dpo_pairs_per_problem,
+                    config.dataset) if config.dpo else []
 
     outcomes: Counter = Counter()
     for b in branches:
