@@ -70,7 +70,8 @@ def old_grade_for_data(items: Iterable[tuple[str, str, str]], *, timeout_s: floa
     return grade_many(((old_extract_answer(response), gold) for response, _, gold in items), timeout_s=timeout_s)
 
 
-GRADED_MODULES = ("stepdpo.generation.graded", "stepdpo.stages.rectify", "stepdpo.stages.scdpo")
+GRADED_MODULES = ("stepdpo.generation.graded", "stepdpo.stages.scdpo")
+"""Where the stages grade: generate_graded (sampling, rollouts, rectification, judge-free rollouts) and SCDPO's continuations."""
 
 
 @contextlib.contextmanager

@@ -14,8 +14,8 @@ from stepdpo.localizers.judge import JudgeConfig
 from stepdpo.records import LocatedError, Problem, RecordStore, Rectification, Sample, StepPair
 from stepdpo.pairing import check_pair, dpo_pairs
 from stepdpo.stages.pairs import PairsConfig, run as pairs_run, write_pairs
-from stepdpo.stages.rectify import (RectifyConfig, StepJudge, StepVerdict, candidates, clip_judgement, decide, funnel_for, is_pending,
-                                    run as rectify_run, verdict_key)
+from stepdpo.stages.confirmation import StepJudge, StepVerdict, clip_judgement, decide, is_pending, verdict_key
+from stepdpo.stages.rectify import RectifyConfig, candidates, funnel_for, run as rectify_run
 from stepdpo.steps import STEP_HEADER, PromptFormat, normalize_ws, split_steps
 
 FMT = PromptFormat(style="plain")

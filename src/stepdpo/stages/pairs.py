@@ -26,8 +26,8 @@ from typing import Optional, Sequence
 
 from stepdpo.config import OptionCheck
 from stepdpo.errors import InputError
-from stepdpo.records import LocatedError, Problem, RecordStore, Rectification, Sample, StepPair, atomic_write_text, record_to_dict
 from stepdpo.pairing import check_pair, dpo_pairs
+from stepdpo.records import LocatedError, Problem, RecordStore, Rectification, Sample, StepPair, atomic_write_text, record_to_dict
 from stepdpo.rundir import Funnel, RunDir
 from stepdpo.stages.sample import read_problems, read_samples
 from stepdpo.steps import STEP_HEADER

@@ -10,79 +10,35 @@ whole continuation from step k on. Records are appended per chunk to
 ``rectified.jsonl`` (keyed by sample id), including errors for which no
 candidate survived, so a rerun does not redo them.
 
-Optional confirmation (``--confirm``, off by default). The paper located
-errors with GPT-4(o) and names the weak spot of rectification: a right final
-answer can follow a wrong step. With ``confirm`` a judge (an LLM, by default
-on an OpenAI-compatible server, key from the environment only) is asked about
-every surviving candidate: it sees the problem, a reference solution and the
-partial solution ``prefix + candidate``, and labels its steps in the paper's
-form (``Step 1: correct; ...; Step k: correct``), read by the judge
-localizer's :func:`~stepdpo.localizers.judge.parse_verdict`. A candidate is
-kept only when the judge labels step k correct (or, with
-``--judge.setting incorrect``, not incorrect) and no earlier step wrong.
-Confirmation runs in three resumable steps, each with its own file:
-
-- ``rectify_candidates.jsonl``: the unconfirmed rectifications (sampling is
-  never redone);
-- ``rectify_verdicts.jsonl``: one verdict per (error, prefix, candidate text),
-  so a rerun never asks the judge again about a candidate it has judged;
-  unparseable answers are verdicts too (dropped and counted, never guessed);
-- ``rectified.jsonl``: an error is written once every one of its candidates
-  has a verdict, with the verdicts and the judge's answers in ``evidence``.
-
-A judge call that fails (an API error after the backend's retries) is no
-verdict: it is logged to ``rectify_judge_failed.jsonl``, the error stays out
-of ``rectified.jsonl``, is counted in the funnel, and is asked again on the
-next run.
+Optional confirmation (``--confirm``, off by default): a judge is asked about every
+surviving candidate and only confirmed ones are kept (:mod:`stepdpo.stages.confirmation`);
+sampled candidates then wait in ``rectify_candidates.jsonl`` and verdicts in
+``rectify_verdicts.jsonl``, so a rerun neither resamples nor asks the judge again.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Callable, Literal, Optional, Sequence
-
-from tqdm.auto import tqdm
+from typing import Callable, Optional, Sequence
 
 from stepdpo.config import OptionCheck, validate_config
 from stepdpo.errors import ConfigError, InputError
-from stepdpo.generation.base import Completion, Generator, GeneratorConfig, SamplingParams, build_generator, close_generator, prompt_format
-from stepdpo.grading import grade_for_data
-from stepdpo.localizers.base import FAILED_PREFIX, STATUS_OK
-from stepdpo.localizers.judge import JudgeConfig, first_wrong, load_template, numbered_solution, parse_verdict, reference_text, render_template
-from stepdpo.records import LocatedError, Problem, RecordStore, Rectification, Sample, append_failures
+from stepdpo.generation.base import Generator, GeneratorConfig, SamplingParams, build_generator, close_generator, prompt_format
+from stepdpo.generation.graded import Continue, Graded, generate_graded
+from stepdpo.localizers.base import STATUS_OK
+from stepdpo.localizers.judge import JudgeConfig
+from stepdpo.records import LocatedError, Problem, RecordStore, Rectification, Sample
 from stepdpo.rundir import Funnel, RunDir
-from stepdpo.seeding import derive_seed
+from stepdpo.stages.confirmation import (CONFIRMED, PREFIX_REJECTED, REJECTED, UNPARSEABLE, StepJudge, StepVerdict, confirm_all,
+                                         is_pending)
+from stepdpo.stages.keyed import run_keyed
 from stepdpo.stages.sample import read_problems, read_samples
 from stepdpo.steps import PromptFormat, next_marker, normalize_ws, prefix_before, split_steps
 
 log = logging.getLogger(__name__)
-
-DEFAULT_CONFIRM_TEMPLATE = """You are checking the last step of a partial step-by-step solution to a math problem.
-
-### Problem
-{problem}
-
-### Correct reference solution
-{reference}
-
-### Partial solution (its last step is the one under review)
-{response}
-
-### Task
-First write a short analysis (at most 150 words) of whether the last step is mathematically correct and a sound continuation of the steps before it; it need not reach the final answer.
-Then, on the last line, judge the steps of the partial solution in order, each as correct, neutral (sound but not useful progress) or incorrect, and stop at the first incorrect step. Use exactly this form:
-Step 1: correct; Step 2: correct; Step 3: incorrect"""
-
-CONFIRMED = "confirmed"
-REJECTED = "rejected"
-PREFIX_REJECTED = "prefix_rejected"
-UNPARSEABLE = "unparseable"
-
 
 @dataclass
 class RectifyConfig:
@@ -143,210 +99,31 @@ def candidates(prefix: str, rejected: str, step_number: int, continuations: Sequ
     return chosen, full
 
 
-def verdict_key(sample_id: str, prefix: str, step: str) -> str:
-    """Cache key of a judge verdict: the error, plus a hash of the prefix and the whitespace-normalised candidate."""
-    digest = hashlib.sha256((prefix + "\x00" + normalize_ws(step)).encode("utf-8")).hexdigest()[:20]
-    return f"{sample_id}|{digest}"
-
-
-def clip_judgement(text: str, limit: int) -> str:
-    """``text`` if at most ``limit`` characters, else its last ``limit`` characters (the verdict ends the answer) after a marker."""
-    if limit <= 0 or len(text) <= limit:
-        return text
-    return f"[... {len(text) - limit} characters cut ...]" + text[-limit:]
-
-
-def decide(labels: list[str] | None, step_number: int, setting: Literal["neutral_or_incorrect", "incorrect"]) -> tuple[str, str]:
-    """(verdict, reason) on candidate step k = ``step_number`` from the judge's labels of steps 1..k.
-
-    ``unparseable`` when there are no labels, or they name more steps than k, or stop before k
-    without a wrong step; ``prefix_rejected`` when a step before k is the first wrong one (the
-    judge never vouched for step k); ``rejected`` when step k is the first wrong one; else
-    ``confirmed``. Which labels count as wrong follows ``setting`` (as in the judge localizer).
-    """
-    if labels is None:
-        return UNPARSEABLE, "no verdict of the form 'Step 1: correct; ...'"
-    if len(labels) > step_number:
-        return UNPARSEABLE, f"verdict names {len(labels)} steps, the partial solution has {step_number}"
-    wrong = first_wrong(labels, setting)
-    if wrong is not None and wrong < step_number:
-        return PREFIX_REJECTED, f"step {wrong} of the prefix judged {labels[wrong - 1]}"
-    if len(labels) < step_number:
-        return UNPARSEABLE, f"verdict stops at step {len(labels)}, before the candidate step {step_number}"
-    if wrong == step_number:
-        return REJECTED, f"step {step_number} judged {labels[-1]}"
-    return CONFIRMED, f"step {step_number} judged {labels[-1]}"
-
-
-@dataclass
-class StepVerdict:
-    """The judge's answer about one candidate step (``rectify_verdicts.jsonl``, keyed by :func:`verdict_key`)."""
-
-    key: str
-    sample_id: str
-    step_number: int
-    step: str
-    labels: list[str] | None
-    """parse_verdict of the answer; None when it could not be read. The decision is made from these with the current setting."""
-    judgement: str
-    """The judge's answer, clipped to ``judgement_chars``."""
-    judge: str
-    status: str = STATUS_OK
-    """'ok', or 'failed: <reason>' for a call that failed (logged, never stored, asked again on rerun)."""
-
-
-class StepJudge:
-    """Asks a judge about candidate steps, remembering verdicts so that no candidate is asked about twice.
-
-    ``backend`` is a chat backend (``chat(conversations, params)``, e.g. the openai generator) or any
-    :class:`Generator`, which then gets the prompt through ``fmt`` (the judge model's chat template).
-    Decided verdicts go to ``store``; failed calls to ``failures_path`` (one JSON line each, with a UTC time).
-    """
-
-    def __init__(self, config: JudgeConfig, backend: Any, fmt: PromptFormat | None = None,
-                 store: RecordStore[StepVerdict] | None = None, failures_path: Path | None = None, judgement_chars: int = 4000):
-        if not hasattr(backend, "chat") and fmt is None:
-            raise ConfigError("the rectify judge is not a chat backend: it needs the judge model's prompt format")
-        self.config = config
-        self.backend = backend
-        self.fmt = fmt
-        self.store = store
-        self.failures_path = failures_path
-        self.judgement_chars = judgement_chars
-        self.template = load_template(config.template) if config.template else DEFAULT_CONFIRM_TEMPLATE
-        self.cache: dict[str, StepVerdict] = {v.key: v for v in store.records()} if store is not None else {}
-        self.asked = 0
-        """Judge calls made by this object (cached verdicts are not calls)."""
-
-    def _ask(self, contents: list[str]) -> list[Completion]:
-        params = SamplingParams(n=1, temperature=self.config.temperature, max_new_tokens=self.config.max_new_tokens)
-        if hasattr(self.backend, "chat"):
-            outputs = self.backend.chat([[{"role": "user", "content": c}] for c in contents], params)
-        else:
-            assert self.fmt is not None
-            outputs = self.backend.generate([self.fmt.opened(c) for c in contents], params)
-        self.asked += len(contents)
-        return [completions[0] for completions in outputs]
-
-    def verdicts(self, jobs: Sequence[tuple[Problem, Rectification, str]]) -> list[StepVerdict]:
-        """One verdict per (problem, rectification, candidate step), in order: remembered ones, then new ones asked in one batch."""
-        keys = [verdict_key(rect.sample_id, rect.prefix, step) for _, rect, step in jobs]
-        todo: dict[str, tuple[Problem, Rectification, str]] = {}
-        for key, job in zip(keys, jobs):
-            if key not in self.cache:
-                todo.setdefault(key, job)
-        # The partial solution as the project cut it (prefix steps, then the candidate as step k), numbered so the labels line up with k.
-        contents = [render_template(self.template, problem.question, reference_text(problem), numbered_solution([*split_steps(rect.prefix), step]),
-                                    rect.first_wrong_step) for problem, rect, step in todo.values()]
-        fresh: dict[str, StepVerdict] = {}
-        for (key, (_, rect, step)), completion in zip(todo.items(), self._ask(contents) if contents else []):
-            base = dict(key=key, sample_id=rect.sample_id, step_number=rect.first_wrong_step, step=step, judge=getattr(self.backend, "name", ""))
-            if completion.finish_reason.startswith("error"):
-                # The backend already scrubbed its reason of the API key.
-                reason = completion.finish_reason.split(":", 1)[-1].strip() or "request failed"
-                fresh[key] = StepVerdict(labels=None, judgement="", status=f"{FAILED_PREFIX}: {reason}", **base)
-            else:
-                fresh[key] = StepVerdict(labels=parse_verdict(completion.text),
-                                         judgement=clip_judgement(completion.text, self.judgement_chars), **base)
-        decided = [v for v in fresh.values() if v.status == STATUS_OK]
-        failed = [v for v in fresh.values() if v.status != STATUS_OK]
-        self.cache.update({v.key: v for v in decided})
-        if self.store is not None:
-            self.store.append(decided)
-        if self.failures_path is not None:
-            append_failures(self.failures_path, failed)
-        return [self.cache.get(key) or fresh[key] for key in keys]
-
-
-def confirmed(rect: Rectification, verdicts: Sequence[StepVerdict], setting: Literal["neutral_or_incorrect", "incorrect"], judge: str) -> Rectification:
-    """``rect`` with only the candidates the judge confirmed; every candidate's verdict, reason, labels and answer in ``evidence``.
-
-    If a call failed, the result is marked pending (``evidence["status"] = "failed: ..."``, candidates
-    untouched): it is reported, not stored, and judged again on the next run.
-    """
-    failures = [v.status for v in verdicts if v.status != STATUS_OK]
-    if failures:
-        return Rectification(**{**rect.__dict__, "evidence": {"status": failures[0], "judge": judge, "failed_calls": len(failures)}})
-    rows: list[dict[str, Any]] = []
-    chosen: list[str] = []
-    full: list[str] = []
-    for step, whole, v in zip(rect.chosen, rect.full_chosen, verdicts):
-        verdict, reason = decide(v.labels, rect.first_wrong_step, setting)
-        rows.append({"step": step, "verdict": verdict, "reason": reason, "labels": v.labels, "judgement": v.judgement})
-        if verdict == CONFIRMED:
-            chosen.append(step)
-            full.append(whole)
-    evidence = {"judge": judge, "setting": setting, "candidates": rows}
-    return Rectification(**{**rect.__dict__, "chosen": chosen, "full_chosen": full, "evidence": evidence})
-
-
-def is_pending(rect: Rectification) -> bool:
-    """True for a rectification whose judge calls failed (not stored; judged again on rerun)."""
-    return str(rect.evidence.get("status", "")).startswith(FAILED_PREFIX)
+def rectify(x: LocatedError, sample: Sample, graded: Sequence[Graded]) -> Rectification:
+    """The rectification of located error ``x`` of ``sample`` from the graded continuations of its correct prefix."""
+    k = x.first_wrong_step
+    assert k is not None
+    prefix = prefix_before(sample.steps, k)
+    chosen, full = candidates(prefix, sample.steps[k - 1], k, [g.completion.text for g in graded], [g.correct for g in graded])
+    return Rectification(sample_id=x.sample_id, problem_id=x.problem_id, first_wrong_step=k, prefix=prefix, rejected=sample.steps[k - 1],
+                         chosen=chosen, full_chosen=full, tried=len(graded), reached_gold=sum(g.correct for g in graded))
 
 
 def sample_candidates(config: RectifyConfig, problems: dict[str, Problem], samples: dict[str, Sample], usable: Sequence[LocatedError],
                       generator: Generator, fmt: PromptFormat, done: set[str],
                       save: Callable[[list[Rectification]], object] | None) -> list[Rectification]:
     """Sample continuations for the errors of ``usable`` not in ``done``; returns the new rectifications (``save`` gets each chunk)."""
-    todo = [x for x in usable if x.sample_id not in done]
-    new: list[Rectification] = []
-    chunk_size = max(1, config.chunk_size)
-    with tqdm(total=len(usable), initial=len(usable) - len(todo), desc="rectify", unit="error") as bar:
-        for start in range(0, len(todo), chunk_size):
-            chunk = todo[start: start + chunk_size]
-            jobs = []
-            for x in chunk:
-                sample, problem = samples[x.sample_id], problems[x.problem_id]
-                k = x.first_wrong_step
-                assert k is not None
-                prefix = prefix_before(sample.steps, k)
-                jobs.append((x, sample, problem, k, prefix))
-            prompts = [fmt.prompt(problem.question, prefix) for _, _, problem, _, prefix in jobs]
-            params = SamplingParams(n=config.r, temperature=config.temperature, top_p=config.top_p,
-                                    max_new_tokens=config.max_new_tokens, stop=tuple(config.stop))
-            outputs = generator.generate(prompts, params, seeds=[derive_seed(config.seed, "rectify", x.sample_id) for x in chunk])
-            graded = grade_for_data([(prefix + next_marker(prefix) + c.text, c.finish_reason, problem.answer)
-                                     for (_, _, problem, _, prefix), cs in zip(jobs, outputs) for c in cs])
-            at = 0
-            chunk_out = []
-            for (x, sample, problem, k, prefix), completions in zip(jobs, outputs):
-                good = graded[at: at + len(completions)]
-                at += len(completions)
-                chosen, full = candidates(prefix, sample.steps[k - 1], k, [c.text for c in completions], good)
-                chunk_out.append(Rectification(sample_id=x.sample_id, problem_id=x.problem_id, first_wrong_step=k, prefix=prefix,
-                                               rejected=sample.steps[k - 1], chosen=chosen, full_chosen=full,
-                                               tried=len(completions), reached_gold=sum(good)))
-            if save is not None:
-                save(chunk_out)
-            new += chunk_out
-            bar.update(len(chunk))
-    return new
+    params = SamplingParams(n=config.r, temperature=config.temperature, top_p=config.top_p,
+                            max_new_tokens=config.max_new_tokens, stop=tuple(config.stop))
 
+    def make(chunk: list[LocatedError], seeds: list[int]) -> list[Rectification]:
+        prefixes = [prefix_before(samples[x.sample_id].steps, x.first_wrong_step or 0) for x in chunk]
+        jobs = [Continue(fmt.prompt(problems[x.problem_id].question, prefix), prefix + next_marker(prefix), problems[x.problem_id].answer)
+                for x, prefix in zip(chunk, prefixes)]
+        return [rectify(x, samples[x.sample_id], graded) for x, graded in zip(chunk, generate_graded(generator, jobs, params, seeds))]
 
-def confirm_all(config: RectifyConfig, problems: dict[str, Problem], unconfirmed: Sequence[Rectification], judge: StepJudge,
-                store: RecordStore[Rectification] | None) -> list[Rectification]:
-    """Judge the candidates of ``unconfirmed`` chunk by chunk; store each error whose candidates all have a verdict.
-
-    Returns the judged rectifications of this run, pending ones (a failed call) included.
-    """
-    out: list[Rectification] = []
-    chunk_size = max(1, config.chunk_size)
-    with tqdm(total=len(unconfirmed), desc="confirm", unit="error") as bar:
-        for start in range(0, len(unconfirmed), chunk_size):
-            chunk = unconfirmed[start: start + chunk_size]
-            jobs = [(problems[rect.problem_id], rect, step) for rect in chunk for step in rect.chosen]
-            verdicts = judge.verdicts(jobs)
-            at = 0
-            judged = []
-            for rect in chunk:
-                judged.append(confirmed(rect, verdicts[at: at + len(rect.chosen)], config.judge.setting, getattr(judge.backend, "name", "")))
-                at += len(rect.chosen)
-            if store is not None:
-                store.append([r for r in judged if not is_pending(r)])
-            out += judged
-            bar.update(len(chunk))
-    return out
+    return run_keyed(usable, make, stage="rectify", seed=config.seed, key=lambda x: x.sample_id, done=lambda x: x.sample_id in done,
+                     save=save, chunk_size=config.chunk_size, unit="error").new
 
 
 def run(config: RectifyConfig, problems: dict[str, Problem], samples: dict[str, Sample], located: Sequence[LocatedError],
@@ -359,9 +136,7 @@ def run(config: RectifyConfig, problems: dict[str, Problem], samples: dict[str, 
     call failed, :func:`is_pending`), which are not in ``store``.
     """
     fmt = fmt or prompt_format(config.generator)
-    usable = [x for x in located if x.status == STATUS_OK and x.first_wrong_step is not None]
-    if config.limit is not None:
-        usable = usable[: config.limit]
+    usable = [x for x in located if x.status == STATUS_OK and x.first_wrong_step is not None][: config.limit]
     for x in usable:
         if x.sample_id not in samples:
             raise InputError("samples.jsonl", f"no sample {x.sample_id!r} for a located error", None, "sample_id")
@@ -372,21 +147,25 @@ def run(config: RectifyConfig, problems: dict[str, Problem], samples: dict[str, 
         return new if store is None else [r for r in store.records() if r.sample_id in wanted]
     if judge is None:
         raise ConfigError("rectify --confirm needs a judge")
-    earlier = [r for r in (store.records() if store is not None else []) if r.sample_id in wanted]
-    unjudged_earlier = sum(not r.evidence for r in earlier)
-    if unjudged_earlier:
-        log.warning("%d error(s) were rectified without --confirm earlier and stay unconfirmed; remove %s to judge them",
-                    unjudged_earlier, store.path if store is not None else "rectified.jsonl")
+    warn_unjudged([r for r in (store.records() if store is not None else []) if r.sample_id in wanted], store)
     sampled = {r.sample_id: r for r in (unconfirmed_store.records() if unconfirmed_store is not None else [])}
     new = sample_candidates(config, problems, samples, usable, generator, fmt, done | set(sampled),
                             unconfirmed_store.append if unconfirmed_store is not None else None)
     sampled.update({r.sample_id: r for r in new})
     todo = [sampled[x.sample_id] for x in usable if x.sample_id not in done and x.sample_id in sampled]
-    judged = confirm_all(config, problems, todo, judge, store)
+    judged = confirm_all(todo, problems, judge, config.judge.setting, store, config.chunk_size)
     pending = [r for r in judged if is_pending(r)]
     if store is None:
         return judged
     return [r for r in store.records() if r.sample_id in wanted] + pending
+
+
+def warn_unjudged(earlier: Sequence[Rectification], store: RecordStore[Rectification] | None) -> None:
+    """Warn about rectifications stored without --confirm: a confirming run keeps them as they are."""
+    unjudged = sum(not r.evidence for r in earlier)
+    if unjudged:
+        log.warning("%d error(s) were rectified without --confirm earlier and stay unconfirmed; remove %s to judge them",
+                    unjudged, store.path if store is not None else "rectified.jsonl")
 
 
 def funnel_for(rectified: Sequence[Rectification], located_ok: int, wall_s: float) -> Funnel:
