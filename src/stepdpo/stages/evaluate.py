@@ -19,6 +19,7 @@ what ``stepdpo compare`` pairs across runs. pass@k uses all ``n`` samples
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -29,8 +30,6 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Literal, Optional
 
-from tqdm import tqdm
-
 from stepdpo import metrics
 from stepdpo.config import OptionCheck, validate_config
 from stepdpo.errors import ConfigError, ModelLoadError
@@ -39,7 +38,7 @@ from stepdpo.grading import answers_match, extract_answer
 from stepdpo.hardware import describe
 from stepdpo.records import Problem, RecordStore, atomic_write_json
 from stepdpo.rundir import Funnel, RunDir
-from stepdpo.seeding import derive_seed
+from stepdpo.stages.keyed import run_keyed
 from stepdpo.steps import FIRST_MARKER
 
 log = logging.getLogger(__name__)
@@ -324,6 +323,46 @@ def summarize_set(problems: list[Problem], samples: dict[str, list[EvalSample]],
     return summary
 
 
+def evaluate_set(config: EvalConfig, set_name: str, problems: list[Problem], generator: Generator, store: RecordStore[EvalSample],
+                 ks: list[int]) -> dict[str, Any]:
+    """Generate and grade what ``store`` lacks for one set; returns the set's summary."""
+    if not problems:
+        raise ConfigError(f"eval: set {set_name!r} has no problems")
+    if len({p.id for p in problems}) != len(problems):
+        raise ConfigError(f"eval: set {set_name!r} has repeated problem ids")
+    started = time.perf_counter()
+    stored = store.keys()
+    params = SamplingParams(n=config.n, temperature=config.temperature, top_p=config.top_p, max_new_tokens=config.max_new_tokens)
+    prompter = functools.cache(lambda: make_prompter(config))  # made on first use: a finished set loads no tokenizer
+
+    def make(chunk: list[Problem], seeds: list[int]) -> list[EvalSample]:
+        prompts = [prompter()(p.question) for p in chunk]
+        completions = generator.generate([prompt for prompt, _ in prompts], params, seeds=seeds)
+        return [grade_sample(config, set_name, problem, index, prompt, head + c.text, c.num_tokens, c.finish_reason)
+                for problem, (prompt, head), outs in zip(chunk, prompts, completions) for index, c in enumerate(outs)]
+
+    new_samples = 0
+
+    def save(graded: list[EvalSample]) -> None:
+        nonlocal new_samples
+        new_samples += store.append(graded)
+
+    run_keyed(problems, make, stage="eval", seed=config.seed, key=lambda p: f"{set_name}|{p.id}", save=save, unit="problem",
+              done=lambda p: all(sample_key(set_name, p.id, i) in stored for i in range(config.n)),
+              chunk_size=config.chunk_size, desc=f"eval {set_name}")
+    by_problem: dict[str, list[EvalSample]] = {}
+    wanted = {p.id for p in problems}
+    for sample in store.records():
+        if sample.set == set_name and sample.problem_id in wanted and sample.index < config.n:
+            by_problem.setdefault(sample.problem_id, []).append(sample)
+    for samples in by_problem.values():
+        samples.sort(key=lambda s: s.index)
+    summary = summarize_set(problems, by_problem, ks, config.n)
+    summary["new_samples"] = new_samples
+    summary["wall_time_s"] = time.perf_counter() - started
+    return summary
+
+
 def run(config: EvalConfig, problems_by_set: dict[str, list[Problem]], generator: Generator) -> dict[str, Any]:
     """Generate what ``samples.jsonl`` lacks, grade it, and write and return the results.
 
@@ -340,44 +379,8 @@ def run(config: EvalConfig, problems_by_set: dict[str, list[Problem]], generator
     compute = generator_compute(generator)
     _guard_settings(out, settings, fingerprint, compute)
     store: RecordStore[EvalSample] = RecordStore(out / "samples.jsonl", EvalSample)
-    params = SamplingParams(n=config.n, temperature=config.temperature, top_p=config.top_p, max_new_tokens=config.max_new_tokens)
-    prompter: Callable[[str], tuple[str, str]] | None = None
     started = time.perf_counter()
-    sets: dict[str, Any] = {}
-    for set_name, problems in problems_by_set.items():
-        if not problems:
-            raise ConfigError(f"eval: set {set_name!r} has no problems")
-        if len({p.id for p in problems}) != len(problems):
-            raise ConfigError(f"eval: set {set_name!r} has repeated problem ids")
-        set_started = time.perf_counter()
-        done = store.keys()
-        todo = [p for p in problems if any(sample_key(set_name, p.id, i) not in done for i in range(config.n))]
-        new_samples = 0
-        with tqdm(total=len(todo), desc=f"eval {set_name}", unit="problem", disable=not todo) as bar:
-            for start in range(0, len(todo), config.chunk_size):
-                chunk = todo[start : start + config.chunk_size]
-                prompter = prompter or make_prompter(config)
-                prompts = [prompter(p.question) for p in chunk]
-                seeds = [derive_seed(config.seed, "eval", f"{set_name}|{p.id}") for p in chunk]
-                completions = generator.generate([prompt for prompt, _ in prompts], params, seeds=seeds)
-                graded = [
-                    grade_sample(config, set_name, problem, index, prompt, head + c.text, c.num_tokens, c.finish_reason)
-                    for problem, (prompt, head), outs in zip(chunk, prompts, completions)
-                    for index, c in enumerate(outs)
-                ]
-                new_samples += store.append(graded)
-                bar.update(len(chunk))
-        by_problem: dict[str, list[EvalSample]] = {}
-        wanted = {p.id for p in problems}
-        for sample in store.records():
-            if sample.set == set_name and sample.problem_id in wanted and sample.index < config.n:
-                by_problem.setdefault(sample.problem_id, []).append(sample)
-        for samples in by_problem.values():
-            samples.sort(key=lambda s: s.index)
-        summary = summarize_set(problems, by_problem, ks, config.n)
-        summary["new_samples"] = new_samples
-        summary["wall_time_s"] = time.perf_counter() - set_started
-        sets[set_name] = summary
+    sets = {set_name: evaluate_set(config, set_name, problems, generator, store, ks) for set_name, problems in problems_by_set.items()}
     results = {
         "model": model,
         "fingerprint": fingerprint,

@@ -98,9 +98,9 @@ def run(config: SampleConfig, problems: Sequence[Problem], generator: Generator,
 
     def make(chunk: list[Problem], seeds: list[int]) -> list[Sample]:
         jobs = [Continue(fmt.prompt(p.question), FIRST_MARKER, p.answer) for p in chunk]
-        samples = [s for p, job, graded in zip(chunk, jobs, generate_graded(generator, jobs, params, seeds))
-                   for s in make_samples(p, job.prompt, graded, config.temperature, generator.name)]
-        return [s for s in samples if s.id not in stored]  # a problem cut short by a crash keeps its stored samples
+        # A problem cut short by a crash gets all k again; the store keeps the ones it already has.
+        return [s for p, job, graded in zip(chunk, jobs, generate_graded(generator, jobs, params, seeds))
+                for s in make_samples(p, job.prompt, graded, config.temperature, generator.name)]
 
     made = run_keyed(problems, make, stage="sample", seed=config.seed, key=lambda p: p.id, chunk_size=config.chunk_size, unit="problem",
                      done=lambda p: all(f"{p.id}#{j}" in stored for j in range(config.k)), save=store.append if store is not None else None)
