@@ -54,8 +54,6 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from typing import Any, Literal, Optional, Sequence
 
-from tqdm.auto import tqdm
-
 from stepdpo.config import OptionCheck, validate_config
 from stepdpo.errors import InputError
 from stepdpo.generation.base import FINISH_EOS, FINISH_STOP, Generator, GeneratorConfig, SamplingParams, build_generator, close_generator, prompt_format
@@ -65,6 +63,7 @@ from stepdpo.records import Problem, RecordStore, Sample, StepPair
 from stepdpo.pairing import check_pair, dpo_pairs
 from stepdpo.rundir import Funnel, RunDir
 from stepdpo.seeding import derive_seed
+from stepdpo.stages.keyed import run_keyed
 from stepdpo.stages.pairs import write_pairs
 from stepdpo.stages.sample import read_problems, read_samples
 from stepdpo.steps import STEP_HEADER, PromptFormat, next_marker, normalize_ws, split_steps
@@ -330,18 +329,18 @@ def _provenance(sample: Sample, branch: Branch) -> dict[str, Any]:
             "attempts": branch.attempts, "outcomes": dict(branch.outcomes), "rejected_predicted": branch.predicted, "model": sample.model}
 
 
-def confirm_dead(items: Sequence[tuple[Problem, Sample, Branch]], localizer: RolloutLocalizer) -> list[JudgeFreeCheck]:
+def confirm_dead(items: Sequence[tuple[Problem, Branch]], localizer: RolloutLocalizer) -> list[JudgeFreeCheck]:
     """Whether each negative's prefix through its first generated step (``s_1 … s_k + r``) is dead, by rollouts.
 
     The rollouts of a branch are keyed (branch key, 1): the prefix one generated step past the
     branch point. A negative whose first generated step is also its last is dead by definition
     (its final answer is wrong): it needs no rollouts.
     """
-    heads = ["".join(split_steps(branch.negative or "")[: branch.branch_step + 1]) for _, _, branch in items]
-    asked = [j for j, ((_, _, branch), head) in enumerate(zip(items, heads)) if head != branch.negative]
-    answers = dict(zip(asked, localizer.roll_out([(items[j][0], items[j][2].key, heads[j], 1) for j in asked]) if asked else []))
+    heads = ["".join(split_steps(branch.negative or "")[: branch.branch_step + 1]) for _, branch in items]
+    asked = [j for j, ((_, branch), head) in enumerate(zip(items, heads)) if head != branch.negative]
+    answers = dict(zip(asked, localizer.roll_out([(items[j][0], items[j][1].key, heads[j], 1) for j in asked]) if asked else []))
     out = []
-    for j, (_, _, branch) in enumerate(items):
+    for j, (_, branch) in enumerate(items):
         rollouts = answers.get(j)
         out.append(JudgeFreeCheck(key=branch.key, dead=rollouts is None or not localizer.alive(rollouts),
                                   successes=rollouts.successes if rollouts else 0, trials=rollouts.trials if rollouts else 0,
@@ -371,28 +370,16 @@ def _correct_samples(samples: Sequence[Sample], problems: dict[str, Problem], li
     return correct if limit is None else correct[:limit]
 
 
-def run(config: SCDPOConfig, problems: dict[str, Problem], samples: Sequence[Sample], generator: Generator,
-        fmt: PromptFormat | None = None, tokenizer: Any = None, branch_store: RecordStore[Branch] | None = None,
-        check_store: RecordStore[JudgeFreeCheck] | None = None) -> Outputs:
-    """Negatives for the correct samples not yet in ``branch_store``, then every pair from all stored branches.
+def branch_order(job: _Job, seed: int) -> tuple[str, int]:
+    """A keyed order of a problem's branch points rather than a shuffle: any subset (what a resumed run has left)
+    keeps the same relative order."""
+    return job.problem.id, derive_seed(seed, "scdpo-branch-order", job.key)
 
-    Per problem, branch points (seeded order) run ``max_negatives_per_problem - found``
-    at a time, one attempt each per round, so the cap is never exceeded; all problems of
-    a chunk advance together, one batched generator call per generated step.
-    """
-    config.validate()
-    fmt = fmt or prompt_format(config.generator)
-    if tokenizer is None:
-        from stepdpo.models import load_tokenizer
 
-        tokenizer = load_tokenizer(config.tokenizer or config.generator.model)
-    checker = PrefixChecker(fmt, tokenizer)
-    stored: dict[str, Branch] = {b.key: b for b in branch_store.records()} if branch_store is not None else {}
-    funnel = Funnel("scdpo")
-    correct = _correct_samples(samples, problems, config.limit)
-    funnel.records_in = len(correct)
-
-    # Branch points per problem in a seeded order; those whose correct sample merges tokens across the point are dropped.
+def queue_branch_points(config: SCDPOConfig, problems: dict[str, Problem], correct: Sequence[Sample], checker: PrefixChecker,
+                        stored: set[str], funnel: Funnel) -> dict[str, list[_Job]]:
+    """The branch points not yet in ``stored``, per problem in branch order; those whose correct sample merges
+    tokens across the point are dropped (and counted in ``funnel``)."""
     queue: dict[str, list[_Job]] = defaultdict(list)
     for s in correct:
         points = branch_points(s, config.branch, config.seed)
@@ -407,69 +394,57 @@ def run(config: SCDPOConfig, problems: dict[str, Problem], samples: Sequence[Sam
                 funnel.drop("branch point splits a token of the correct sample")
                 continue
             queue[s.problem_id].append(_Job(problem, s, k, prefix))
-    def branch_order(job: _Job) -> tuple[str, int]:
-        # A keyed order rather than a shuffle: any subset (what a resumed run has left) keeps the same relative order.
-        return job.problem.id, derive_seed(config.seed, "scdpo-branch-order", job.key)
-
     for jobs in queue.values():
-        jobs.sort(key=branch_order)
+        jobs.sort(key=lambda job: branch_order(job, config.seed))
+    return queue
 
-    found = Counter(b.problem_id for b in stored.values() if b.negative is not None)
-    new: list[Branch] = []
-    problem_ids = sorted(queue)
-    chunk_size = max(1, config.chunk_size)
-    with tqdm(total=sum(len(v) for v in queue.values()), desc="scdpo", unit="branch") as bar:
-        for start in range(0, len(problem_ids), chunk_size):
-            chunk = problem_ids[start: start + chunk_size]
-            active: dict[str, list[_Job]] = {p: [] for p in chunk}
-            finished: list[_Job] = []
-            while True:
-                for p in chunk:  # refill: never more open branch points than negatives still allowed
-                    while queue[p] and len(active[p]) < config.max_negatives_per_problem - found[p]:
-                        active[p].append(queue[p].pop(0))
-                jobs = [job for p in chunk for job in active[p]]
-                if not jobs:
-                    break
-                continuations = continue_stepwise(jobs, config, generator, fmt)
-                grade_continuations(continuations, checker)
-                for p in chunk:
-                    for job in list(active[p]):
-                        if job.negative is not None or job.attempts >= config.max_attempts:
-                            active[p].remove(job)
-                            finished.append(job)
-                            found[p] += job.negative is not None
-                            bar.update(1)
-            dropped = sum(len(queue[p]) for p in chunk)
-            bar.update(dropped)
-            # In branch order, not finishing order, so that the file does not depend on which problems shared the chunk.
-            records = [job.record() for job in sorted(finished, key=branch_order)]
-            if branch_store is not None:
-                branch_store.append(records)
-            new += records
-    branches = list(stored.values()) + new
-    for p in problem_ids:
-        if queue[p]:
-            funnel.drop("branch point not tried (problem reached its cap)", len(queue[p]))
 
-    samples_by_id = {s.id: s for s in correct}
-    branches = [b for b in branches if b.sample_id in samples_by_id]
-    with_negative = [b for b in branches if b.negative is not None]
-    checks: dict[str, JudgeFreeCheck] = {}
-    localizer_name = ""
-    if config.judge_free and with_negative:
-        rollout = RolloutConfig(search="linear", rollouts_per_prefix=config.rollouts, alive_threshold=config.alive_threshold,
-                                temperature=config.rollout_temperature, top_p=config.rollout_top_p,
-                                max_new_tokens=config.rollout_max_new_tokens, stop=tuple(config.stop), seed=config.seed)
-        localizer = RolloutLocalizer(rollout, generator, fmt, stage="scdpo-judge-free")
-        localizer_name = localizer.name
-        checks = {c.key: c for c in (check_store.records() if check_store is not None else [])}
-        todo = [(problems[b.problem_id], samples_by_id[b.sample_id], b) for b in with_negative if b.key not in checks]
-        for start in tqdm(range(0, len(todo), chunk_size * 4), desc="judge-free rollouts", unit="chunk"):
-            results = confirm_dead(todo[start: start + chunk_size * 4], localizer)
-            if check_store is not None:
-                check_store.append(results)
-            checks.update((c.key, c) for c in results)
+def find_negatives(config: SCDPOConfig, queue: dict[str, list[_Job]], found: Counter, generator: Generator, fmt: PromptFormat,
+                   checker: PrefixChecker, branch_store: RecordStore[Branch] | None) -> list[Branch]:
+    """Run the queued branch points (popped from ``queue``) until each finds a negative or spends its attempts.
 
+    Per problem, branch points run ``max_negatives_per_problem - found`` at a time, one attempt
+    each per round, so the cap is never exceeded; all problems of a chunk advance together,
+    one batched generator call per generated step.
+    """
+    def make(chunk: list[str], seeds: list[int]) -> list[Branch]:
+        active: dict[str, list[_Job]] = {p: [] for p in chunk}
+        finished: list[_Job] = []
+        while True:
+            for p in chunk:  # refill: never more open branch points than negatives still allowed
+                while queue[p] and len(active[p]) < config.max_negatives_per_problem - found[p]:
+                    active[p].append(queue[p].pop(0))
+            jobs = [job for p in chunk for job in active[p]]
+            if not jobs:
+                break
+            grade_continuations(continue_stepwise(jobs, config, generator, fmt), checker)
+            for p in chunk:
+                for job in list(active[p]):
+                    if job.negative is not None or job.attempts >= config.max_attempts:
+                        active[p].remove(job)
+                        finished.append(job)
+                        found[p] += job.negative is not None
+        # In branch order, not finishing order, so that the file does not depend on which problems shared the chunk.
+        return [job.record() for job in sorted(finished, key=lambda job: branch_order(job, config.seed))]
+
+    return run_keyed(sorted(queue), make, stage="scdpo", seed=None, key=str, chunk_size=config.chunk_size, unit="problem",
+                     save=branch_store.append if branch_store is not None else None).new
+
+
+def judge_free_checks(config: SCDPOConfig, problems: dict[str, Problem], with_negative: Sequence[Branch], localizer: RolloutLocalizer,
+                      check_store: RecordStore[JudgeFreeCheck] | None) -> dict[str, JudgeFreeCheck]:
+    """Rollout confirmations of every negative's first generated step (stored ones reused), by branch key."""
+    checks = {c.key: c for c in (check_store.records() if check_store is not None else [])}
+    made = run_keyed(list(with_negative), lambda chunk, seeds: confirm_dead([(problems[b.problem_id], b) for b in chunk], localizer),
+                     stage="scdpo-judge-free", seed=None, key=lambda b: b.key, done=lambda b: b.key in checks, unit="branch",
+                     save=check_store.append if check_store is not None else None, chunk_size=config.chunk_size * 4,
+                     desc="judge-free rollouts")
+    return {**checks, **{c.key: c for c in made.new}}
+
+
+def build_pairs(config: SCDPOConfig, problems: dict[str, Problem], samples_by_id: dict[str, Sample], with_negative: Sequence[Branch],
+                checks: dict[str, JudgeFreeCheck], localizer_name: str, funnel: Funnel) -> tuple[list[StepPair], list[StepPair]]:
+    """(SCDPO pairs, judge-free pairs) from the branches with a negative; what is dropped is counted in ``funnel``."""
     scdpo, judge_free = [], []
     for b in with_negative:
         problem, sample = problems[b.problem_id], samples_by_id[b.sample_id]
@@ -485,18 +460,59 @@ def run(config: SCDPOConfig, problems: dict[str, Problem], samples: Sequence[Sam
             funnel.drop("judge-free: first wrong step equals the correct step")
         else:
             judge_free.append(pair)
+    return scdpo, judge_free
+
+
+def run(config: SCDPOConfig, problems: dict[str, Problem], samples: Sequence[Sample], generator: Generator,
+        fmt: PromptFormat | None = None, tokenizer: Any = None, branch_store: RecordStore[Branch] | None = None,
+        check_store: RecordStore[JudgeFreeCheck] | None = None) -> Outputs:
+    """Negatives for the correct samples not yet in ``branch_store``, then every pair from all stored branches."""
+    config.validate()
+    fmt = fmt or prompt_format(config.generator)
+    if tokenizer is None:
+        from stepdpo.models import load_tokenizer
+
+        tokenizer = load_tokenizer(config.tokenizer or config.generator.model)
+    checker = PrefixChecker(fmt, tokenizer)
+    stored: dict[str, Branch] = {b.key: b for b in branch_store.records()} if branch_store is not None else {}
+    correct = _correct_samples(samples, problems, config.limit)
+    funnel = Funnel("scdpo", records_in=len(correct))
+
+    # 1. Branch points, 2. a negative for each (until the per-problem cap), 3. rollouts confirm judge-free steps dead, 4. pairs.
+    queue = queue_branch_points(config, problems, correct, checker, set(stored), funnel)
+    found = Counter(b.problem_id for b in stored.values() if b.negative is not None)
+    new = find_negatives(config, queue, found, generator, fmt, checker, branch_store)
+    for p in sorted(queue):
+        if queue[p]:
+            funnel.drop("branch point not tried (problem reached its cap)", len(queue[p]))
+    samples_by_id = {s.id: s for s in correct}
+    branches = [b for b in [*stored.values(), *new] if b.sample_id in samples_by_id]
+    with_negative = [b for b in branches if b.negative is not None]
+    localizer = RolloutLocalizer(RolloutConfig(search="linear", rollouts_per_prefix=config.rollouts, alive_threshold=config.alive_threshold,
+                                               temperature=config.rollout_temperature, top_p=config.rollout_top_p,
+                                               max_new_tokens=config.rollout_max_new_tokens, stop=tuple(config.stop), seed=config.seed),
+                                 generator, fmt, stage="scdpo-judge-free")
+    use_judge_free = config.judge_free and bool(with_negative)
+    checks = judge_free_checks(config, problems, with_negative, localizer, check_store) if use_judge_free else {}
+    scdpo, judge_free = build_pairs(config, problems, samples_by_id, with_negative, checks, localizer.name if use_judge_free else "", funnel)
     for b in branches:
         if b.negative is None:
             funnel.drop("retry budget spent without a wrong answer")
     with_correct = {c.problem_id for c in correct}
     dpo = dpo_pairs(problems, [s for s in samples if s.problem_id in with_correct], config.max_dpo_pairs_per_problem,
                     config.dataset) if config.dpo else []
+    funnel.records_out = len(scdpo)
+    funnel.extra = funnel_extra(branches, with_negative, checks, scdpo, judge_free, dpo)
+    return Outputs(scdpo=scdpo, judge_free=judge_free, dpo=dpo, branches=branches, checks=list(checks.values()), funnel=funnel)
 
+
+def funnel_extra(branches: Sequence[Branch], with_negative: Sequence[Branch], checks: dict[str, JudgeFreeCheck],
+                 scdpo: Sequence[StepPair], judge_free: Sequence[StepPair], dpo: Sequence[StepPair]) -> dict[str, Any]:
+    """The funnel's counts: pairs, branch points, attempts by outcome, tokens, rollouts."""
     outcomes: Counter = Counter()
     for b in branches:
         outcomes.update(b.outcomes)
-    funnel.records_out = len(scdpo)
-    funnel.extra = {
+    return {
         "correct_samples_with_pair": len({b.sample_id for b in with_negative}),
         "problems_with_pair": len({b.problem_id for b in with_negative}),
         "branch_points_tried": len(branches),
@@ -507,7 +523,6 @@ def run(config: SCDPOConfig, problems: dict[str, Problem], samples: Sequence[Sam
         "scdpo_pairs": len(scdpo), "judge_free_pairs": len(judge_free), "dpo_pairs": len(dpo),
         "judge_free_rollouts": sum(checks[b.key].trials for b in with_negative if b.key in checks),
     }
-    return Outputs(scdpo=scdpo, judge_free=judge_free, dpo=dpo, branches=branches, checks=list(checks.values()), funnel=funnel)
 
 
 def command(config: SCDPOConfig) -> int:
