@@ -122,7 +122,8 @@ def embedded_model(assets: Path, work: Path) -> dict[str, Any]:
 
 VLLM_SCRIPT = r"""
 import json, sys, time, torch
-from stepdpo.generation.base import GeneratorConfig, SamplingParams, build_generator, close_generator
+from stepdpo.generation.base import GeneratorConfig, SamplingParams, close_generator
+from stepdpo.generation.registry import build_generator
 prompts = ["Name a color.", "What is 2 + 3?", "Write a word.", "Count to three."]
 free_before = torch.cuda.mem_get_info()[0]
 engine = build_generator(GeneratorConfig(backend="vllm", model="smollm2-135m", gpu_memory_utilization=0.5))

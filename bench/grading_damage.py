@@ -349,7 +349,8 @@ def main() -> int:
 
     import torch
 
-    from stepdpo.generation.base import GeneratorConfig, build_generator, prompt_format
+    from stepdpo.generation.base import GeneratorConfig, prompt_format
+    from stepdpo.generation.registry import build_generator
     from stepdpo.models import load_tokenizer
     from stepdpo.problems import load_problems
 

@@ -27,7 +27,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from stepdpo.config import parse_cli
-from stepdpo.generation.base import GeneratorConfig, build_generator, prompt_format
+from stepdpo.generation.base import GeneratorConfig, prompt_format
+from stepdpo.generation.registry import build_generator
 from stepdpo.localizers.exact import ExactLocalizer
 from stepdpo.localizers.rollout import RolloutConfig, RolloutLocalizer
 from stepdpo.problems import load_problems

@@ -23,7 +23,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from stepdpo.config import parse_cli
-from stepdpo.generation.base import GeneratorConfig, build_generator, prompt_format
+from stepdpo.generation.base import GeneratorConfig, prompt_format
+from stepdpo.generation.registry import build_generator
 from stepdpo.models import load_tokenizer
 from stepdpo.problems import load_problems
 from stepdpo.records import RecordStore, Sample, atomic_write_json, atomic_write_text

@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 
 from stepdpo.generation import data_parallel
-from stepdpo.generation.base import Completion, GeneratorConfig, SamplingParams, build_generator
+from stepdpo.generation.base import Completion, GeneratorConfig, SamplingParams
+from stepdpo.generation.registry import build_generator
 from stepdpo.generation.data_parallel import DataParallelGenerator, WorkerError, gpu_groups, shard_bounds
 
 

@@ -31,7 +31,7 @@ class RecordingGenerator(ScriptedGenerator):
 
 
 def test_each_stage_closes_its_engines_before_the_next_and_before_training(tmp_path, tiny_model_dir, monkeypatch):
-    from stepdpo.generation import base
+    from stepdpo.generation import registry
     from stepdpo.stages import locate, rectify, sample, scdpo
 
     events: list[str] = []
@@ -42,7 +42,7 @@ def test_each_stage_closes_its_engines_before_the_next_and_before_training(tmp_p
         built.append(RecordingGenerator(script, events, f"engine{len(built)}"))
         return built[-1]
 
-    for module in (base, locate, rectify, sample, scdpo):
+    for module in (registry, locate, rectify, sample, scdpo):
         monkeypatch.setattr(module, "build_generator", build)
 
     def fake_train(config):

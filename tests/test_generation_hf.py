@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from stepdpo.errors import ConfigError
-from stepdpo.generation.base import Generator, GeneratorConfig, SamplingParams, build_generator
+from stepdpo.generation.base import Generator, GeneratorConfig, SamplingParams
+from stepdpo.generation.registry import build_generator
 from stepdpo.generation.hf import HFGenerator
 
 PROMPTS = [

@@ -20,7 +20,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from stepdpo.errors import ConfigError
-from stepdpo.generation.base import Generator, GeneratorConfig, SamplingParams, build_generator
+from stepdpo.generation.base import Generator, GeneratorConfig, SamplingParams
+from stepdpo.generation.registry import build_generator
 from stepdpo.generation.openai import OpenAIGenerator, _retry_after_seconds
 from stepdpo.seeding import completion_seed, derive_seed
 

@@ -12,7 +12,8 @@ import pytest
 import torch
 
 from stepdpo.errors import ConfigError
-from stepdpo.generation.base import Generator, GeneratorConfig, SamplingParams, build_generator
+from stepdpo.generation.base import Generator, GeneratorConfig, SamplingParams
+from stepdpo.generation.registry import build_generator
 from stepdpo.seeding import derive_seed
 
 HAVE_VLLM = importlib.util.find_spec("vllm") is not None

@@ -13,7 +13,8 @@ import json
 
 import datasets
 
-from stepdpo.generation.base import Completion, GeneratorConfig, SamplingParams, build_generator, prompt_format
+from stepdpo.generation.base import Completion, GeneratorConfig, SamplingParams, prompt_format
+from stepdpo.generation.registry import build_generator
 from stepdpo.localizers.rollout import RolloutConfig
 from stepdpo.records import LocatedError, Problem, RecordStore, Rectification, Sample, StepPair
 from stepdpo.rundir import RunDir

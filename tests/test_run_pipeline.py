@@ -49,10 +49,10 @@ def _script(answers: dict[str, str]):
 @pytest.fixture
 def scripted(monkeypatch):
     generator = ScriptedGenerator(_script(_answers()))
-    from stepdpo.generation import base
+    from stepdpo.generation import registry
     from stepdpo.stages import locate, rectify, sample, scdpo
 
-    for module in (base, locate, rectify, sample, scdpo):
+    for module in (registry, locate, rectify, sample, scdpo):
         monkeypatch.setattr(module, "build_generator", lambda config: generator)
     return generator
 

@@ -14,7 +14,8 @@ import json
 import datasets
 import pytest
 
-from stepdpo.generation.base import Completion, GeneratorConfig, SamplingParams, build_generator
+from stepdpo.generation.base import Completion, GeneratorConfig, SamplingParams
+from stepdpo.generation.registry import build_generator
 from stepdpo.generation.scripted import ScriptedGenerator
 from stepdpo.records import Problem, RecordStore, Sample, StepPair
 from stepdpo.rundir import RunDir

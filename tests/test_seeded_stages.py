@@ -18,7 +18,8 @@ from typing import Callable
 import pytest
 
 from reliability_helpers import toy_problems, wrong_sample_rows
-from stepdpo.generation.base import Completion, GeneratorConfig, SamplingParams, build_generator
+from stepdpo.generation.base import Completion, GeneratorConfig, SamplingParams
+from stepdpo.generation.registry import build_generator
 from stepdpo.localizers.rollout import RolloutConfig, RolloutLocalizer
 from stepdpo.records import LocatedError, Problem, RecordStore, Rectification, Sample
 from stepdpo.stages import evaluate, locate, rectify, sample, scdpo

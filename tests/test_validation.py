@@ -15,13 +15,13 @@ from stepdpo.stages.pipeline import RunConfig
 def nothing_loads(monkeypatch):
     """Any model, tokenizer, generator or SFT run started by the command under test is an error."""
     from stepdpo import models
-    from stepdpo.generation import base
+    from stepdpo.generation import registry
     from stepdpo.stages import evaluate, locate, rectify, sample, scdpo, sft
 
     def refuse(*args, **kwargs):
         raise AssertionError("work started before the options were checked")
 
-    for module, name in ((models, "load_model"), (models, "load_tokenizer"), (sft, "command"), (base, "build_generator"),
+    for module, name in ((models, "load_model"), (models, "load_tokenizer"), (sft, "command"), (registry, "build_generator"),
                          (locate, "build_generator"), (rectify, "build_generator"), (sample, "build_generator"),
                          (scdpo, "build_generator"), (evaluate, "load_sets")):
         monkeypatch.setattr(module, name, refuse)

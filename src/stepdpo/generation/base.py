@@ -137,24 +137,3 @@ def close_generator(generator: object) -> None:
     close = getattr(generator, "close", None)
     if callable(close):
         close()
-
-
-def build_generator(config: GeneratorConfig) -> Generator:
-    """Instantiate the configured backend (imported lazily: vllm is an optional extra)."""
-    if config.backend == "hf":
-        from stepdpo.generation.hf import HFGenerator
-
-        return HFGenerator(config)
-    if config.backend == "vllm":
-        if config.data_parallel_size > 1:
-            from stepdpo.generation.data_parallel import DataParallelGenerator
-
-            return DataParallelGenerator(config)
-        from stepdpo.generation.vllm import VLLMGenerator
-
-        return VLLMGenerator(config)
-    if config.backend == "openai":
-        from stepdpo.generation.openai import OpenAIGenerator
-
-        return OpenAIGenerator(config)
-    raise ValueError(f"unknown generation backend {config.backend!r}")

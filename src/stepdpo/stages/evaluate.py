@@ -424,7 +424,8 @@ def load_sets(config: EvalConfig, skipped: dict[str, int] | None = None) -> dict
 
 
 def command(config: EvalConfig) -> int:
-    from stepdpo.generation.base import build_generator, close_generator
+    from stepdpo.generation.base import close_generator
+    from stepdpo.generation.registry import build_generator
 
     check_config(config)
     skipped: dict[str, int] = {}

@@ -18,7 +18,8 @@ from typing import Literal, Optional, Sequence
 
 from stepdpo.config import OptionCheck, validate_config
 from stepdpo.errors import ConfigError, InputError
-from stepdpo.generation.base import Generator, GeneratorConfig, build_generator, close_generator, prompt_format
+from stepdpo.generation.base import Generator, GeneratorConfig, close_generator, prompt_format
+from stepdpo.generation.registry import build_generator
 from stepdpo.localizers.base import STATUS_OK, Localizer, is_failure
 from stepdpo.localizers.exact import ExactLocalizer
 from stepdpo.localizers.file import FileLocalizer

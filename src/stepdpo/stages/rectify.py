@@ -26,7 +26,8 @@ from typing import Callable, Optional, Sequence
 
 from stepdpo.config import OptionCheck, validate_config
 from stepdpo.errors import ConfigError, InputError
-from stepdpo.generation.base import Generator, GeneratorConfig, SamplingParams, build_generator, close_generator, prompt_format
+from stepdpo.generation.base import Generator, GeneratorConfig, SamplingParams, close_generator, prompt_format
+from stepdpo.generation.registry import build_generator
 from stepdpo.generation.graded import Continue, Graded, generate_graded
 from stepdpo.localizers.base import STATUS_OK
 from stepdpo.localizers.judge import JudgeConfig

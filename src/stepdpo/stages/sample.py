@@ -20,7 +20,8 @@ from dataclasses import dataclass, field
 from typing import Iterable, Literal, Optional, Sequence
 
 from stepdpo.config import OptionCheck, validate_config
-from stepdpo.generation.base import Generator, GeneratorConfig, SamplingParams, build_generator, close_generator, prompt_format
+from stepdpo.generation.base import Generator, GeneratorConfig, SamplingParams, close_generator, prompt_format
+from stepdpo.generation.registry import build_generator
 from stepdpo.generation.graded import Continue, Graded, generate_graded
 from stepdpo.grading import extract_answer
 from stepdpo.metrics import pass_at_k

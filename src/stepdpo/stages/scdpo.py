@@ -56,7 +56,8 @@ from typing import Any, Literal, Optional, Sequence
 
 from stepdpo.config import OptionCheck, validate_config
 from stepdpo.errors import InputError
-from stepdpo.generation.base import FINISH_EOS, FINISH_STOP, Generator, GeneratorConfig, SamplingParams, build_generator, close_generator, prompt_format
+from stepdpo.generation.base import FINISH_EOS, FINISH_STOP, Generator, GeneratorConfig, SamplingParams, close_generator, prompt_format
+from stepdpo.generation.registry import build_generator
 from stepdpo.grading import FINISHED_REASONS, extract_answer, grade_for_data, states_final_answer
 from stepdpo.localizers.rollout import RolloutConfig, RolloutLocalizer
 from stepdpo.records import Problem, RecordStore, Sample, StepPair

@@ -17,7 +17,8 @@ from typing import Any
 import yaml
 
 from stepdpo.errors import ConfigError
-from stepdpo.generation.base import GeneratorConfig, SamplingParams, build_generator, prompt_format
+from stepdpo.generation.base import GeneratorConfig, SamplingParams, prompt_format
+from stepdpo.generation.registry import build_generator
 from stepdpo.records import Problem
 from stepdpo.report.collect import METHOD_ORDER, order_key
 from stepdpo.rundir import RunDir
