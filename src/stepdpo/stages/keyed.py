@@ -6,7 +6,8 @@ located errors, ...) into records kept in an append-only :class:`~stepdpo.record
 cuts the others into chunks, gives each item its seed derived from (run seed, stage, item
 key) by :func:`stepdpo.seeding.derive_seed`, hands each chunk to the stage's ``make``,
 saves what comes back before the next chunk starts (nothing computed is lost when a run
-dies), shows a progress bar with counts, and returns the counts a stage's funnel starts from.
+dies), shows a progress bar with counts, and returns the new records with how many items were
+already done. Each stage's funnel (its own drop reasons) is built from the records.
 """
 
 from __future__ import annotations
@@ -29,11 +30,6 @@ class KeyedRun(Generic[RecordT]):
     items: int
     already_done: int
     new: list[RecordT] = field(default_factory=list)
-
-    @property
-    def attempted(self) -> int:
-        """Items this call worked on (not done before)."""
-        return self.items - self.already_done
 
 
 def run_keyed(items: Sequence[ItemT], make: Callable[[list[ItemT], list[int]], list[RecordT]], *, stage: str, seed: int | None,
