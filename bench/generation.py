@@ -1,6 +1,14 @@
-"""Generated tokens per second of the hf backend on the embedded model, against a naive loop.
+"""Generated tokens per second of the hf backend: the embedded model against a naive loop, or models side by side.
 
     .venv/bin/python bench/generation.py            # writes bench/results/generation.json
+    .venv/bin/python bench/generation.py --side-by-side organism smollm2-135m
+                                                    # writes bench/results/generation_side_by_side.{json,md}
+
+Side by side (issue 15's setting): every model answers the same 64 synthetic
+validation problems (3-5 steps, the step prompt in its own chat template), batch
+64, 160 new tokens, T 0.8, top-p 0.95, 2 threads, once with ``dtype=auto``
+(bfloat16 autocast where the CPU has avx512_bf16 or amx_bf16) and once in
+float32; each timing after a short warm-up, tokens counted up to end-of-sequence.
 
 Prompts are GSM8K test questions in SmolLM2's chat template (about 100
 tokens); sampling at T=0.8, max_new_tokens 128. For each batch size B and
@@ -105,11 +113,92 @@ def profile(gen: HFGenerator, prompts: list[str], steps: int) -> dict:
     }
 
 
+SIDE_BY_SIDE_PROBLEMS = "synthetic:train?n=64&min_steps=3&max_steps=5&difficulty=0&seed=1000"
+
+
+def cpu_info() -> dict:
+    """CPU model, the flags that decide bf16 speed, core count and load: what a timing needs beside it."""
+    model, flags = platform.processor(), set()
+    with open("/proc/cpuinfo", encoding="utf-8") as handle:
+        for line in handle:
+            key, _, value = line.partition(":")
+            if key.strip() == "model name":
+                model = value.strip()
+            elif key.strip() == "flags":
+                flags = set(value.split())
+                break
+    return {"cpu": model, "cores": os.cpu_count(), "flags": sorted(f for f in flags if f.startswith(("avx512", "amx", "avx2", "fma"))),
+            "avx512_bf16": cpu_supports_bf16(), "platform": platform.platform(), "torch": torch.__version__}
+
+
+def side_by_side(models: list[str], args: argparse.Namespace) -> dict:
+    """Each model on the same problems and settings, in each dtype; returns the result dict."""
+    from stepdpo.generation.base import prompt_format
+    from stepdpo.problems import load_problems
+
+    problems = load_problems(args.problems)
+    params = SamplingParams(temperature=args.temperature, top_p=args.top_p, max_new_tokens=args.max_new_tokens, seed=0)
+    rows: list[dict] = []
+    for name in models:
+        tokenizer, model = load_tokenizer(name), load_model(name)
+        fmt = prompt_format(GeneratorConfig(model=name))
+        prompts = [fmt.prompt(p.question) for p in problems]
+        lengths = [len(tokenizer(p, add_special_tokens=False)["input_ids"]) for p in prompts]
+        for dtype in args.dtypes:
+            gen = HFGenerator.from_model(model, tokenizer, GeneratorConfig(model=name, dtype=dtype, batch_size=args.batch))
+            gen.generate(prompts[:2], SamplingParams(max_new_tokens=4))  # warm-up: lazy initialisation is not throughput
+            load = os.getloadavg()[0]
+            start = time.perf_counter()
+            out = gen.generate(prompts, params)
+            seconds = time.perf_counter() - start
+            completions = [c for cs in out for c in cs]
+            tokens = sum(c.num_tokens for c in completions)
+            rows.append({
+                "model": name, "dtype": dtype, "autocast": str(gen.autocast_dtype), "parameters": sum(p.numel() for p in model.parameters()),
+                "prompts": len(prompts), "prompt_tokens_mean": round(sum(lengths) / len(lengths), 1),
+                "tokens": tokens, "ended_by_eos": sum(c.finish_reason != "length" for c in completions), "seconds": round(seconds, 2),
+                "tok_per_s": round(tokens / seconds, 1), "load_before": round(load, 2), "load_after": round(os.getloadavg()[0], 2),
+            })
+            print(rows[-1], flush=True)
+        del model
+    reference = {row["dtype"]: row["tok_per_s"] for row in rows if row["model"] == models[-1]}
+    for row in rows:
+        row["x_last_model_same_dtype"] = round(row["tok_per_s"] / reference[row["dtype"]], 1) if reference.get(row["dtype"]) else None
+    return {"rows": rows, "best_vs_best": round(max(r["tok_per_s"] for r in rows if r["model"] == models[0]) / max(r["tok_per_s"] for r in rows if r["model"] == models[-1]), 1)}
+
+
+def write_side_by_side(results: dict, out: Path) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".json").write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+    lines = [
+        "# Generation speed side by side (hf backend, CPU)", "",
+        "Rerun (e.g. on a quiet machine):", "", f"    {results['command']}", "",
+        f"CPU: {results['machine']['cpu']}, {results['machine']['cores']} cores, flags {' '.join(results['machine']['flags'])}; "
+        f"torch {results['machine']['torch']}, {results['threads']} threads. Load average (1, 5, 15 min) at start "
+        f"{results['load_at_start']}, at end {results['load_at_end']} (other jobs shared the cores: the load is beside every row).", "",
+        f"Prompts: {results['settings']['problems']} (the step prompt in each model's chat template); batch {results['settings']['batch']}, "
+        f"{results['settings']['max_new_tokens']} new tokens, T {results['settings']['temperature']}, top-p {results['settings']['top_p']}.", "",
+        "| model | parameters | dtype (autocast) | prompt tokens | generated tokens | ended by EOS | seconds | tok/s | x last model, same dtype | load before/after |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in results["rows"]:
+        lines.append(f"| {r['model']} | {r['parameters'] / 1e6:.1f} M | {r['dtype']} ({r['autocast']}) | {r['prompt_tokens_mean']} | {r['tokens']} | "
+                     f"{r['ended_by_eos']}/{r['prompts']} | {r['seconds']} | {r['tok_per_s']} | {r['x_last_model_same_dtype']} | {r['load_before']}/{r['load_after']} |")
+    lines += ["", f"Best setting of the first model over the best of the last: **{results['best_vs_best']}x**."]
+    out.with_suffix(".md").write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--side-by-side", nargs="+", metavar="MODEL", help="time these models (aliases or paths) side by side instead; the last is the reference")
+    parser.add_argument("--problems", default=SIDE_BY_SIDE_PROBLEMS, help="side by side: the prompts' problems")
+    parser.add_argument("--batch", type=int, default=64, help="side by side: rows per batch")
+    parser.add_argument("--temperature", type=float, default=0.8, help="side by side: sampling temperature")
+    parser.add_argument("--top-p", type=float, default=0.95, help="side by side: nucleus threshold")
+    parser.add_argument("--dtypes", nargs="+", default=["auto", "float32"], help="side by side: generator dtypes to time")
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8, 32, 64])
     parser.add_argument("--ns", type=int, nargs="+", default=[1, 8])
-    parser.add_argument("--max-new-tokens", type=int, default=128)
+    parser.add_argument("--max-new-tokens", type=int, default=None, help="default 128; 160 side by side")
     parser.add_argument("--naive-prompts", type=int, default=3, help="prompts in the naive baseline, per n")
     parser.add_argument("--bf16-batch", type=int, default=32, help="also time bf16 autocast at this batch size (0: skip)")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default); 1 avoids spin-waiting threads on a crowded CPU")
@@ -118,6 +207,21 @@ def main() -> None:
 
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.side_by_side:
+        args.max_new_tokens = args.max_new_tokens or 160
+        results = {
+            "command": f".venv/bin/python bench/generation.py --side-by-side {' '.join(args.side_by_side)} --threads {args.threads} --batch {args.batch} "
+                       f"--max-new-tokens {args.max_new_tokens} --temperature {args.temperature} --top-p {args.top_p} --dtypes {' '.join(args.dtypes)}",
+            "machine": cpu_info(), "threads": torch.get_num_threads(), "load_at_start": [round(x, 2) for x in os.getloadavg()],
+            "settings": {"problems": args.problems, "batch": args.batch, "max_new_tokens": args.max_new_tokens, "temperature": args.temperature, "top_p": args.top_p},
+        }
+        results.update(side_by_side(args.side_by_side, args))
+        results["load_at_end"] = [round(x, 2) for x in os.getloadavg()]
+        out = Path(args.out).with_name("generation_side_by_side.json") if args.out.endswith("generation.json") else Path(args.out)
+        write_side_by_side(results, out)
+        print(f"best vs best: {results['best_vs_best']}x -> {out}")
+        return
+    args.max_new_tokens = args.max_new_tokens or 128
     tokenizer = load_tokenizer("smollm2-135m")
     prompts = make_prompts(tokenizer, max(args.batch_sizes) * 2)
     lengths = [len(tokenizer(p, add_special_tokens=False)["input_ids"]) for p in prompts]

@@ -51,7 +51,7 @@ from stepdpo.steps import PromptFormat, split_steps
 
 log = logging.getLogger(__name__)
 
-DEFAULT_DATA = ["synthetic:train?n=40000&min_steps=2&max_steps=6&difficulty=0&seed=0"]
+DEFAULT_DATA = ["synthetic:train?n=32000&min_steps=2&max_steps=6&difficulty=0&seed=0"]
 DEFAULT_VALIDATION = "synthetic:train?n=300&min_steps=3&max_steps=5&difficulty=0&seed=1000"
 """Held-out problems for choosing settings: the train split with a seed the training data does not use."""
 
@@ -65,11 +65,11 @@ class PretrainConfig:
     validation_max_new_tokens: int = field(default=200, metadata={"help": "Token limit of a validation response."})
     tokenizer_problems: int = field(default=4000, metadata={"help": "The first this many training problems' text trains the tokenizer."})
     vocab_size: int = field(default=1024, metadata={"help": "Tokenizer vocabulary: 256 bytes, 4 special tokens, the rest BPE merges."})
-    hidden_size: int = field(default=256, metadata={"help": "Model width."})
-    intermediate_size: int = field(default=1024, metadata={"help": "MLP width (SwiGLU)."})
+    hidden_size: int = field(default=192, metadata={"help": "Model width."})
+    intermediate_size: int = field(default=768, metadata={"help": "MLP width (SwiGLU)."})
     num_layers: int = field(default=4, metadata={"help": "Transformer layers."})
-    num_heads: int = field(default=4, metadata={"help": "Attention heads (hidden_size must divide by it)."})
-    num_kv_heads: int = field(default=4, metadata={"help": "Key/value heads (grouped-query attention when fewer than num_heads)."})
+    num_heads: int = field(default=3, metadata={"help": "Attention heads (hidden_size must divide by it)."})
+    num_kv_heads: int = field(default=3, metadata={"help": "Key/value heads (grouped-query attention when fewer than num_heads)."})
     max_position_embeddings: int = field(default=512, metadata={"help": "Longest sequence (prompt + response) the model is built for."})
     prompt_style: Literal["chat", "plain"] = field(default="chat", metadata={"help": "Prompt the model is trained on: chat (its own template, the pipeline's default) or plain."})
     epochs: float = field(default=1.0, metadata={"help": "Passes over the training problems."})
@@ -77,7 +77,7 @@ class PretrainConfig:
     lr_scheduler: Literal["cosine", "linear", "constant", "constant_with_warmup"] = field(default="cosine", metadata={"help": "Learning-rate schedule after warmup."})
     warmup_ratio: float = field(default=0.03, metadata={"help": "Share of the optimizer steps spent warming up."})
     weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay."})
-    batch_size: int = field(default=32, metadata={"help": "Examples per optimizer step."})
+    batch_size: int = field(default=8, metadata={"help": "Examples per optimizer step (small: on a CPU the tokens/s hardly change with it, and more steps learn more from the same examples)."})
     max_length: int = field(default=512, metadata={"help": "Longer examples (prompt + solution tokens) are dropped."})
     precision: Literal["auto", "float32", "bf16"] = field(default="auto", metadata={"help": "Training arithmetic: bf16 autocast (weights stay float32), float32, or auto (bf16 where the CPU has avx512_bf16/amx_bf16 or on CUDA)."})
     seed: int = field(default=0, metadata={"help": "Seed of the initial weights and the data order."})
@@ -214,7 +214,7 @@ def run(config: PretrainConfig, problems: list[Problem]) -> Path:
         torch.set_num_threads(config.threads)
     device = "cuda" if config.device == "auto" and torch.cuda.is_available() else ("cpu" if config.device == "auto" else config.device)
     bf16 = use_bf16(config, device)
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), time.process_time()
 
     tokenizer = train_tokenizer(tokenizer_texts(problems, config.tokenizer_problems), config.vocab_size, config.max_position_embeddings)
     tokenizer_seconds = time.perf_counter() - started
@@ -236,7 +236,7 @@ def run(config: PretrainConfig, problems: list[Problem]) -> Path:
         max_length=config.max_length,
         bf16=bf16,
         seed=config.seed,
-        save_steps=200,
+        save_steps=500,
         logging_steps=20,
         device=device,
         threads=config.threads,
@@ -257,6 +257,9 @@ def run(config: PretrainConfig, problems: list[Problem]) -> Path:
         "train_loss": summary["train_loss"],
         "bf16_autocast": bf16,
         "seconds": {"tokenizer": round(tokenizer_seconds, 1), "training": round(train_seconds, 1), "build": round(time.perf_counter() - started, 1)},
+        # CPU seconds of this process (all its threads): with other jobs on the cores, wall
+        # seconds say little, while CPU seconds at one thread are what a quiet core would take.
+        "cpu_seconds": round(time.process_time() - cpu_started, 1),
         "resumed_from": summary["resumed_from"],
         "machine": machine(),
     }
