@@ -185,3 +185,17 @@ def test_validate_reports_accuracy_by_chain_length_and_first_wrong_steps(built):
     assert set(summary["by_chain_length"]) <= {"3", "4"}
     assert sum(summary["first_wrong_step"].values()) == summary["errors"] == 6 - summary["correct"]
     assert (built / "validation.json").is_file() and (built / "validation" / "samples.jsonl").is_file()
+
+
+def test_score_prompt_labels_every_token_but_the_first(texts):
+    from stepdpo.training.sft_data import IGNORE_INDEX, tokenize_example
+
+    tokenizer = train_tokenizer(texts, 320)
+    fmt = PromptFormat(style="chat", chat_template_owner=tokenizer)
+    problem = synthetic_problems(TRAIN)[0]
+    answer_only = tokenize_example(tokenizer, fmt, problem.question, problem.solution)
+    everything = tokenize_example(tokenizer, fmt, problem.question, problem.solution, score_prompt=True)
+    assert everything.input_ids == answer_only.input_ids
+    assert everything.labels == [IGNORE_INDEX] + everything.input_ids[1:]
+    n = answer_only.prompt_length
+    assert answer_only.labels[:n] == [IGNORE_INDEX] * n and answer_only.labels[n:] == answer_only.input_ids[n:]

@@ -51,7 +51,7 @@ from stepdpo.steps import PromptFormat, split_steps
 
 log = logging.getLogger(__name__)
 
-DEFAULT_DATA = ["synthetic:train?n=32000&min_steps=2&max_steps=6&difficulty=0&seed=0"]
+DEFAULT_DATA = ["synthetic:train?n=56000&min_steps=2&max_steps=6&difficulty=0&seed=0"]
 DEFAULT_VALIDATION = "synthetic:train?n=300&min_steps=3&max_steps=5&difficulty=0&seed=1000"
 """Held-out problems for choosing settings: the train split with a seed the training data does not use."""
 
@@ -77,6 +77,7 @@ class PretrainConfig:
     lr_scheduler: Literal["cosine", "linear", "constant", "constant_with_warmup"] = field(default="cosine", metadata={"help": "Learning-rate schedule after warmup."})
     warmup_ratio: float = field(default=0.03, metadata={"help": "Share of the optimizer steps spent warming up."})
     weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay."})
+    score_prompt: bool = field(default=True, metadata={"help": "Also score the prompt's tokens (the question's text), not only the solution's."})
     batch_size: int = field(default=8, metadata={"help": "Examples per optimizer step (small: on a CPU the tokens/s hardly change with it, and more steps learn more from the same examples)."})
     max_length: int = field(default=512, metadata={"help": "Longer examples (prompt + solution tokens) are dropped."})
     precision: Literal["auto", "float32", "bf16"] = field(default="auto", metadata={"help": "Training arithmetic: bf16 autocast (weights stay float32), float32, or auto (bf16 where the CPU has avx512_bf16/amx_bf16 or on CUDA)."})
@@ -234,6 +235,7 @@ def run(config: PretrainConfig, problems: list[Problem]) -> Path:
         weight_decay=config.weight_decay,
         batch_size=config.batch_size,
         max_length=config.max_length,
+        score_prompt=config.score_prompt,
         bf16=bf16,
         seed=config.seed,
         save_steps=500,

@@ -60,6 +60,7 @@ class SFTConfig:
     batch_size: int = field(default=8, metadata={"help": "Examples per forward pass."})
     grad_accum: int = field(default=1, metadata={"help": "Forward passes per optimizer step (effective batch = batch_size * grad_accum)."})
     max_length: int = field(default=512, metadata={"help": "Longest example in tokens (prompt + solution); longer ones are dropped and counted."})
+    score_prompt: bool = field(default=False, metadata={"help": "Score the prompt's tokens too (language-model pretraining from scratch, as `stepdpo pretrain` can); false: the loss is on the solution only."})
     bf16: bool = field(default=False, metadata={"help": "bfloat16 autocast (weights stay float32). For GPUs: on this project's CPU (torch 2.13) a bf16 training step measured over 10x slower than float32."})
     lora: bool = field(default=False, metadata={"help": "Train LoRA adapters instead of all weights; they are merged into the saved model."})
     lora_r: int = field(default=16, metadata={"help": "LoRA rank."})
@@ -235,7 +236,7 @@ def run(config: SFTConfig, problems: list[Problem], model: Any = None, tokenizer
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     fmt = PromptFormat(style=config.prompt_style, chat_template_owner=tokenizer if config.prompt_style == "chat" else None)
-    examples, stats = build_examples(((p.id, p.question, p.solution or "") for p in problems), tokenizer, fmt, config.max_length)
+    examples, stats = build_examples(((p.id, p.question, p.solution or "") for p in problems), tokenizer, fmt, config.max_length, config.score_prompt)
     for reason, count in stats.dropped.items():
         funnel.drop(reason, count)
     if not examples:

@@ -10,6 +10,10 @@ response, so the loss is the mean negative log-likelihood of the response only:
 
     L = -(1/|R|) Σ_{t ∈ R} log p(x_t | x_<t),   R = response positions.
 
+With ``score_prompt`` (language-model pretraining from scratch, where the
+question's own text teaches the model to read and copy from it) the labels are
+the token ids everywhere but the first position, and R is every position.
+
 Prompt and response are tokenized separately and concatenated, so the prompt /
 response boundary is a token boundary by construction (the same split the
 generator sees: it is given the head and continues from there).
@@ -47,15 +51,15 @@ class BuildStats:
         self.dropped[reason] = self.dropped.get(reason, 0) + 1
 
 
-def tokenize_example(tokenizer: Any, fmt: PromptFormat, question: str, solution: str, example_id: str = "") -> SFTExample:
-    """Tokenize ``head(question)`` and ``solution + eos`` separately; mask the prompt in the labels."""
+def tokenize_example(tokenizer: Any, fmt: PromptFormat, question: str, solution: str, example_id: str = "", score_prompt: bool = False) -> SFTExample:
+    """Tokenize ``head(question)`` and ``solution + eos`` separately; mask the prompt in the labels unless ``score_prompt``."""
     prompt_ids = tokenizer(fmt.head(question), add_special_tokens=False)["input_ids"]
     # The eos id is appended as an id: tokenizing the eos *string* could split or merge it.
     response_ids = tokenizer(solution, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
     return SFTExample(
         id=example_id,
         input_ids=list(prompt_ids) + list(response_ids),
-        labels=[IGNORE_INDEX] * len(prompt_ids) + list(response_ids),
+        labels=([IGNORE_INDEX] + list(prompt_ids[1:]) if score_prompt else [IGNORE_INDEX] * len(prompt_ids)) + list(response_ids),
         prompt_length=len(prompt_ids),
     )
 
@@ -65,6 +69,7 @@ def build_examples(
     tokenizer: Any,
     fmt: PromptFormat,
     max_length: int,
+    score_prompt: bool = False,
 ) -> tuple[list[SFTExample], BuildStats]:
     """Tokenize ``(id, question, solution)`` triples; drop empty solutions and those longer than ``max_length``.
 
@@ -77,7 +82,7 @@ def build_examples(
         if not solution or not solution.strip():
             stats.drop("no solution")
             continue
-        example = tokenize_example(tokenizer, fmt, question, solution, example_id)
+        example = tokenize_example(tokenizer, fmt, question, solution, example_id, score_prompt)
         if len(example.input_ids) > max_length:
             stats.drop(f"longer than max_length={max_length}")
             continue
