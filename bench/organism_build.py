@@ -66,10 +66,11 @@ def render(result: dict) -> str:
         f"| parameters | {build['parameters']:,} |",
         f"| tokenizer | byte-level BPE, {build['vocab_size']} tokens, digits single tokens, trained on {cfg['tokenizer_problems']} problems |",
         f"| training data | {', '.join(cfg['data'])} ({build['examples']} examples, {cfg['epochs']} epoch) |",
-        f"| training | lr {cfg['learning_rate']} {cfg['lr_scheduler']}, batch {cfg['batch_size']}, {build['optimizer_steps']} steps, bf16 autocast {build['bf16_autocast']}, final loss {build['train_loss']:.3f} |",
+        f"| training | lr {cfg['learning_rate']} {cfg['lr_scheduler']}, batch {cfg['batch_size']}, {build['optimizer_steps']} steps, bf16 autocast {build['bf16_autocast']}, mean loss over the run {build['train_loss']:.3f} |",
         f"| tokens trained | {build['train_tokens']:,.0f} ({build['response_tokens']:,.0f} scored) |",
         f"| training tokens/s | {build.get('train_tokens_per_s', 'n/a (resumed build)')} |",
         f"| build seconds | {build['seconds']['build']} (tokenizer {build['seconds']['tokenizer']}, training {build['seconds']['training']}) = {build['seconds']['build'] / 60:.1f} min |",
+        f"| CPU seconds of the build process | {build.get('cpu_seconds', 'n/a')} (at {machine['torch_threads']} thread(s): what the build costs without other jobs on the cores) |",
         "", f"## Validation (greedy, `{val['set']}`)", "",
         f"Accuracy **{100 * val['accuracy']:.1f} %** [{100 * val['ci_low']:.1f}, {100 * val['ci_high']:.1f}] ({val['correct']}/{val['total']}); "
         f"{val['truncated']} responses cut at {cfg['validation_max_new_tokens']} tokens; {val['seconds']} s for {val['generated_tokens']} tokens.", "",
@@ -79,7 +80,7 @@ def render(result: dict) -> str:
     lines += ["", f"First wrong step of the {val['errors']} errors (exact localizer): "
               + ", ".join(f"step {k}: {v}" for k, v in val["first_wrong_step"].items())
               + f"; **{100 * (val['errors_first_wrong_after_step_1'] or 0):.0f} %** of errors start after step 1.", "",
-              "Training loss (answer tokens): " + ", ".join(f"step {p['step']}: {p['loss']:.3f}" for p in result["loss_curve"])]
+              "Training loss (per scored token; with score_prompt the question is scored too): " + ", ".join(f"step {p['step']}: {p['loss']:.3f}" for p in result["loss_curve"])]
     return "\n".join(lines) + "\n"
 
 

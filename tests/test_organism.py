@@ -199,3 +199,23 @@ def test_score_prompt_labels_every_token_but_the_first(texts):
     assert everything.labels == [IGNORE_INDEX] + everything.input_ids[1:]
     n = answer_only.prompt_length
     assert answer_only.labels[:n] == [IGNORE_INDEX] * n and answer_only.labels[n:] == answer_only.input_ids[n:]
+
+
+def test_a_yaml_section_keeps_the_run_configs_defaults_for_what_it_does_not_set(tmp_path):
+    """configs/organism*.yaml set a few options of eval, sample, ...; the rest must stay the run's, not the stage class's."""
+    from stepdpo.config import parse_cli
+    from stepdpo.stages.pipeline import RunConfig
+
+    path = tmp_path / "run.yaml"
+    path.write_text("model: organism\neval: {limit: 5}\nsample: {k: 8}\n")
+    config = parse_cli(RunConfig, ["--config", str(path)], prog="stepdpo run")
+    defaults = RunConfig()
+    assert config.eval.limit == 5 and config.sample.k == 8
+    assert config.eval.prompt == defaults.eval.prompt == "step"
+    assert config.eval.data == defaults.eval.data and config.eval.max_new_tokens == defaults.eval.max_new_tokens
+    assert config.sample.data == defaults.sample.data and config.sample.max_new_tokens == defaults.sample.max_new_tokens
+    for name in ("organism.yaml", "organism-quick.yaml"):
+        shipped = parse_cli(RunConfig, ["--config", str(Path(__file__).resolve().parents[1] / "configs" / name)], prog="stepdpo run")
+        assert shipped.model == "organism" and not shipped.do_sft
+        assert shipped.eval.prompt == "step" and shipped.locate.localizer == "exact"
+        assert all("min_steps=3&max_steps=5&difficulty=0" in spec for spec in [shipped.sample.data, *shipped.eval.data])

@@ -156,6 +156,19 @@ def save_config(config: Any, path: str | os.PathLike) -> None:
     atomic_write_text(path, yaml.safe_dump(config_to_dict(config), sort_keys=False, allow_unicode=True))
 
 
+def _class_defaults(cls: type[ConfigT]) -> ConfigT | None:
+    """``cls()`` when every field has a default, else None.
+
+    A YAML section such as ``eval: {limit: 5}`` is merged onto these, so the section keeps
+    the defaults its parent gave it (``RunConfig.eval`` primes steps) instead of falling
+    back to the section class's own (``EvalConfig`` alone would use the boxed prompt).
+    """
+    try:
+        return cls()
+    except TypeError:
+        return None
+
+
 def parse_cli(
     cls: type[ConfigT],
     argv: Sequence[str],
@@ -189,7 +202,8 @@ def parse_cli(
             if other is not None:
                 defaults = other
             else:
-                base = config_to_dict(defaults) if defaults is not None else {}
+                start = defaults if defaults is not None else _class_defaults(cls)
+                base = config_to_dict(start) if start is not None else {}
                 defaults = config_from_dict(cls, _deep_merge(base, overrides), str(path))
             del argv[at : at + 2]
     return tyro.cli(
