@@ -216,7 +216,7 @@ def save_reload(work: Path, cpu: bool, timeout_s: float, model: Path) -> dict[st
 
     def train(out: Path, batch: int) -> list[str]:
         return ["-m", "stepdpo.cli", "train", "--pairs", str(pairs), "--model", str(model), "--output-dir", str(out), "--run-dir", str(work / "run"),
-                "--learning-rate", "2e-3", "--batch-size", str(batch), "--epochs", "1", "--logging-steps", "1", "--eval-split", "0", "--report-to", "none",
+                "--optim.learning-rate", "2e-3", "--optim.batch-size", str(batch), "--optim.epochs", "1", "--logging-steps", "1", "--eval-split", "0", "--report-to", "none",
                 "--bf16", str(not cpu)]
 
     launch = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(launch_config), "--num_processes", "2"]

@@ -301,8 +301,9 @@ def run_ours(job: Job, pairs: list[Any], model: Any, tokenizer: Any) -> dict[str
 
     config = train.TrainConfig(
         output_dir=str(Path(job.work_dir) / "ours"), model=job.model, prompt_style=job.prompt_style, mode="step-dpo",  # type: ignore[arg-type]
-        loss_type="sigmoid", beta=job.beta, learning_rate=job.learning_rate, lr_scheduler="constant", warmup_ratio=0.0,
-        max_steps=job.warmup + job.steps, batch_size=job.batch_size, eval_split=0.0, logging_steps=1,
+        loss_type="sigmoid", beta=job.beta, eval_split=0.0, logging_steps=1,
+        optim=train.preference_optim(learning_rate=job.learning_rate, lr_scheduler="constant", warmup_ratio=0.0,
+                                     max_steps=job.warmup + job.steps, batch_size=job.batch_size),
         save_steps=10**9, report_to=["none"], resume=False, seed=job.seed, reference_batch_size=job.ref_batch_size, bf16=job.bf16,
     )
     fmt = PromptFormat(style=config.prompt_style, chat_template_owner=tokenizer)

@@ -26,7 +26,7 @@ PAIRS, EVAL_SPLIT, BATCH, PROCESSES = 16, 0.25, 2, 2
 
 def train_args(pairs: Path, model: Path, out: Path, batch_size: int) -> list[str]:
     return ["train", "--pairs", str(pairs), "--model", str(model), "--output-dir", str(out), "--run-dir", str(out.parent / "run"),
-            "--learning-rate", "2e-3", "--batch-size", str(batch_size), "--eval-batch-size", "2", "--epochs", "1",
+            "--optim.learning-rate", "2e-3", "--optim.batch-size", str(batch_size), "--eval-batch-size", "2", "--optim.epochs", "1",
             "--logging-steps", "1", "--eval-split", str(EVAL_SPLIT), "--eval-steps", "2", "--report-to", "none"]
 
 
@@ -77,7 +77,7 @@ def test_ddp_counts_each_pair_once_at_the_uneven_epoch_end(tmp_path, tiny_model_
     pairs = tmp_path / "pairs.jsonl"
     write_jsonl(pairs, [p.__dict__ for p in make_pairs(10)])
     out = tmp_path / "ddp"
-    args = [*train_args(pairs, tiny_model_dir, out, 4), "--eval-split", "0", "--epochs", "2"]
+    args = [*train_args(pairs, tiny_model_dir, out, 4), "--eval-split", "0", "--optim.epochs", "2"]
     launch = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(DDP_CONFIG), "-m", "stepdpo.cli", *args]
     ddp = subprocess.run(launch, env=child_env(), capture_output=True, text=True, timeout=600)
     assert ddp.returncode == 0, ddp.stdout[-3000:] + ddp.stderr[-3000:]

@@ -56,7 +56,7 @@ def test_each_stage_command_reads_its_own_section_of_the_recipe():
     assert _stage("sample", "--k", "2").k == 2  # flags still override the section
     assert _stage("locate").localizer == "rollout" and _stage("rectify").r == 20
     train = _stage("train", "--mode", "dpo")
-    assert (train.batch_size, train.grad_accum, train.global_batch, train.learning_rate) == (4, 4, 128, 5e-7)
+    assert (train.optim.batch_size, train.optim.grad_accum, train.global_batch, train.optim.learning_rate) == (4, 4, 128, 5e-7)
     assert (train.model, train.run_dir, train.mode, train.pairs) == ("Qwen/Qwen2-7B-Instruct", "runs/qwen2-7b", "dpo", [])
     evaluation = _stage("eval", "--model", "runs/qwen2-7b/train/step-dpo/final", "--name", "step-dpo")
     assert evaluation.data == ["math:test", "gsm8k:test"] and evaluation.prompt == "boxed" and evaluation.name == "step-dpo"
@@ -75,13 +75,13 @@ def test_a_stage_still_reads_its_own_config_file_strictly(tmp_path):
 
 
 def test_a_launch_with_another_global_batch_is_warned_about_at_start(tiny_model_dir, tmp_path, caplog):
-    from stepdpo.stages.train import TrainConfig, check_global_batch, run
+    from stepdpo.stages.train import TrainConfig, check_global_batch, preference_optim, run
     from test_train import _config, make_pairs
 
-    assert check_global_batch(TrainConfig(batch_size=4, grad_accum=4, global_batch=128), 8) is None
-    assert "launch 8 processes" in check_global_batch(TrainConfig(batch_size=4, grad_accum=4, global_batch=128), 1)
-    assert "change batch_size or grad_accum" in check_global_batch(TrainConfig(batch_size=4, grad_accum=3, global_batch=128), 2)
-    assert check_global_batch(TrainConfig(batch_size=4, grad_accum=4), 3) is None  # no intended batch, no check
+    assert check_global_batch(TrainConfig(optim=preference_optim(batch_size=4, grad_accum=4), global_batch=128), 8) is None
+    assert "launch 8 processes" in check_global_batch(TrainConfig(optim=preference_optim(batch_size=4, grad_accum=4), global_batch=128), 1)
+    assert "change batch_size or grad_accum" in check_global_batch(TrainConfig(optim=preference_optim(batch_size=4, grad_accum=3), global_batch=128), 2)
+    assert check_global_batch(TrainConfig(optim=preference_optim(batch_size=4, grad_accum=4)), 3) is None  # no intended batch, no check
     with caplog.at_level(logging.WARNING, logger="stepdpo.stages.train"):
         run(_config(tmp_path, "run", model=str(tiny_model_dir), max_steps=1, eval_split=0.0, batch_size=2, global_batch=8), make_pairs(4))
     assert any("global batch 2 = batch_size 2 x grad_accum 1 x 1 process(es), but the config is written for global_batch 8: launch 4 processes"

@@ -149,7 +149,7 @@ TRAIN_STEPS, SAVE_STEPS = 12, 3
 
 def train_args(pairs: Path, model: Path, out: Path) -> list[str]:
     return ["train", "--pairs", str(pairs), "--model", str(model), "--output-dir", str(out), "--run-dir", str(out.parent / "run"),
-            "--learning-rate", "2e-3", "--batch-size", "2", "--max-steps", str(TRAIN_STEPS), "--save-steps", str(SAVE_STEPS),
+            "--optim.learning-rate", "2e-3", "--optim.batch-size", "2", "--optim.max-steps", str(TRAIN_STEPS), "--save-steps", str(SAVE_STEPS),
             "--logging-steps", "1", "--eval-split", "0", "--report-to", "none"]
 
 

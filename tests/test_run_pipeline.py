@@ -64,7 +64,7 @@ def _argv(run_dir, model_dir) -> list[str]:
         "--sample.data", TRAIN_SPEC, "--sample.k", "2",
         "--locate.rollout.rollouts-per-prefix", "2",
         "--rectify.r", "2",
-        "--train.batch-size", "2", "--train.epochs", "1", "--train.logging-steps", "1", "--train.report-to", "none",
+        "--train.optim.batch-size", "2", "--train.optim.epochs", "1", "--train.logging-steps", "1", "--train.report-to", "none",
         "--eval.data", TEST_SPEC, "--eval.limit", "6",
     ]
 

@@ -19,6 +19,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+from stepdpo.training.options import OptimizerConfig
 from stepdpo.training.saving import IncompleteModelError, save_trained_model, saved_weight_problems, verify_saved_model
 from test_train import _config, make_pairs
 
@@ -165,7 +166,7 @@ def test_training_arguments_exist_before_the_model_is_loaded(tiny_model_dir, tmp
     monkeypatch.setattr(models, "load_model", lambda *a, **k: events.append("load model") or real_models_load(*a, **k))
     from stepdpo.problems import load_problems
 
-    sft.run(sft.SFTConfig(model=str(tiny_model_dir), output_dir=str(tmp_path / "sft"), max_steps=1, batch_size=2, device="cpu"),
+    sft.run(sft.SFTConfig(model=str(tiny_model_dir), output_dir=str(tmp_path / "sft"), optim=OptimizerConfig(max_steps=1, batch_size=2), device="cpu"),
             load_problems("synthetic:train?n=4&seed=0"))
     assert events == ["TrainingArguments", "load model"]
     assert json.loads((tmp_path / "sft" / "summary.json").read_text())["optimizer_steps"] == 1

@@ -10,6 +10,7 @@ import pytest
 from stepdpo.records import Problem
 from stepdpo.stages.sft import SFTConfig, command, is_complete, run
 from stepdpo.steps import PromptFormat
+from stepdpo.training.options import LoRAConfig, OptimizerConfig
 from stepdpo.training.sft_data import IGNORE_INDEX, SFTCollator, build_examples, tokenize_example
 
 SOLUTION = "Step 1: 3 + 4 = 7.\nStep 2: 7 * 2 = 14.\nThe answer is: \\boxed{14}"
@@ -31,10 +32,15 @@ def tokenizer(embedded_tokenizer_dir):
 
 
 def _config(tmp_path: Path, model_dir: Path, **overrides) -> SFTConfig:
-    base = dict(model=str(model_dir), run_dir=str(tmp_path / "run"), batch_size=2, epochs=1.0, learning_rate=1e-3, bf16=False,
-                logging_steps=1, save_steps=2, warmup_ratio=0.0, lr_scheduler="constant")
+    # Optimizer options go to the nested optim config, lora_* ones to the nested LoRA config.
+    optim = dict(batch_size=2, epochs=1.0, learning_rate=1e-3, warmup_ratio=0.0, lr_scheduler="constant")
+    optim.update({k: overrides.pop(k) for k in list(overrides) if k in optim or k in ("max_steps", "grad_accum", "weight_decay")})
+    lora = {k[len("lora_"):]: overrides.pop(k) for k in list(overrides) if k.startswith("lora_")}
+    if overrides.pop("lora", False):
+        lora["enabled"] = True
+    base = dict(model=str(model_dir), run_dir=str(tmp_path / "run"), bf16=False, logging_steps=1, save_steps=2)
     base.update(overrides)
-    return SFTConfig(**base)
+    return SFTConfig(optim=OptimizerConfig(**optim), lora=LoRAConfig(**lora), **base)
 
 
 def test_labels_mask_exactly_the_prompt(tokenizer):
@@ -133,7 +139,7 @@ def test_cli_sft_on_jsonl(tmp_path, tiny_model_dir):
     data = tmp_path / "train.jsonl"
     data.write_text("".join(json.dumps({"id": p.id, "problem": p.question, "steps": p.solution}) + "\n" for p in _problems(4)))
     status = main(["sft", "--model", str(tiny_model_dir), "--data", str(data), "--question_field", "problem", "--solution_field", "steps",
-                   "--run_dir", str(tmp_path / "run"), "--batch_size", "2", "--bf16", "False", "--epochs", "1"])
+                   "--run_dir", str(tmp_path / "run"), "--optim.batch_size", "2", "--bf16", "False", "--optim.epochs", "1"])
     assert status == 0
     assert is_complete(tmp_path / "run" / "sft" / "model")
     funnel = json.loads((tmp_path / "run" / "funnel" / "sft.json").read_text())

@@ -130,21 +130,15 @@ def test_reference_cache_and_lora_reference_is_base(tiny_model_dir, tokenizer, t
 def _config(tmp_path, name, **overrides):
     from stepdpo.stages.train import TrainConfig
 
-    settings = dict(
-        output_dir=str(tmp_path / name),
-        learning_rate=2e-3,
-        batch_size=4,
-        eval_batch_size=4,
-        max_steps=12,
-        logging_steps=1,
-        save_steps=100,
-        eval_split=0.25,
-        eval_steps=4,
-        report_to=["none"],
-        warmup_ratio=0.1,
-    )
+    from stepdpo.stages.train import preference_optim
+
+    # Optimizer options (learning_rate, batch_size, max_steps, ...) go to the nested optim config.
+    optim = dict(learning_rate=2e-3, batch_size=4, max_steps=12, warmup_ratio=0.1)
+    optim.update({k: overrides.pop(k) for k in list(overrides) if k in optim or k in ("epochs", "grad_accum", "lr_scheduler", "weight_decay")})
+    settings = dict(output_dir=str(tmp_path / name), eval_batch_size=4, logging_steps=1, save_steps=100, eval_split=0.25, eval_steps=4,
+                    report_to=["none"])
     settings.update(overrides)
-    return TrainConfig(**settings)
+    return TrainConfig(optim=preference_optim(**optim), **settings)
 
 
 def test_short_run_margin_rises(tiny_model_dir, tmp_path):
@@ -298,14 +292,14 @@ def test_mode_defaults_and_explicit_values():
 
     step = with_mode_defaults(TrainConfig())
     scdpo = with_mode_defaults(TrainConfig(mode="scdpo"))
-    assert (step.beta, step.learning_rate) == (0.4, 5e-6)
-    assert (scdpo.beta, scdpo.learning_rate) == (0.1, 1e-7)  # the SCDPO paper's
+    assert (step.beta, step.optim.learning_rate) == (0.4, 5e-6)
+    assert (scdpo.beta, scdpo.optim.learning_rate) == (0.1, 1e-7)  # the SCDPO paper's
     # Resolved when the run starts: a config whose mode is set later (as `stepdpo run` does) gets that mode's.
     assert with_mode_defaults(replace(TrainConfig(), mode="scdpo")).beta == 0.1
     # A value given always wins, whether it equals another mode's default or not.
     assert with_mode_defaults(TrainConfig(mode="scdpo", beta=0.4)).beta == 0.4
-    given = with_mode_defaults(parse_cli(TrainConfig, ["--mode", "scdpo", "--learning-rate", "3e-6"], prog="t"))
-    assert (given.beta, given.learning_rate) == (0.1, 3e-6)
+    given = with_mode_defaults(parse_cli(TrainConfig, ["--mode", "scdpo", "--optim.learning-rate", "3e-6"], prog="t"))
+    assert (given.beta, given.optim.learning_rate) == (0.1, 3e-6)
     # The CPU runs give every method one β and learning rate (README: "Settings the CPU runs override").
     run_train = RunConfig.preset_config("quick").train
-    assert (with_mode_defaults(replace(run_train, mode="scdpo")).beta, run_train.learning_rate) == (0.4, 5e-6)
+    assert (with_mode_defaults(replace(run_train, mode="scdpo")).beta, run_train.optim.learning_rate) == (0.4, 5e-6)

@@ -41,7 +41,7 @@ def one_line_error(capsys) -> str:
     (["--rectify.top-p", "0"], "rectify.top_p"),
     (["--eval.n", "4"], "eval.temperature"),
     (["--generator.batch-size", "0"], "generator.batch_size"),
-    (["--sft.learning-rate", "0"], "sft.learning_rate"),
+    (["--sft.optim.learning-rate", "0"], "sft.optim.learning_rate"),
 ])
 def test_run_refuses_a_bad_option_of_any_stage_before_loading_a_model(tmp_path, capsys, nothing_loads, flags, option):
     run_dir = tmp_path / "run"
@@ -59,7 +59,7 @@ def test_run_refuses_a_bad_option_of_any_stage_before_loading_a_model(tmp_path, 
     (["rectify", "--confirm", "True", "--judge.template", "/nonexistent/judge.txt"], "judge.template"),
     (["pairs", "--max-pairs-per-error", "-1"], "max_pairs_per_error"),
     (["scdpo", "--max-attempts", "0"], "max_attempts"),
-    (["sft", "--epochs", "0"], "epochs"),
+    (["sft", "--optim.epochs", "0"], "optim.epochs"),
     (["train", "--loss-type", "ipo", "--label-smoothing", "0.1"], "label_smoothing"),
     (["train", "--eval-split", "1"], "eval_split"),
     (["eval", "--top-p", "0"], "top_p"),
@@ -75,7 +75,7 @@ def test_each_stage_command_refuses_a_bad_option_first(tmp_path, capsys, monkeyp
 
 def test_run_checks_only_the_stages_it_runs_with_the_generator_it_passes():
     RunConfig(stop_after="sft", train=replace(RunConfig().train, beta=-1.0)).validate()  # training never comes
-    RunConfig(do_sft=False, sft=replace(RunConfig().sft, epochs=0.0)).validate()
+    RunConfig(do_sft=False, sft=replace(RunConfig().sft, optim=replace(RunConfig().sft.optim, epochs=0.0))).validate()
     RunConfig(sample=replace(RunConfig().sample, generator=replace(RunConfig().generator, batch_size=0))).validate()  # replaced by the run's
     with pytest.raises(ConfigError, match="option scdpo.max_steps "):
         RunConfig(methods=["judge-free"], scdpo=replace(RunConfig().scdpo, max_steps=0)).validate()

@@ -32,7 +32,8 @@ from stepdpo.stages.rectify import RectifyConfig
 from stepdpo.stages.sample import SampleConfig
 from stepdpo.stages.scdpo import SCDPOConfig
 from stepdpo.stages.sft import SFTConfig
-from stepdpo.stages.train import TrainConfig
+from stepdpo.stages.train import TrainConfig, preference_optim
+from stepdpo.training.options import OptimizerConfig
 
 log = logging.getLogger(__name__)
 
@@ -67,13 +68,13 @@ class RunConfig:
     dry_run: bool = field(default=False, metadata={"help": "Print the plan (stage order, generation engines, global batch, every stage's resolved config) and stop: nothing is loaded or written."})
     stop_after: Literal["", "sft", "pairs"] = field(default="", metadata={"help": "Stop after this stage: sft (and the evaluation of the starting model; e.g. to start several seeds from one SFT model), pairs (all preference data built, nothing trained); '': run everything."})
     generator: GeneratorConfig = field(default_factory=lambda: GeneratorConfig(batch_size=32), metadata={"help": "Generation backend for sampling, rollouts, rectification and evaluation (its model is set by the run)."})
-    sft: SFTConfig = field(default_factory=lambda: SFTConfig(data=[f"synthetic:train?n=640&{_PROBLEMS}&seed=0"], learning_rate=2e-4), metadata={"help": "SFT stage (640 small-number synthetic problems: what brings the embedded model into a middling accuracy band)."})
+    sft: SFTConfig = field(default_factory=lambda: SFTConfig(data=[f"synthetic:train?n=640&{_PROBLEMS}&seed=0"], optim=OptimizerConfig(learning_rate=2e-4)), metadata={"help": "SFT stage (640 small-number synthetic problems: what brings the embedded model into a middling accuracy band)."})
     sample: SampleConfig = field(default_factory=lambda: SampleConfig(data=f"synthetic:train?n=48&{_PROBLEMS}&seed=1", k=4, max_new_tokens=160), metadata={"help": "Error collection (problems disjoint from the SFT data by seed)."})
     locate: LocateConfig = field(default_factory=lambda: LocateConfig(localizer="exact", limit=None, rollout=RolloutConfig(rollouts_per_prefix=4, max_new_tokens=160)), metadata={"help": "First-wrong-step localization. The default run uses the synthetic problems' known intermediate values (exact), the stand-in for the paper's strong judge: rollouts of the 135M policy itself (--locate.localizer rollout) found the true first wrong step for only 17-33% of its errors, usually blaming a correct earlier step (bench/results/localization.md)."})
     rectify: RectifyConfig = field(default_factory=lambda: RectifyConfig(r=4, max_new_tokens=160), metadata={"help": "Rectification of the located step."})
     pairs: PairsConfig = field(default_factory=PairsConfig, metadata={"help": "Pair building."})
     scdpo: SCDPOConfig = field(default_factory=lambda: SCDPOConfig(branch="random", limit=12, max_attempts=3, max_step_tokens=48, max_steps=4, rollouts=4, rollout_max_new_tokens=160), metadata={"help": "Step-controlled negatives and judge-free pairs from correct samples (run when methods include scdpo or judge-free)."})
-    train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=3.0, logging_steps=2, beta=0.4, learning_rate=5e-6), metadata={"help": "Preference training (mode and name are set per method). The CPU runs give every method β 0.4 and lr 5e-6, where `stepdpo train` alone uses each mode's defaults (scdpo: the SCDPO paper's β 0.1, lr 1e-7): one setting for all, so the methods differ only in their pairs, and a learning rate that moves the 135M model in the few dozen steps a CPU run has. `--train.beta None` gives each mode its default."})
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(optim=preference_optim(epochs=3.0, learning_rate=5e-6), logging_steps=2, beta=0.4), metadata={"help": "Preference training (mode and name are set per method). The CPU runs give every method β 0.4 and lr 5e-6, where `stepdpo train` alone uses each mode's defaults (scdpo: the SCDPO paper's β 0.1, lr 1e-7): one setting for all, so the methods differ only in their pairs, and a learning rate that moves the 135M model in the few dozen steps a CPU run has. `--train.beta None` gives each mode its default."})
     eval: EvalConfig = field(default_factory=lambda: EvalConfig(data=[f"synthetic:test?n=64&{_PROBLEMS}", "multiarith:test", "svamp:test"], limit=64, prompt="step", max_new_tokens=160), metadata={"help": "Evaluation of the starting policy and of every trained model."})
 
     def validate(self, prefix: str = "") -> None:
@@ -113,7 +114,7 @@ class RunConfig:
                 locate=replace(base.locate, localizer="rollout", limit=8, rollout=replace(base.locate.rollout, rollouts_per_prefix=2)),
                 rectify=replace(base.rectify, r=2),
                 scdpo=replace(base.scdpo, limit=4, max_attempts=2, rollouts=2),
-                train=replace(base.train, epochs=1.0, logging_steps=1),
+                train=replace(base.train, optim=replace(base.train.optim, epochs=1.0), logging_steps=1),
                 eval=replace(base.eval, data=[f"synthetic:test?n=16&{_PROBLEMS}", "multiarith:test"], limit=16),
             )
         raise ValueError(f"unknown preset {name!r} (default, quick)")
@@ -219,8 +220,8 @@ def plan(config: RunConfig) -> dict[str, Any]:
             for method in config.methods:
                 stages[f"train-{method}"] = stage_config(config, "train", method)
                 stages[f"eval-{method}"] = stage_config(config, "eval", method)
-    batch = config.train.batch_size * config.train.grad_accum
-    global_batch: dict[str, Any] = {"per_device_batch": config.train.batch_size, "grad_accum": config.train.grad_accum, "per_process": batch}
+    batch = config.train.optim.batch_size * config.train.optim.grad_accum
+    global_batch: dict[str, Any] = {"per_device_batch": config.train.optim.batch_size, "grad_accum": config.train.optim.grad_accum, "per_process": batch}
     if config.train.global_batch:
         processes, remainder = divmod(config.train.global_batch, batch)
         global_batch["intended"] = config.train.global_batch

@@ -26,12 +26,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Optional
 
-from stepdpo.config import OptionCheck, save_config
+from stepdpo.config import OptionCheck, save_config, validate_config
 from stepdpo.errors import ConfigError, InputError
 from stepdpo.hardware import describe
 from stepdpo.records import Problem, atomic_write_json, read_jsonl_dicts
 from stepdpo.rundir import Funnel, RunDir
 from stepdpo.steps import PromptFormat
+from stepdpo.training.options import LoRAConfig, OptimizerConfig, apply_lora, training_arguments
 from stepdpo.training.sft_data import IGNORE_INDEX, SFTCollator, build_examples
 
 log = logging.getLogger(__name__)
@@ -51,22 +52,11 @@ class SFTConfig:
     prompt_style: Literal["chat", "plain"] = field(default="chat", metadata={"help": "chat: the model's chat template; plain: 'Question: ... Answer:' (must match sampling and evaluation)."})
     run_dir: str = field(default="runs/default", metadata={"help": "Run directory (the funnel goes to RUN/funnel/sft.json)."})
     output_dir: str = field(default="", metadata={"help": "Where the model, checkpoints and metrics go ('' = RUN/sft)."})
-    epochs: float = field(default=1.0, metadata={"help": "Passes over the training examples."})
-    max_steps: int = field(default=-1, metadata={"help": "Stop after this many optimizer steps (-1 = run all epochs)."})
-    learning_rate: float = field(default=1e-4, metadata={"help": "Peak learning rate (AdamW)."})
-    lr_scheduler: Literal["cosine", "linear", "constant", "constant_with_warmup"] = field(default="cosine", metadata={"help": "Learning-rate schedule after warmup."})
-    warmup_ratio: float = field(default=0.05, metadata={"help": "Share of the optimizer steps spent warming the learning rate up from 0."})
-    weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay."})
-    batch_size: int = field(default=8, metadata={"help": "Examples per forward pass."})
-    grad_accum: int = field(default=1, metadata={"help": "Forward passes per optimizer step (effective batch = batch_size * grad_accum)."})
+    optim: OptimizerConfig = field(default_factory=OptimizerConfig, metadata={"help": "Optimizer, schedule and batch (learning rate 1e-4, batch 8, 1 epoch)."})
+    lora: LoRAConfig = field(default_factory=LoRAConfig, metadata={"help": "LoRA adapters instead of all weights (off by default)."})
     max_length: int = field(default=512, metadata={"help": "Longest example in tokens (prompt + solution); longer ones are dropped and counted."})
     score_prompt: bool = field(default=False, metadata={"help": "Score the prompt's tokens too (language-model pretraining from scratch, as `stepdpo pretrain` can); false: the loss is on the solution only."})
     bf16: bool = field(default=False, metadata={"help": "bfloat16 autocast (weights stay float32). For GPUs: on this project's CPU (torch 2.13) a bf16 training step measured over 10x slower than float32."})
-    lora: bool = field(default=False, metadata={"help": "Train LoRA adapters instead of all weights; they are merged into the saved model."})
-    lora_r: int = field(default=16, metadata={"help": "LoRA rank."})
-    lora_alpha: int = field(default=32, metadata={"help": "LoRA scaling numerator (scale = alpha / r)."})
-    lora_dropout: float = field(default=0.0, metadata={"help": "Dropout on the LoRA input."})
-    lora_target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"], metadata={"help": "Module names that get LoRA adapters."})
     seed: int = field(default=0, metadata={"help": "Seed for data order, initialisation of adapters, and problem sampling."})
     save_steps: int = field(default=50, metadata={"help": "Checkpoint every this many optimizer steps (a rerun resumes from the last one)."})
     save_total_limit: int = field(default=1, metadata={"help": "Checkpoints kept on disk."})
@@ -80,12 +70,10 @@ class SFTConfig:
         """Refuse options that cannot work, before anything is loaded; the error names the option (``prefix`` + field)."""
         check = OptionCheck(self, prefix)
         check.not_empty("model", "data")
-        check.at_least(0, "limit", "weight_decay", "threads")
-        check.above(0, "epochs", "learning_rate")
-        check.require(self.max_steps == -1 or self.max_steps >= 1, "max_steps", "must be -1 (all epochs) or >= 1")
-        check.share("warmup_ratio")
-        check.share("lora_dropout", one=False)
-        check.at_least(1, "batch_size", "grad_accum", "max_length", "lora_r", "lora_alpha", "save_steps", "save_total_limit", "logging_steps")
+        check.at_least(0, "limit", "threads")
+        check.at_least(1, "max_length", "save_steps", "save_total_limit", "logging_steps")
+        validate_config(self.optim, prefix + "optim.")
+        validate_config(self.lora, prefix + "lora.")
 
 
 def output_dir(config: SFTConfig) -> Path:
@@ -207,7 +195,7 @@ def run(config: SFTConfig, problems: list[Problem], model: Any = None, tokenizer
     resumes from the last checkpoint in ``output_dir/checkpoints`` if there is one.
     """
     import torch
-    from transformers import TrainingArguments, set_seed
+    from transformers import set_seed
 
     from stepdpo.stages.train import last_complete_checkpoint
     from stepdpo.training.saving import save_trained_model
@@ -247,38 +235,15 @@ def run(config: SFTConfig, problems: list[Problem], model: Any = None, tokenizer
     out.mkdir(parents=True, exist_ok=True)
     checkpoints = out / "checkpoints"
     device = _device(config)
-    args = TrainingArguments(
-        output_dir=str(checkpoints),
-        num_train_epochs=config.epochs,
-        max_steps=config.max_steps,
-        learning_rate=config.learning_rate,
-        lr_scheduler_type=config.lr_scheduler,
-        warmup_steps=config.warmup_ratio,
-        weight_decay=config.weight_decay,
-        per_device_train_batch_size=config.batch_size,
-        gradient_accumulation_steps=config.grad_accum,
-        bf16=config.bf16,
-        use_cpu=device == "cpu",
-        train_sampling_strategy="group_by_length",
-        logging_steps=config.logging_steps,
-        save_strategy="steps",
-        save_steps=config.save_steps,
-        save_total_limit=config.save_total_limit,
-        seed=config.seed,
-        data_seed=config.seed,
-        report_to="none",
-        remove_unused_columns=False,
-        dataloader_num_workers=0,
-        disable_tqdm=False,
-    )
+    args = training_arguments(config.optim, output_dir=str(checkpoints), seed=config.seed, bf16=config.bf16,
+                              logging_steps=config.logging_steps, save_steps=config.save_steps, save_total_limit=config.save_total_limit,
+                              use_cpu=device == "cpu", train_sampling_strategy="group_by_length", report_to="none", disable_tqdm=False)
     if model is None:
         from stepdpo.models import load_model
 
         model = load_model(config.model, dtype="float32", device=None)  # the Trainer places it
-    if config.lora:
-        from peft import LoraConfig, get_peft_model
-
-        model = get_peft_model(model, LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout, target_modules=list(config.lora_target_modules), task_type="CAUSAL_LM"))
+    if config.lora.enabled:
+        model = apply_lora(model, config.lora)
     model.config.use_cache = False
 
     dataset = [{"input_ids": e.input_ids, "labels": e.labels} for e in examples]
@@ -313,7 +278,7 @@ def run(config: SFTConfig, problems: list[Problem], model: Any = None, tokenizer
     summary = {
         "examples": len(examples),
         "optimizer_steps": trainer.state.global_step,
-        "epochs": config.epochs,
+        "epochs": config.optim.epochs,
         "response_tokens": response_tokens,
         "total_tokens": sum(len(e.input_ids) for e in examples),
         "train_seconds_this_run": round(seconds, 1),

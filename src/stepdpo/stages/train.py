@@ -28,18 +28,24 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal, Optional, Sequence
 
-from stepdpo.config import OptionCheck, save_config
+from stepdpo.config import OptionCheck, save_config, validate_config
 from stepdpo.errors import ConfigError, InputError
 from stepdpo.hardware import describe
 from stepdpo.records import StepPair, atomic_write_json
 from stepdpo.rundir import Funnel, RunDir
 from stepdpo.steps import PromptFormat
 from stepdpo.training.data import Mode, TokenizeOptions, read_pairs, tokenize_pairs
+from stepdpo.training.options import LoRAConfig, OptimizerConfig, apply_lora, training_arguments
 
 log = logging.getLogger(__name__)
 
 # Pair files the `pairs` / `scdpo` stages write under RUN/pairs, per mode.
 RUN_PAIR_FILES: dict[str, str] = {"step-dpo": "step_pairs.jsonl", "dpo": "dpo_pairs.jsonl", "scdpo": "scdpo_pairs.jsonl"}
+
+
+def preference_optim(**changes: Any) -> OptimizerConfig:
+    """The optimizer defaults of preference training (learning rate left to the mode), with ``changes``."""
+    return OptimizerConfig(**{"learning_rate": None, "epochs": 2.0, "batch_size": 4, "warmup_ratio": 0.1, **changes})
 
 
 @dataclass
@@ -57,24 +63,14 @@ class TrainConfig:
     beta: Optional[float] = field(default=None, metadata={"help": "β: strength of the KL tie to the reference. None = the mode's default (MODE_DEFAULTS): 0.4 for step-dpo and dpo (the Step-DPO paper; 0.5 for 72B), 0.1 for scdpo (the SCDPO paper). A value given always wins."})
     label_smoothing: float = field(default=0.0, metadata={"help": "cDPO label smoothing ε (sigmoid loss only)."})
     sft_weight: float = field(default=0.0, metadata={"help": "Weight of a per-token NLL term on the chosen continuation (0 = pure preference loss)."})
-    learning_rate: Optional[float] = field(default=None, metadata={"help": "Peak learning rate. None = the mode's default (MODE_DEFAULTS): 5e-6 for step-dpo and dpo (moves the 135M default in a few steps; the Step-DPO paper: 5e-7 for 7B), 1e-7 for scdpo (the SCDPO paper, 7B). A value given always wins."})
-    epochs: float = field(default=2.0, metadata={"help": "Passes over the training pairs (paper: 8 for 7B, 4 for >30B)."})
-    max_steps: int = field(default=-1, metadata={"help": "Stop after this many optimizer steps (-1 = run all epochs)."})
-    batch_size: int = field(default=4, metadata={"help": "Pairs per device per forward pass."})
+    optim: OptimizerConfig = field(default_factory=lambda: preference_optim(), metadata={"help": "Optimizer, schedule and batch (learning rate: the mode's default, batch 4 pairs, 2 epochs, warmup 0.1)."})
+    lora: LoRAConfig = field(default_factory=LoRAConfig, metadata={"help": "LoRA adapters instead of all weights; the reference is then the base with adapters disabled (off by default)."})
     eval_batch_size: int = field(default=8, metadata={"help": "Pairs per device per evaluation forward pass."})
-    grad_accum: int = field(default=1, metadata={"help": "Forward passes per optimizer step (global batch = batch_size * grad_accum * processes; paper: 128)."})
     global_batch: int = field(default=0, metadata={"help": "The global batch these settings are written for (batch_size * grad_accum * processes); a launch with another number of processes is warned about at start. 0 = no check."})
-    warmup_ratio: float = field(default=0.1, metadata={"help": "Share of the optimizer steps spent warming the learning rate up."})
-    lr_scheduler: Literal["cosine", "linear", "constant", "constant_with_warmup"] = field(default="cosine", metadata={"help": "Learning-rate schedule after warmup."})
-    weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay."})
     max_length: int = field(default=1024, metadata={"help": "Longest context + continuation per branch, in tokens (released config: 1024)."})
     max_prompt_length: int = field(default=512, metadata={"help": "Longest context in tokens; longer contexts keep their last tokens (released config: 512)."})
     bf16: bool = field(default=False, metadata={"help": "bfloat16 mixed precision (autocast); reference log-probs are computed the same way."})
     gradient_checkpointing: bool = field(default=False, metadata={"help": "Recompute activations in backward to save memory."})
-    lora: bool = field(default=False, metadata={"help": "Train LoRA adapters; the reference is the base with adapters disabled. Saved merged."})
-    lora_r: int = field(default=16, metadata={"help": "LoRA rank."})
-    lora_alpha: int = field(default=32, metadata={"help": "LoRA scaling numerator (scale = alpha / r)."})
-    lora_target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"], metadata={"help": "Module names that get LoRA adapters."})
     eval_split: float = field(default=0.1, metadata={"help": "Share of the problems whose pairs are all held out for evaluation (0 = none); pairs of one problem share prefixes, so they stay on one side."})
     eval_steps: int = field(default=0, metadata={"help": "Evaluate every this many optimizer steps (0 = every logging step)."})
     seed: int = field(default=0, metadata={"help": "Seed for the eval split, data order and LoRA initialisation."})
@@ -90,15 +86,15 @@ class TrainConfig:
         """Refuse options that cannot work, before anything is loaded; the error names the option (``prefix`` + field)."""
         check = OptionCheck(self, prefix)
         check.not_empty("model")
-        check.above(0, "beta", "learning_rate", "epochs")
-        check.require(self.max_steps == -1 or self.max_steps >= 1, "max_steps", "must be -1 (all epochs) or >= 1")
+        check.above(0, "beta")
         check.share("label_smoothing", one=False)
         check.require(self.loss_type == "sigmoid" or not self.label_smoothing, "label_smoothing", f"applies to loss_type sigmoid only (loss_type={self.loss_type})")
-        check.at_least(0, "sft_weight", "weight_decay", "eval_steps", "global_batch")
-        check.share("warmup_ratio")
+        check.at_least(0, "sft_weight", "eval_steps", "global_batch")
         check.share("eval_split", one=False)
-        check.at_least(1, "batch_size", "eval_batch_size", "grad_accum", "max_prompt_length", "lora_r", "lora_alpha", "logging_steps", "save_steps", "save_total_limit", "reference_batch_size")
+        check.at_least(1, "eval_batch_size", "max_prompt_length", "logging_steps", "save_steps", "save_total_limit", "reference_batch_size")
         check.require(self.max_length > self.max_prompt_length, "max_length", f"must exceed max_prompt_length ({self.max_prompt_length}) to leave room for a continuation")
+        validate_config(self.optim, prefix + "optim.")
+        validate_config(self.lora, prefix + "lora.")
 
 
 MODE_DEFAULTS: dict[str, dict[str, float]] = {
@@ -106,18 +102,20 @@ MODE_DEFAULTS: dict[str, dict[str, float]] = {
     "dpo": {"beta": 0.4, "learning_rate": 5e-6},
     "scdpo": {"beta": 0.1, "learning_rate": 1e-7},
 }
-"""What ``beta`` and ``learning_rate`` left at None become, per mode. step-dpo/dpo: the Step-DPO paper's β and
+"""What ``beta`` and ``optim.learning_rate`` left at None become, per mode. step-dpo/dpo: the Step-DPO paper's β and
 a learning rate that moves the 135M default in a few steps; scdpo: the SCDPO paper's β and learning rate (7B)."""
 
 
 def with_mode_defaults(config: TrainConfig) -> TrainConfig:
-    """``config`` with ``beta`` and ``learning_rate`` left at None set to its mode's defaults; values given are kept.
+    """``config`` with ``beta`` and ``optim.learning_rate`` left at None set to its mode's defaults; values given are kept.
 
     Resolved when a run starts, not when the config is built, so that a config whose mode is changed later
     (``replace(config, mode="scdpo")``, as ``stepdpo run`` does per method) still gets that mode's defaults.
     """
     defaults = MODE_DEFAULTS[config.mode]
-    return replace(config, **{name: value for name, value in defaults.items() if getattr(config, name) is None})
+    beta = config.beta if config.beta is not None else defaults["beta"]
+    learning_rate = config.optim.learning_rate if config.optim.learning_rate is not None else defaults["learning_rate"]
+    return replace(config, beta=beta, optim=replace(config.optim, learning_rate=learning_rate))
 
 
 @dataclass
@@ -186,12 +184,12 @@ def last_complete_checkpoint(out_dir: Path) -> Optional[str]:
 
 def check_global_batch(config: TrainConfig, processes: int) -> Optional[str]:
     """Warn (and return the warning) when this launch's global batch is not the ``global_batch`` the config was written for."""
-    actual = config.batch_size * config.grad_accum * processes
+    actual = config.optim.batch_size * config.optim.grad_accum * processes
     if not config.global_batch or actual == config.global_batch:
         return None
-    message = (f"global batch {actual} = batch_size {config.batch_size} x grad_accum {config.grad_accum} x {processes} process(es), "
+    message = (f"global batch {actual} = batch_size {config.optim.batch_size} x grad_accum {config.optim.grad_accum} x {processes} process(es), "
                f"but the config is written for global_batch {config.global_batch}")
-    fits, remainder = divmod(config.global_batch, config.batch_size * config.grad_accum)
+    fits, remainder = divmod(config.global_batch, config.optim.batch_size * config.optim.grad_accum)
     message += f": launch {fits} processes" if fits and not remainder else ": change batch_size or grad_accum"
     log.warning(message)
     return message
@@ -221,20 +219,13 @@ def _load_model(config: TrainConfig) -> Any:
     return model
 
 
-def _apply_lora(model: Any, config: TrainConfig) -> Any:
-    from peft import LoraConfig, get_peft_model
-
-    lora = LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, target_modules=list(config.lora_target_modules), task_type="CAUSAL_LM")
-    return get_peft_model(model, lora)
-
-
 def run(config: TrainConfig, pairs: list[StepPair], model: Any = None, tokenizer: Any = None, callbacks: Optional[list[Any]] = None) -> TrainResult:
     """Train ``model`` (default: ``config.model``) on ``pairs``; saves to ``resolve_output_dir(config)`` and returns a summary.
 
     ``callbacks`` are extra ``transformers.TrainerCallback`` objects (progress hooks, early stopping).
     """
     import torch
-    from transformers import TrainingArguments, set_seed
+    from transformers import set_seed
 
     from stepdpo.models import load_tokenizer
     from stepdpo.training.data import PackedCollator, PairDataset
@@ -261,31 +252,15 @@ def run(config: TrainConfig, pairs: list[StepPair], model: Any = None, tokenizer
 
     # TrainingArguments before the model: under DeepSpeed ZeRO-3 it is what makes from_pretrained load
     # partitioned weights (zero.Init) instead of a full float32 copy on every rank.
-    args = TrainingArguments(
-        output_dir=str(out_dir),
-        per_device_train_batch_size=config.batch_size,
+    args = training_arguments(
+        config.optim, output_dir=str(out_dir), seed=config.seed, bf16=config.bf16, logging_steps=config.logging_steps,
+        save_steps=config.save_steps, save_total_limit=config.save_total_limit,
         per_device_eval_batch_size=config.eval_batch_size,
-        gradient_accumulation_steps=config.grad_accum,
-        num_train_epochs=config.epochs,
-        max_steps=config.max_steps,
-        learning_rate=config.learning_rate,
-        lr_scheduler_type=config.lr_scheduler,
-        warmup_steps=config.warmup_ratio,
-        weight_decay=config.weight_decay,
-        bf16=config.bf16,
         activation_checkpointing=config.gradient_checkpointing,
         activation_checkpointing_kwargs={"use_reentrant": False} if config.gradient_checkpointing else None,
-        logging_steps=config.logging_steps,
-        save_strategy="steps",
-        save_steps=config.save_steps,
-        save_total_limit=config.save_total_limit,
         eval_strategy="steps" if eval_index else "no",
         eval_steps=config.eval_steps or config.logging_steps,
-        seed=config.seed,
-        data_seed=config.seed,
         report_to=[r for r in config.report_to if r != "none"] or "none",
-        remove_unused_columns=False,  # the collator needs the pair fields the model's forward does not name
-        dataloader_num_workers=0,
         dataloader_pin_memory=False,
         # Without an accelerator, say so: only then does accelerate form a gloo process group from the
         # torchrun environment (WORLD_SIZE, RANK) instead of running every launched process as a lone rank 0.
@@ -298,8 +273,8 @@ def run(config: TrainConfig, pairs: list[StepPair], model: Any = None, tokenizer
     model_key = _model_key(config) if model is None else weights_fingerprint(model)
     if model is None:
         model = _load_model(config)
-    if config.lora and not hasattr(model, "peft_config"):
-        model = _apply_lora(model, config)
+    if config.lora.enabled and not hasattr(model, "peft_config"):
+        model = apply_lora(model, config.lora)
 
     # The reference log-probs are filled in when training starts, by the prepared model (see training.reference_pass).
     train_set = PairDataset([tokens[i] for i in train_index], [(0.0, 0.0)] * len(train_index))
