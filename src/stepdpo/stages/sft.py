@@ -187,6 +187,42 @@ def _metrics_callback(path: Path) -> Any:
     return JsonlMetrics()
 
 
+def save_final(trainer: Any, final: Path, tokenizer: Any, base_model: str) -> None:
+    """Save the trained model to ``final`` through a temporary folder, verified: a half-written model is never taken for a finished one."""
+    from stepdpo.training.saving import save_trained_model
+
+    # One name on every rank: all of them take part in the save (ZeRO-3 and FSDP gather the weights).
+    tmp = final.with_name(final.name + ".tmp")
+    if trainer.is_world_process_zero():
+        shutil.rmtree(tmp, ignore_errors=True)
+    trainer.accelerator.wait_for_everyone()
+    save_trained_model(trainer, tmp, tokenizer, base_model=base_model)  # verified: every weight saved whole
+    if trainer.is_world_process_zero():
+        shutil.rmtree(final, ignore_errors=True)
+        tmp.rename(final)
+
+
+def write_summary(config: SFTConfig, out: Path, trainer: Any, result: Any, examples: list[Any], dropped: dict[str, int],
+                  resume: Optional[str], seconds: float, model: Any) -> dict[str, Any]:
+    """``summary.json`` (also appended to metrics.jsonl): examples, steps, tokens, loss, what computed it."""
+    summary = {
+        "examples": len(examples),
+        "optimizer_steps": trainer.state.global_step,
+        "epochs": config.optim.epochs,
+        "response_tokens": sum(sum(1 for t in e.labels if t != IGNORE_INDEX) for e in examples),
+        "total_tokens": sum(len(e.input_ids) for e in examples),
+        "train_seconds_this_run": round(seconds, 1),
+        "train_loss": result.training_loss,
+        "resumed_from": resume,
+        "dropped": dropped,
+        "compute": describe(str(trainer.args.device), "bfloat16" if config.bf16 else str(next(model.parameters()).dtype).removeprefix("torch.")),
+    }
+    atomic_write_json(out / "summary.json", summary)
+    with open(out / "metrics.jsonl", "a", encoding="utf-8") as handle:
+        handle.write(json.dumps({"summary": summary}) + "\n")
+    return summary
+
+
 def run(config: SFTConfig, problems: list[Problem], model: Any = None, tokenizer: Any = None, funnel: Optional[Funnel] = None) -> Path:
     """Fine-tune on ``problems``' solutions and save the model; returns the saved model's folder.
 
@@ -198,7 +234,6 @@ def run(config: SFTConfig, problems: list[Problem], model: Any = None, tokenizer
     from transformers import set_seed
 
     from stepdpo.stages.train import last_complete_checkpoint
-    from stepdpo.training.saving import save_trained_model
 
     funnel = funnel if funnel is not None else Funnel(stage="sft")
     funnel.records_in = len(problems)
@@ -247,13 +282,8 @@ def run(config: SFTConfig, problems: list[Problem], model: Any = None, tokenizer
     model.config.use_cache = False
 
     dataset = [{"input_ids": e.input_ids, "labels": e.labels} for e in examples]
-    trainer = _make_trainer_class()(
-        model=model,
-        args=args,
-        train_dataset=dataset,
-        data_collator=SFTCollator(pad_token_id=tokenizer.pad_token_id),
-        callbacks=[_metrics_callback(out / "metrics.jsonl")],
-    )
+    trainer = _make_trainer_class()(model=model, args=args, train_dataset=dataset, data_collator=SFTCollator(pad_token_id=tokenizer.pad_token_id),
+                                    callbacks=[_metrics_callback(out / "metrics.jsonl")])
     resume = last_complete_checkpoint(checkpoints)
     if resume:
         log.info("sft: resuming from %s", resume)
@@ -262,35 +292,11 @@ def run(config: SFTConfig, problems: list[Problem], model: Any = None, tokenizer
     seconds = time.time() - started
 
     trainer.accelerator.unwrap_model(trainer.model).config.use_cache = True
-    # One name on every rank: all of them take part in the save (ZeRO-3 and FSDP gather the weights).
-    tmp = final.with_name(final.name + ".tmp")
-    if trainer.is_world_process_zero():
-        shutil.rmtree(tmp, ignore_errors=True)
-    trainer.accelerator.wait_for_everyone()
-    save_trained_model(trainer, tmp, tokenizer, base_model=config.model)  # verified: every weight saved whole
-    if trainer.is_world_process_zero():
-        shutil.rmtree(final, ignore_errors=True)
-        tmp.rename(final)  # atomic: a half-written model is never taken for a finished one
+    save_final(trainer, final, tokenizer, config.model)
     if not config.keep_checkpoints and trainer.is_world_process_zero():
         shutil.rmtree(checkpoints, ignore_errors=True)
-
-    response_tokens = sum(sum(1 for t in e.labels if t != IGNORE_INDEX) for e in examples)
-    summary = {
-        "examples": len(examples),
-        "optimizer_steps": trainer.state.global_step,
-        "epochs": config.optim.epochs,
-        "response_tokens": response_tokens,
-        "total_tokens": sum(len(e.input_ids) for e in examples),
-        "train_seconds_this_run": round(seconds, 1),
-        "train_loss": result.training_loss,
-        "resumed_from": resume,
-        "dropped": stats.dropped,
-        "compute": describe(str(trainer.args.device), "bfloat16" if config.bf16 else str(next(model.parameters()).dtype).removeprefix("torch.")),
-    }
-    atomic_write_json(out / "summary.json", summary)
-    with open(out / "metrics.jsonl", "a", encoding="utf-8") as handle:
-        handle.write(json.dumps({"summary": summary}) + "\n")
-    funnel.extra = {"optimizer_steps": trainer.state.global_step, "train_loss": float(result.training_loss), "train_seconds": round(seconds, 1)}
+    summary = write_summary(config, out, trainer, result, examples, stats.dropped, resume, seconds, model)
+    funnel.extra = {"optimizer_steps": summary["optimizer_steps"], "train_loss": float(result.training_loss), "train_seconds": round(seconds, 1)}
     return final
 
 

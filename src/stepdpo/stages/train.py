@@ -219,16 +219,62 @@ def _load_model(config: TrainConfig) -> Any:
     return model
 
 
+def preference_arguments(config: TrainConfig, out_dir: Path, has_eval: bool) -> Any:
+    """The ``TrainingArguments`` of preference training: the shared ones plus evaluation, trackers and the packed forward's needs."""
+    import torch
+
+    return training_arguments(
+        config.optim, output_dir=str(out_dir), seed=config.seed, bf16=config.bf16, logging_steps=config.logging_steps,
+        save_steps=config.save_steps, save_total_limit=config.save_total_limit,
+        per_device_eval_batch_size=config.eval_batch_size,
+        activation_checkpointing=config.gradient_checkpointing,
+        activation_checkpointing_kwargs={"use_reentrant": False} if config.gradient_checkpointing else None,
+        eval_strategy="steps" if has_eval else "no",
+        eval_steps=config.eval_steps or config.logging_steps,
+        report_to=[r for r in config.report_to if r != "none"] or "none",
+        dataloader_pin_memory=False,
+        # Without an accelerator, say so: only then does accelerate form a gloo process group from the
+        # torchrun environment (WORLD_SIZE, RANK) instead of running every launched process as a lone rank 0.
+        use_cpu=not torch.accelerator.is_available(),
+        # Every trainable parameter takes part in the packed forward; the search for unused ones costs an extra
+        # autograd traversal per step (and DDP warns about it).
+        ddp_find_unused_parameters=False,
+    )
+
+
+def pair_datasets(tokens: Sequence[Any], train_index: Sequence[int], eval_index: Sequence[int]) -> tuple[Any, Any, Any]:
+    """(train set, eval set or None, fill): ``fill(logps)`` puts the reference log-probs of all pairs into both sets;
+    they are filled in when training starts, by the prepared model (see training.reference_pass)."""
+    from stepdpo.training.data import PairDataset
+
+    train_set = PairDataset([tokens[i] for i in train_index], [(0.0, 0.0)] * len(train_index))
+    eval_set = PairDataset([tokens[i] for i in eval_index], [(0.0, 0.0)] * len(eval_index)) if eval_index else None
+
+    def fill(logps: list[tuple[float, float]]) -> None:
+        train_set.reference[:] = [logps[i] for i in train_index]
+        if eval_set is not None:
+            eval_set.reference[:] = [logps[i] for i in eval_index]
+
+    return train_set, eval_set, fill
+
+
+def last_losses(metrics: Sequence[dict[str, Any]]) -> dict[str, float]:
+    """Loss, reward margin and accuracy of the last train and eval logs, for the funnel."""
+    last_train = next((m for m in reversed(metrics) if m["split"] == "train" and "rewards/margins" in m), {})
+    last_eval = next((m for m in reversed(metrics) if m["split"] == "eval"), {})
+    return {**{f"train {k}": float(last_train[k]) for k in ("loss", "rewards/margins", "rewards/accuracies") if k in last_train},
+            **{f"eval {k}": float(last_eval[k]) for k in ("loss", "rewards/margins", "rewards/accuracies") if k in last_eval}}
+
+
 def run(config: TrainConfig, pairs: list[StepPair], model: Any = None, tokenizer: Any = None, callbacks: Optional[list[Any]] = None) -> TrainResult:
     """Train ``model`` (default: ``config.model``) on ``pairs``; saves to ``resolve_output_dir(config)`` and returns a summary.
 
     ``callbacks`` are extra ``transformers.TrainerCallback`` objects (progress hooks, early stopping).
     """
-    import torch
     from transformers import set_seed
 
     from stepdpo.models import load_tokenizer
-    from stepdpo.training.data import PackedCollator, PairDataset
+    from stepdpo.training.data import PackedCollator
     from stepdpo.training.reference import weights_fingerprint
     from stepdpo.training.reference_pass import ReferencePass, cache_path, read_cache
     from stepdpo.training.saving import save_trained_model
@@ -252,23 +298,7 @@ def run(config: TrainConfig, pairs: list[StepPair], model: Any = None, tokenizer
 
     # TrainingArguments before the model: under DeepSpeed ZeRO-3 it is what makes from_pretrained load
     # partitioned weights (zero.Init) instead of a full float32 copy on every rank.
-    args = training_arguments(
-        config.optim, output_dir=str(out_dir), seed=config.seed, bf16=config.bf16, logging_steps=config.logging_steps,
-        save_steps=config.save_steps, save_total_limit=config.save_total_limit,
-        per_device_eval_batch_size=config.eval_batch_size,
-        activation_checkpointing=config.gradient_checkpointing,
-        activation_checkpointing_kwargs={"use_reentrant": False} if config.gradient_checkpointing else None,
-        eval_strategy="steps" if eval_index else "no",
-        eval_steps=config.eval_steps or config.logging_steps,
-        report_to=[r for r in config.report_to if r != "none"] or "none",
-        dataloader_pin_memory=False,
-        # Without an accelerator, say so: only then does accelerate form a gloo process group from the
-        # torchrun environment (WORLD_SIZE, RANK) instead of running every launched process as a lone rank 0.
-        use_cpu=not torch.accelerator.is_available(),
-        # Every trainable parameter takes part in the packed forward; the search for unused ones costs an extra
-        # autograd traversal per step (and DDP warns about it).
-        ddp_find_unused_parameters=False,
-    )
+    args = preference_arguments(config, out_dir, has_eval=bool(eval_index))
     check_global_batch(config, args.world_size)
     model_key = _model_key(config) if model is None else weights_fingerprint(model)
     if model is None:
@@ -276,15 +306,7 @@ def run(config: TrainConfig, pairs: list[StepPair], model: Any = None, tokenizer
     if config.lora.enabled and not hasattr(model, "peft_config"):
         model = apply_lora(model, config.lora)
 
-    # The reference log-probs are filled in when training starts, by the prepared model (see training.reference_pass).
-    train_set = PairDataset([tokens[i] for i in train_index], [(0.0, 0.0)] * len(train_index))
-    eval_set = PairDataset([tokens[i] for i in eval_index], [(0.0, 0.0)] * len(eval_index)) if eval_index else None
-
-    def fill(logps: list[tuple[float, float]]) -> None:
-        train_set.reference[:] = [logps[i] for i in train_index]
-        if eval_set is not None:
-            eval_set.reference[:] = [logps[i] for i in eval_index]
-
+    train_set, eval_set, fill = pair_datasets(tokens, train_index, eval_index)
     reference_path = cache_path(out_dir / "reference", model_key, tokens, config.bf16)
     cached = read_cache(reference_path, len(tokens))
     last = last_complete_checkpoint(out_dir) if config.resume else None
@@ -292,16 +314,10 @@ def run(config: TrainConfig, pairs: list[StepPair], model: Any = None, tokenizer
         raise ConfigError(f"{out_dir}: resuming from {last}, but the reference log-probs {reference_path} are gone; they must come "
                           "from the starting weights, not the trained ones: restore that file, or remove the checkpoints to start over")
     reference_pass = ReferencePass(tokens, fill, reference_path, tokenizer.pad_token_id, config.reference_batch_size, config.bf16, cached)
-    trainer = PreferenceTrainer(
-        model=model,
-        args=args,
-        train_dataset=train_set,
-        eval_dataset=eval_set,
-        data_collator=PackedCollator(tokenizer.pad_token_id),
-        processing_class=tokenizer,
-        callbacks=[MetricsJsonlCallback(out_dir), reference_pass, *(callbacks or [])],
-        loss_settings=LossSettings(config.loss_type, config.beta, config.label_smoothing, config.sft_weight),
-    )
+    trainer = PreferenceTrainer(model=model, args=args, train_dataset=train_set, eval_dataset=eval_set, processing_class=tokenizer,
+                                data_collator=PackedCollator(tokenizer.pad_token_id),
+                                callbacks=[MetricsJsonlCallback(out_dir), reference_pass, *(callbacks or [])],
+                                loss_settings=LossSettings(config.loss_type, config.beta, config.label_smoothing, config.sft_weight))
     reference_pass.bind(trainer)
     if last:
         log.info("resuming from %s", last)
@@ -312,15 +328,7 @@ def run(config: TrainConfig, pairs: list[StepPair], model: Any = None, tokenizer
     save_trained_model(trainer, final, tokenizer, base_model=config.model)
     metrics = read_metrics(out_dir)
     funnel.records_out = len(kept)
-    last_train = next((m for m in reversed(metrics) if m["split"] == "train" and "rewards/margins" in m), {})
-    last_eval = next((m for m in reversed(metrics) if m["split"] == "eval"), {})
-    funnel.extra = {
-        "pairs_train": len(train_index),
-        "pairs_eval": len(eval_index),
-        "steps": trainer.state.global_step,
-        **{f"train {k}": float(last_train[k]) for k in ("loss", "rewards/margins", "rewards/accuracies") if k in last_train},
-        **{f"eval {k}": float(last_eval[k]) for k in ("loss", "rewards/margins", "rewards/accuracies") if k in last_eval},
-    }
+    funnel.extra = {"pairs_train": len(train_index), "pairs_eval": len(eval_index), "steps": trainer.state.global_step, **last_losses(metrics)}
     compute = describe(str(trainer.args.device), "bfloat16" if config.bf16 else str(next(model.parameters()).dtype).removeprefix("torch."))
     result = TrainResult(str(out_dir), str(final), len(train_index), len(eval_index), trainer.state.global_step, cached is not None, metrics, funnel, compute)
     if trainer.is_world_process_zero():
