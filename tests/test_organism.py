@@ -136,19 +136,36 @@ def test_a_complete_build_is_not_built_again(built, monkeypatch):
     assert (built / "model" / "model.safetensors").stat().st_mtime_ns == before
 
 
-def test_the_alias_builds_once_into_the_cache_and_reuses_it(tmp_path, monkeypatch):
+def test_the_alias_names_the_built_organism_and_says_how_to_build_it(tmp_path, monkeypatch):
     from stepdpo import models
+    from stepdpo.errors import ModelLoadError
+    from stepdpo.organism import spec
 
     monkeypatch.setenv("STEPDPO_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setattr(pretrain, "organism_config", lambda: tiny_config())
+    monkeypatch.setattr(spec, "organism_config", lambda: tiny_config())
+    with pytest.raises(ModelLoadError, match="stepdpo pretrain"):
+        models.resolve_model("organism")
+    built = pretrain.build(spec.organism_config(), validate_after=False)
+    assert models.resolve_model("organism") == str(built)
+    assert built == tmp_path / "cache" / "models" / f"organism-{pretrain.fingerprint(tiny_config())}" / "model"
+    assert models.load_tokenizer("organism").chat_template == CHAT_TEMPLATE
+
+
+def test_stepdpo_run_builds_the_organism_once_before_its_stages(tmp_path, monkeypatch):
+    from stepdpo.organism import spec
+    from stepdpo.stages import pipeline
+
+    monkeypatch.setenv("STEPDPO_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(spec, "organism_config", lambda: tiny_config())
     calls = []
     real_run = pretrain.run
     monkeypatch.setattr(pretrain, "run", lambda config, problems: calls.append(config) or real_run(config, problems))
-    first = models.resolve_model("organism")
-    assert Path(first) == tmp_path / "cache" / "models" / f"organism-{pretrain.fingerprint(tiny_config())}" / "model"
-    assert models.resolve_model("organism") == first
+    run_config = pipeline.RunConfig(model="organism", do_sft=False, stop_after="sft", run_dir=str(tmp_path / "run"),
+                                    eval=replace(pipeline.RunConfig().eval, data=["synthetic:test?n=2&min_steps=2&max_steps=2"], limit=2, max_new_tokens=8))
+    for _ in range(2):
+        assert pipeline.command(run_config) == 0
     assert len(calls) == 1
-    assert models.load_tokenizer("organism").chat_template == CHAT_TEMPLATE
+    assert spec.is_finished(tiny_config())
 
 
 def test_fingerprint_follows_what_changes_the_weights():

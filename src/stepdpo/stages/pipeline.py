@@ -23,7 +23,9 @@ from stepdpo.localizers.rollout import RolloutConfig
 from stepdpo.records import atomic_write_json
 from stepdpo.report.collect import read_timings
 from stepdpo.rundir import RunDir
-from stepdpo.stages import compare, evaluate, locate, pairs, rectify, sample, scdpo, sft, train
+from stepdpo.models import ORGANISM_ALIAS
+from stepdpo.organism import spec as organism_spec
+from stepdpo.stages import compare, evaluate, locate, pairs, pretrain, rectify, sample, scdpo, sft, train
 from stepdpo.stages.compare import CompareConfig
 from stepdpo.stages.evaluate import EvalConfig
 from stepdpo.stages.locate import LocateConfig
@@ -250,6 +252,9 @@ def command(config: RunConfig) -> int:
     timings: dict[str, float] = {}
     root = str(rd.root)
 
+    if config.model == ORGANISM_ALIAS and not organism_spec.is_finished(organism_spec.organism_config()):
+        # The alias names a model built once by `stepdpo pretrain`; the run builds it rather than fail.
+        _timed(timings, rd, "pretrain", lambda: pretrain.build(organism_spec.organism_config(), validate_after=False))
     policy = policy_model(config)
     if config.do_sft:
         if sft.is_complete(Path(policy)):
