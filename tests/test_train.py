@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -303,3 +304,23 @@ def test_mode_defaults_and_explicit_values():
     # The CPU runs give every method one β and learning rate (README: "Settings the CPU runs override").
     run_train = RunConfig.preset_config("quick").train
     assert (with_mode_defaults(replace(run_train, mode="scdpo")).beta, run_train.optim.learning_rate) == (0.4, 5e-6)
+
+
+def test_the_quick_presets_single_step_changes_the_weights(tiny_model_dir, tmp_path):
+    """The quick run trains on a handful of pairs: one optimizer step. With warmup that step had learning
+    rate 0 and every 'trained' model equalled its start; the preset's schedule must move the weights."""
+    from dataclasses import replace
+
+    from safetensors.torch import load_file
+
+    from stepdpo.stages.pipeline import RunConfig
+    from stepdpo.stages.train import run
+
+    quick_optim = RunConfig.preset_config("quick").train.optim
+    config = _config(tmp_path, "quick", model=str(tiny_model_dir), eval_split=0.0)
+    config = replace(config, optim=replace(quick_optim, learning_rate=2e-3, batch_size=4))
+    result = run(config, make_pairs(4))
+    assert [m["learning_rate"] for m in result.metrics if m["split"] == "train" and "learning_rate" in m][0] > 0
+    start = load_file(str(tiny_model_dir / "model.safetensors"))
+    trained = load_file(str(Path(result.final_dir) / "model.safetensors"))
+    assert any(not torch.equal(start[name], trained[name]) for name in start)

@@ -116,7 +116,8 @@ class RunConfig:
                 locate=replace(base.locate, localizer="rollout", limit=8, rollout=replace(base.locate.rollout, rollouts_per_prefix=2)),
                 rectify=replace(base.rectify, r=2),
                 scdpo=replace(base.scdpo, limit=4, max_attempts=2, rollouts=2),
-                train=replace(base.train, optim=replace(base.train.optim, epochs=1.0), logging_steps=1),
+                # No warmup: a schedule's first step has learning rate 0, and here that is the only step.
+                train=replace(base.train, optim=replace(base.train.optim, epochs=1.0, warmup_ratio=0.0), logging_steps=1),
                 eval=replace(base.eval, data=[f"synthetic:test?n=16&{_PROBLEMS}", "multiarith:test"], limit=16),
             )
         raise ValueError(f"unknown preset {name!r} (default, quick)")
