@@ -133,6 +133,62 @@ def machine() -> dict[str, Any]:
     }
 
 
+def training_config(config: PretrainConfig, out: Path, device: str, bf16: bool) -> Any:
+    """The SFT stage's options that train the freshly built model into ``out``."""
+    from stepdpo.stages import sft
+
+    return sft.SFTConfig(
+        model="(built in memory by stepdpo pretrain)",
+        data=list(config.data),
+        prompt_style=config.prompt_style,
+        output_dir=str(out),
+        optim=OptimizerConfig(
+            epochs=config.epochs,
+            learning_rate=config.learning_rate,
+            lr_scheduler=config.lr_scheduler,
+            warmup_ratio=config.warmup_ratio,
+            weight_decay=config.weight_decay,
+            batch_size=config.batch_size,
+        ),
+        max_length=config.max_length,
+        score_prompt=config.score_prompt,
+        bf16=bf16,
+        seed=config.seed,
+        save_steps=500,
+        logging_steps=20,
+        device=device,
+        threads=config.threads,
+    )
+
+
+def build_record(config: PretrainConfig, out: Path, tokenizer: Any, problems: int, parameters: int, bf16: bool,
+                 seconds: dict[str, float], cpu_seconds: float) -> dict[str, Any]:
+    """What ``build.json`` says of a finished build: sizes, the SFT stage's summary, times, machine."""
+    summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))
+    build = {
+        "fingerprint": fingerprint(config),
+        "parameters": parameters,
+        "vocab_size": len(tokenizer),
+        "training_problems": problems,
+        "examples": summary["examples"],
+        "optimizer_steps": summary["optimizer_steps"],
+        "train_tokens": summary["total_tokens"] * config.epochs,
+        "response_tokens": summary["response_tokens"] * config.epochs,
+        "train_loss": summary["train_loss"],
+        "bf16_autocast": bf16,
+        "seconds": seconds,
+        # CPU seconds of this process (all its threads): with other jobs on the cores, wall
+        # seconds say little, while CPU seconds at one thread are what a quiet core would take.
+        "cpu_seconds": cpu_seconds,
+        "resumed_from": summary["resumed_from"],
+        "machine": machine(),
+    }
+    # Tokens/s only means something for a build trained in one go.
+    if not summary["resumed_from"]:
+        build["train_tokens_per_s"] = round(build["train_tokens"] / max(seconds["training"], 1e-9), 1)
+    return build
+
+
 def run(config: PretrainConfig, problems: list[Problem]) -> Path:
     """Build the organism from ``problems`` (with solutions) into ``model_dir(config)``; returns that folder.
 
@@ -167,53 +223,12 @@ def run(config: PretrainConfig, problems: list[Problem]) -> Path:
     parameters = sum(p.numel() for p in model.parameters())
     log.info("pretrain: %d parameters, vocabulary %d, bf16 autocast %s, %d threads", parameters, len(tokenizer), bf16, torch.get_num_threads())
 
-    sft_config = sft.SFTConfig(
-        model="(built in memory by stepdpo pretrain)",
-        data=list(config.data),
-        prompt_style=config.prompt_style,
-        output_dir=str(out),
-        optim=OptimizerConfig(
-            epochs=config.epochs,
-            learning_rate=config.learning_rate,
-            lr_scheduler=config.lr_scheduler,
-            warmup_ratio=config.warmup_ratio,
-            weight_decay=config.weight_decay,
-            batch_size=config.batch_size,
-        ),
-        max_length=config.max_length,
-        score_prompt=config.score_prompt,
-        bf16=bf16,
-        seed=config.seed,
-        save_steps=500,
-        logging_steps=20,
-        device=device,
-        threads=config.threads,
-    )
+    sft_config = training_config(config, out, device, bf16)
     train_started = time.perf_counter()
     sft.run(sft_config, problems, model=model, tokenizer=tokenizer)
     train_seconds = time.perf_counter() - train_started
-    summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))
-    build = {
-        "fingerprint": fingerprint(config),
-        "parameters": parameters,
-        "vocab_size": len(tokenizer),
-        "training_problems": len(problems),
-        "examples": summary["examples"],
-        "optimizer_steps": summary["optimizer_steps"],
-        "train_tokens": summary["total_tokens"] * config.epochs,
-        "response_tokens": summary["response_tokens"] * config.epochs,
-        "train_loss": summary["train_loss"],
-        "bf16_autocast": bf16,
-        "seconds": {"tokenizer": round(tokenizer_seconds, 1), "training": round(train_seconds, 1), "build": round(time.perf_counter() - started, 1)},
-        # CPU seconds of this process (all its threads): with other jobs on the cores, wall
-        # seconds say little, while CPU seconds at one thread are what a quiet core would take.
-        "cpu_seconds": round(time.process_time() - cpu_started, 1),
-        "resumed_from": summary["resumed_from"],
-        "machine": machine(),
-    }
-    # Tokens/s only means something for a build trained in one go.
-    if not summary["resumed_from"]:
-        build["train_tokens_per_s"] = round(build["train_tokens"] / max(train_seconds, 1e-9), 1)
+    seconds = {"tokenizer": round(tokenizer_seconds, 1), "training": round(train_seconds, 1), "build": round(time.perf_counter() - started, 1)}
+    build = build_record(config, out, tokenizer, len(problems), parameters, bf16, seconds, round(time.process_time() - cpu_started, 1))
     atomic_write_json(out / "build.json", build)
     return final
 
