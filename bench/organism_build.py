@@ -60,7 +60,7 @@ def render(result: dict) -> str:
         "    " + result["command"], "",
         f"Built {result['built_at']} on {machine['cpu']} ({machine['cpu_count']} cores; {' '.join(machine['flags'])}), "
         f"torch {machine['torch']}, {machine['torch_threads']} threads, load average at the end of the build {machine['load_average']} "
-        f"(other jobs shared the 2 cores). Folder: `{result['output_dir']}`.", "",
+        f"(a load above the thread count means other jobs shared the cores). Folder: `{result['output_dir']}`.", "",
         "| | |", "|---|---|",
         f"| model | LlamaForCausalLM, hidden {cfg['hidden_size']}, {cfg['num_layers']} layers, {cfg['num_heads']} heads ({cfg['num_kv_heads']} kv), MLP {cfg['intermediate_size']} |",
         f"| parameters | {build['parameters']:,} |",
