@@ -34,6 +34,7 @@ from pathlib import Path
 
 import torch
 
+from stepdpo import hardware
 from stepdpo.generation.base import GeneratorConfig, SamplingParams
 from stepdpo.generation.hf import HFGenerator, cpu_supports_bf16
 from stepdpo.models import load_model, load_tokenizer
@@ -118,16 +119,8 @@ SIDE_BY_SIDE_PROBLEMS = "synthetic:train?n=64&min_steps=3&max_steps=5&difficulty
 
 def cpu_info() -> dict:
     """CPU model, the flags that decide bf16 speed, core count and load: what a timing needs beside it."""
-    model, flags = platform.processor(), set()
-    with open("/proc/cpuinfo", encoding="utf-8") as handle:
-        for line in handle:
-            key, _, value = line.partition(":")
-            if key.strip() == "model name":
-                model = value.strip()
-            elif key.strip() == "flags":
-                flags = set(value.split())
-                break
-    return {"cpu": model, "cores": os.cpu_count(), "flags": sorted(f for f in flags if f.startswith(("avx512", "amx", "avx2", "fma"))),
+    model, flags = hardware.cpu_info()
+    return {"cpu": model, "cores": os.cpu_count(), "flags": hardware.speed_flags(flags),
             "avx512_bf16": cpu_supports_bf16(), "platform": platform.platform(), "torch": torch.__version__}
 
 

@@ -74,19 +74,15 @@ def environment() -> dict[str, Any]:
 
 
 def _cpu_model() -> str:
-    cpuinfo = Path("/proc/cpuinfo")
-    for line in cpuinfo.read_text(errors="replace").splitlines() if cpuinfo.is_file() else []:
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
+    from stepdpo.hardware import cpu_info
+
+    return cpu_info()[0]
 
 
 def _cpu_flags() -> list[str]:
-    cpuinfo = Path("/proc/cpuinfo")
-    for line in cpuinfo.read_text(errors="replace").splitlines() if cpuinfo.is_file() else []:
-        if line.startswith("flags"):
-            return sorted(flag for flag in line.split(":", 1)[1].split() if flag.startswith(("avx", "amx")))
-    return []
+    from stepdpo.hardware import speed_flags
+
+    return speed_flags()
 
 
 def embedded_model(assets: Path, work: Path) -> dict[str, Any]:

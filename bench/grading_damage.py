@@ -32,7 +32,6 @@ import argparse
 import contextlib
 import json
 import os
-import platform
 import re
 import sys
 import time
@@ -267,16 +266,9 @@ def pass_counts(result: dict[str, Any]) -> dict[str, Any]:
 
 def cpu_info() -> dict[str, Any]:
     """The CPU model and the flags that decide matmul speed (from /proc/cpuinfo)."""
-    model, flags = platform.processor(), set()
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as handle:
-            for line in handle:
-                if line.startswith("model name"):
-                    model = line.split(":", 1)[1].strip()
-                elif line.startswith("flags"):
-                    flags = set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
+    from stepdpo.hardware import cpu_info as read_cpu
+
+    model, flags = read_cpu()
     wanted = ("avx", "avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_tile")
     return {"model": model, "flags": [f for f in wanted if f in flags], "cpus": os.cpu_count()}
 

@@ -626,12 +626,9 @@ def main(argv: list[str] | None = None) -> int:
 
 def cpu_model() -> str:
     """The CPU's model name from /proc/cpuinfo (platform.processor() elsewhere)."""
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.is_file():
-        for line in cpuinfo.read_text(encoding="utf-8", errors="replace").splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
+    from stepdpo.hardware import cpu_info
+
+    return cpu_info()[0]
 
 
 if __name__ == "__main__":

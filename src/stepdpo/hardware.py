@@ -34,6 +34,13 @@ def cpu_info() -> tuple[str, frozenset[str]]:
     return model or platform.processor() or platform.machine(), flags
 
 
+def speed_flags(flags: frozenset[str] | None = None) -> list[str]:
+    """The CPU flags that decide matmul speed (AVX2/AVX-512 families, FMA, AMX), sorted: what a bench result records."""
+    if flags is None:
+        flags = cpu_info()[1]
+    return sorted(f for f in flags if f.startswith(("avx", "amx", "fma")))
+
+
 def cpu_supports_bf16() -> bool:
     """True when the CPU has native bfloat16 arithmetic (AVX512-BF16 or AMX), where autocast pays off."""
     _, flags = cpu_info()

@@ -39,7 +39,6 @@ tell them apart (SCDPO's step-by-step continuation) work exactly only against vL
 from __future__ import annotations
 
 import email.utils
-import json
 import logging
 import os
 import random

@@ -33,25 +33,21 @@ Layout of ``output_dir``::
 
 from __future__ import annotations
 
-import dataclasses
-import hashlib
 import json
 import logging
 import os
-import platform
 import shutil
 import time
 from collections import Counter
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from stepdpo.config import save_config
 from stepdpo.errors import ConfigError
 from stepdpo.records import Problem, Sample, atomic_write_json
+from stepdpo.organism.spec import PretrainConfig, fingerprint, model_dir, output_dir
 from stepdpo.steps import PromptFormat, split_steps
 from stepdpo.training.options import OptimizerConfig
-from stepdpo.organism.spec import DEFAULT_DATA, DEFAULT_VALIDATION, PretrainConfig, fingerprint, model_dir, organism_config, output_dir  # noqa: F401 - the stage's public names
 
 log = logging.getLogger(__name__)
 
@@ -111,22 +107,13 @@ def machine() -> dict[str, Any]:
     """CPU model and flags that matter for speed, threads, load: recorded beside every timing."""
     import torch
 
-    cpu, flags = platform.processor(), set()
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as handle:
-            for line in handle:
-                key, _, value = line.partition(":")
-                if key.strip() == "model name":
-                    cpu = value.strip()
-                elif key.strip() == "flags":
-                    flags = set(value.split())
-                    break
-    except OSError:
-        pass
+    from stepdpo.hardware import cpu_info, speed_flags
+
+    cpu, flags = cpu_info()
     return {
         "cpu": cpu,
         "cpu_count": os.cpu_count(),
-        "flags": sorted(f for f in flags if f.startswith(("avx512", "amx", "avx2", "fma"))),
+        "flags": speed_flags(flags),
         "torch_threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "load_average": [round(x, 2) for x in os.getloadavg()],
