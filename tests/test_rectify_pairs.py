@@ -128,7 +128,17 @@ def test_check_pair_rejects_broken_pairs():
 def test_dpo_pairs_cap():
     samples = [sample(f"p#{i}", RIGHT if i % 2 else WRONG, bool(i % 2)) for i in range(6)]
     assert len(dpo_pairs({"p": PROBLEM}, samples, 2)) == 2
-    assert len(dpo_pairs({"p": PROBLEM}, samples, 5)) == 3
+    assert len(dpo_pairs({"p": PROBLEM}, samples, 5)) == 5
+
+
+def test_dpo_pairs_all_combinations_diagonal_first():
+    right = [sample(f"p#r{i}", RIGHT + " " * i, True) for i in range(2)]
+    wrong = [sample(f"p#w{i}", WRONG + " " * i, False) for i in range(3)]
+    every = dpo_pairs({"p": PROBLEM}, right + wrong, 0)
+    made = [(p.provenance["chosen_sample_id"], p.provenance["rejected_sample_id"]) for p in every]
+    assert len(made) == len(set(made)) == 6  # every right x wrong combination, once
+    assert made[:2] == [("p#r0", "p#w0"), ("p#r1", "p#w1")]  # distinct samples on both sides come first
+    assert dpo_pairs({"p": PROBLEM}, right + wrong, 2) == every[:2]
 
 
 def test_written_pairs_load_with_datasets(tmp_path):

@@ -228,6 +228,21 @@ def test_eval_split_holds_out_whole_problems():
     assert split_by_problem(pairs, 0.0, seed=0) == (list(range(40)), [])
 
 
+def test_pair_budgets_are_nested_and_independent_of_file_order(tiny_model_dir, tmp_path):
+    from stepdpo.stages.train import pair_budget, run
+
+    pairs = problem_pairs(10, 4)
+    ids = {n: [p.id for p in pair_budget(pairs, n, seed=1)] for n in (5, 12, 30)}
+    assert [len(v) for v in ids.values()] == [5, 12, 30]
+    assert set(ids[5]) < set(ids[12]) < set(ids[30])
+    assert ids[12] == [p.id for p in pairs if p.id in set(ids[12])]  # kept in file order
+    assert {p.id for p in pair_budget(pairs[::-1], 12, seed=1)} == set(ids[12])
+    assert any({p.id for p in pair_budget(pairs, 12, seed=s)} != set(ids[12]) for s in range(2, 8))
+    assert pair_budget(pairs, 100, seed=1) == pairs and pair_budget(pairs, None, seed=1) == pairs
+    result = run(_config(tmp_path, "budget", model=str(tiny_model_dir), max_steps=1, eval_split=0.0, max_pairs=6), pairs)
+    assert result.pairs_train == 6
+
+
 def test_train_run_holds_out_whole_problems(tiny_model_dir, tmp_path):
     from stepdpo.stages.train import run
 

@@ -27,9 +27,16 @@ def check_pair(pair: StepPair, rejected_response: str, rejected_id: str) -> None
         raise ValueError(f"pair {pair.id}: chosen equals rejected")
 
 
+def right_wrong_order(right: int, wrong: int) -> list[tuple[int, int]]:
+    """Every (right index, wrong index) combination, the diagonal first: the i-th right against the i-th wrong,
+    then the other combinations, so a cap of n pairs per problem uses n different samples on each side when it can."""
+    diagonal = [(i, i) for i in range(min(right, wrong))]
+    return diagonal + [(i, j) for i in range(right) for j in range(wrong) if i != j]
+
+
 def dpo_pairs(problems: dict[str, Problem], samples: Sequence[Sample], per_problem: int, dataset: str | None = None) -> list[StepPair]:
-    """Plain-DPO pairs: the i-th right sample of a problem against its i-th wrong one, at most ``per_problem`` per problem;
-    ``dataset`` fills the column (default: each problem's source)."""
+    """Plain-DPO pairs: right against wrong samples of the same problem in :func:`right_wrong_order`, at most
+    ``per_problem`` per problem (0 = every combination); ``dataset`` fills the column (default: each problem's source)."""
     by_problem: dict[str, tuple[list[Sample], list[Sample]]] = defaultdict(lambda: ([], []))
     for sample in samples:
         by_problem[sample.problem_id][0 if sample.correct else 1].append(sample)
@@ -38,9 +45,14 @@ def dpo_pairs(problems: dict[str, Problem], samples: Sequence[Sample], per_probl
         problem = problems.get(problem_id)
         if problem is None:
             raise InputError("samples.jsonl", f"no problem {problem_id!r} in problems/train.jsonl", None, "problem_id")
-        for good, bad in list(zip(right, wrong))[:per_problem]:
+        made = 0
+        for i, j in right_wrong_order(len(right), len(wrong)):
+            good, bad = right[i], wrong[j]
+            if per_problem and made >= per_problem:
+                break
             if normalize_ws(good.response) == normalize_ws(bad.response):
                 continue
+            made += 1
             out.append(StepPair(
                 id=f"{good.id}>{bad.id}", dataset=dataset or problem.source or "unknown", prompt=problem.question,
                 initial_reason_steps=STEP_HEADER, chosen=good.response, rejected=bad.response, full_chosen=good.response,

@@ -40,7 +40,7 @@ class PairsConfig:
     max_pairs_per_error: int = field(default=1, metadata={"help": "Chosen candidates paired with each rejected step (0 = all)."})
     max_pairs_per_problem: Optional[int] = field(default=None, metadata={"help": "Cap on Step-DPO pairs per problem (None = no cap)."})
     dpo: bool = field(default=True, metadata={"help": "Also build plain-DPO pairs (whole right vs whole wrong solution) in pairs/dpo_pairs.*."})
-    max_dpo_pairs_per_problem: int = field(default=1, metadata={"help": "Plain-DPO pairs per problem (right and wrong samples paired in order)."})
+    max_dpo_pairs_per_problem: int = field(default=1, metadata={"help": "Plain-DPO pairs per problem (0 = every right x wrong combination): the i-th right sample against the i-th wrong one first, then the other combinations."})
     dataset: Optional[str] = field(default=None, metadata={"help": "Value of the 'dataset' column (default: each problem's source)."})
     run_dir: str = field(default="runs/default", metadata={"help": "Run directory: reads rectified.jsonl, located.jsonl, samples.jsonl; writes pairs/."})
 

@@ -33,6 +33,7 @@ from stepdpo.errors import ConfigError, InputError
 from stepdpo.hardware import describe
 from stepdpo.records import StepPair, atomic_write_json
 from stepdpo.rundir import Funnel, RunDir
+from stepdpo.seeding import derive_seed
 from stepdpo.steps import PromptFormat
 from stepdpo.training.data import Mode, TokenizeOptions, read_pairs, tokenize_pairs
 from stepdpo.training.options import LoRAConfig, OptimizerConfig, apply_lora, training_arguments
@@ -53,6 +54,7 @@ class TrainConfig:
     """Options of `stepdpo train`."""
 
     pairs: list[str] = field(default_factory=list, metadata={"help": "Pair files (JSONL/Parquet; StepPair schema or TRL prompt/chosen/rejected). Empty = RUN/pairs/<file for mode>."})
+    max_pairs: Optional[int] = field(default=None, metadata={"help": "Train on this many pairs only (None = all): the first of a fixed order keyed on `seed` and each pair's id, so a smaller budget's pairs are inside a larger one's (a data-efficiency curve) and the subset does not depend on the order of the files. More than there are: all, with a warning."})
     run_dir: str = field(default="runs/default", metadata={"help": "Run directory: pairs are read from RUN/pairs, output goes to RUN/train/<name>."})
     name: str = field(default="", metadata={"help": "Name of this training run under RUN/train ('' = the mode)."})
     output_dir: str = field(default="", metadata={"help": "Where checkpoints, metrics and the final model go ('' = RUN/train/<name>)."})
@@ -90,6 +92,7 @@ class TrainConfig:
         check.share("label_smoothing", one=False)
         check.require(self.loss_type == "sigmoid" or not self.label_smoothing, "label_smoothing", f"applies to loss_type sigmoid only (loss_type={self.loss_type})")
         check.at_least(0, "sft_weight", "eval_steps", "global_batch")
+        check.at_least(1, "max_pairs")
         check.share("eval_split", one=False)
         check.at_least(1, "eval_batch_size", "max_prompt_length", "logging_steps", "save_steps", "save_total_limit", "reference_batch_size")
         check.require(self.max_length > self.max_prompt_length, "max_length", f"must exceed max_prompt_length ({self.max_prompt_length}) to leave room for a continuation")
@@ -141,6 +144,21 @@ def problem_key(pair: StepPair) -> str:
     """The problem a pair belongs to: its question text (the same for every pair of one problem, whatever its id;
     for TRL rows, the prompt as given)."""
     return " ".join(pair.prompt.split())
+
+
+def pair_budget(pairs: Sequence[StepPair], max_pairs: Optional[int], seed: int) -> list[StepPair]:
+    """The ``max_pairs`` pairs training uses (all when None): the first ``max_pairs`` in the order of
+    ``derive_seed(seed, "pair-budget", pair.id)``, kept in their file order.
+
+    Keyed on the pair's id rather than its position, budgets are nested (the 100 pairs of a budget of 100
+    are among a budget of 300's) and the same whichever order the pair files were read in.
+    """
+    if max_pairs is None or max_pairs >= len(pairs):
+        if max_pairs is not None:
+            log.warning("max_pairs %d: only %d pairs, training on all of them", max_pairs, len(pairs))
+        return list(pairs)
+    ranked = sorted(range(len(pairs)), key=lambda i: (derive_seed(seed, "pair-budget", pairs[i].id), i))
+    return [pairs[i] for i in sorted(ranked[:max_pairs])]
 
 
 def split_by_problem(pairs: Sequence[StepPair], fraction: float, seed: int) -> tuple[list[int], list[int]]:
@@ -289,6 +307,7 @@ def run(config: TrainConfig, pairs: list[StepPair], model: Any = None, tokenizer
         tokenizer.pad_token = tokenizer.eos_token
     prompt_format = PromptFormat(style=config.prompt_style, chat_template_owner=tokenizer)
     options = TokenizeOptions(mode=config.mode, max_length=config.max_length, max_prompt_length=config.max_prompt_length)
+    pairs = pair_budget(pairs, config.max_pairs, config.seed)
     kept, dropped = tokenize_pairs(pairs, tokenizer, prompt_format, options)
     funnel = Funnel(f"train-{config.name or config.mode}", records_in=len(pairs), dropped=dict(dropped) or None)
     if not kept:
