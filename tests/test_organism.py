@@ -220,12 +220,15 @@ def test_score_prompt_labels_every_token_but_the_first(texts):
 
 def test_a_yaml_section_keeps_the_run_configs_defaults_for_what_it_does_not_set(tmp_path):
     """configs/organism*.yaml set a few options of eval, sample, ...; the rest must stay the run's, not the stage class's."""
-    from stepdpo.config import parse_cli
-    from stepdpo.stages.pipeline import RunConfig
+    from stepdpo.config import load_config, parse_cli
+    from stepdpo.stages.pipeline import RunConfig, section_from_run_config
 
     path = tmp_path / "run.yaml"
     path.write_text("model: organism\neval: {limit: 5}\nsample: {k: 8}\n")
     config = parse_cli(RunConfig, ["--config", str(path)], prog="stepdpo run")
+    # Python callers read the file the same way: load_config, and a stage given the run config (`stepdpo eval --config`).
+    assert load_config(RunConfig, path) == config
+    assert section_from_run_config("eval", path, {"model": "organism", "eval": {"limit": 5}, "sample": {"k": 8}}).prompt == "step"
     defaults = RunConfig()
     assert config.eval.limit == 5 and config.sample.k == 8
     assert config.eval.prompt == defaults.eval.prompt == "step"

@@ -128,9 +128,12 @@ def _deep_merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, An
     return merged
 
 
-def load_config(cls: type[ConfigT], path: str | os.PathLike) -> ConfigT:
-    """Read a YAML file into a config dataclass."""
-    return config_from_dict(cls, _read_yaml_mapping(Path(path)), str(path))
+def load_config(cls: type[ConfigT], path: str | os.PathLike, defaults: ConfigT | None = None) -> ConfigT:
+    """Read a YAML file into a config dataclass, its options over ``defaults`` (default: the class's own), as
+    ``--config FILE`` reads it: a section such as ``eval: {limit: 5}`` keeps the other defaults its parent gives it."""
+    start = defaults if defaults is not None else _class_defaults(cls)
+    base = config_to_dict(start) if start is not None else {}
+    return config_from_dict(cls, _deep_merge(base, _read_yaml_mapping(Path(path))), str(path))
 
 
 def _read_yaml_mapping(path: Path) -> dict[str, Any]:
@@ -197,14 +200,8 @@ def parse_cli(
             if at + 1 >= len(argv):
                 raise ConfigError(f"{flag} needs a path to a YAML file")
             path = Path(argv[at + 1])
-            overrides = _read_yaml_mapping(path)
-            other = from_other_file(path, overrides) if from_other_file is not None else None
-            if other is not None:
-                defaults = other
-            else:
-                start = defaults if defaults is not None else _class_defaults(cls)
-                base = config_to_dict(start) if start is not None else {}
-                defaults = config_from_dict(cls, _deep_merge(base, overrides), str(path))
+            other = from_other_file(path, _read_yaml_mapping(path)) if from_other_file is not None else None
+            defaults = other if other is not None else load_config(cls, path, defaults)
             del argv[at : at + 2]
     return tyro.cli(
         cls,
