@@ -175,24 +175,6 @@ def test_fingerprint_follows_what_changes_the_weights():
     assert pretrain.fingerprint(base) != pretrain.fingerprint(replace(base, data=["synthetic:train?n=49"]))
 
 
-def test_first_wrong_steps_of_wrong_responses():
-    problem = synthetic_problems("synthetic:train?n=1&min_steps=3&max_steps=3&difficulty=0&seed=4")[0]
-    values = problem.metadata["step_values"]
-    right = f"Step 1: {values[0]}.\nStep 2: {values[1]}.\nStep 3: {values[2]}.\nThe answer is: \\boxed{{{values[2]}}}"
-    wrong_at_2 = f"Step 1: {values[0]}.\nStep 2: {int(values[1]) + 1}.\nStep 3: 7.\nThe answer is: \\boxed{{7}}"
-    stopped_early = f"Step 1: {values[0]}.\nThe answer is: \\boxed{{{values[0]}}}"
-    cut_off = f"Step 1: {values[0]}.\nStep 2: {values[1]}.\nStep 3: "
-    clones = [replace(problem, id=f"p{i}") for i in range(4)]
-    responses = {
-        "p0": (right, "stop", 20, True),
-        "p1": (wrong_at_2, "stop", 20, False),
-        "p2": (stopped_early, "stop", 10, False),
-        "p3": (cut_off, "length", 20, False),
-    }
-    # the right one is skipped; the early stop is wrong at its last step; the cut-off one's unfinished step states no number
-    assert pretrain.first_wrong_steps(clones, responses) == [2, 1, 3]
-
-
 def test_validate_reports_accuracy_by_chain_length_and_first_wrong_steps(built):
     config = tiny_config(built)
     problems = pretrain.load_problems([config.validation], config.seed)

@@ -361,8 +361,8 @@ def test_full_report_is_self_contained_with_every_section(tmp_path):
     paths = run(ReportConfig(run_dir=str(root)))
     assert paths.html == root / "report" / "report.html"
     page = paths.html.read_text(encoding="utf-8")
-    assert assert_self_contained(page) == 5
-    for section in ("overview", "accuracy", "flips", "lengths", "training", "funnel", "localization", "pairs"):
+    assert assert_self_contained(page) == 6
+    for section in ("overview", "accuracy", "flips", "lengths", "flawed", "training", "funnel", "localization", "pairs"):
         assert f'<section id="{section}">' in page
     for missing in MISSING.values():
         assert html.escape(missing) not in page
@@ -383,7 +383,7 @@ def test_full_report_is_self_contained_with_every_section(tmp_path):
     assert "<del>*</del>" in page and "<ins>+</ins>" in page
     # Markdown beside it, with the figures as files.
     md = paths.markdown.read_text(encoding="utf-8")
-    assert set(paths.images) == {"accuracy", "lengths", "training", "funnel", "localization"}
+    assert set(paths.images) == {"accuracy", "lengths", "flawed", "training", "funnel", "localization"}
     for key, image in paths.images.items():
         assert image.parent == paths.markdown.parent and image.read_bytes().startswith(PNG_SIGNATURE)
         assert f"]({image.name})" in md
@@ -410,14 +410,15 @@ def test_html_and_markdown_tables_carry_the_same_cells(tmp_path):
     page = paths.html.read_text(encoding="utf-8")
     md = paths.markdown.read_text(encoding="utf-8")
     tables = html_tables(page)
-    # wall time, config, accuracy, comparisons, flip counts, completeness, training, funnel, localizer summary, status counts
-    assert len(tables) == 10
+    # wall time, config, accuracy, comparisons, flip counts, completeness, first wrong steps, training, funnel, localizer summary,
+    # status counts
+    assert len(tables) == 11
     assert tables == markdown_tables(md)
     assert ["problems.test", "['synthetic:2step:test:200', 'gsm8k:test[:100]']"] in tables[1]  # escaped brackets read back
     # The new methods, in METHOD_ORDER after step-dpo, in the accuracy and training tables.
     evaluations = [row[2] for row in tables[2] if row[1] == "synthetic:2step:test"]
     assert evaluations == ["base", "dpo", "step-dpo", "scdpo", "judge-free"]
-    assert [row[0] for row in tables[6][1:]] == ["dpo", "step-dpo", "scdpo", "judge-free"]
+    assert [row[0] for row in tables[7][1:]] == ["dpo", "step-dpo", "scdpo", "judge-free"]
     line = "agreement with ground truth: 62.3% same step, 90.0% within one (n=57)"
     localization = page[page.index('<section id="localization">'):page.index('<section id="pairs">')]
     assert html.escape(line) in localization
@@ -448,7 +449,7 @@ def test_model_text_is_escaped(tmp_path):
     assert "<script" not in page
     assert "&lt;script&gt;alert(&#x27;pwned&#x27;)&lt;/script&gt;" in page
     assert "&lt;img src=http://evil.example/x.png&gt;" in page
-    assert assert_self_contained(page) == 5  # the <img> in the text did not become a tag
+    assert assert_self_contained(page) == 6  # the <img> in the text did not become a tag
     md = paths.markdown.read_text(encoding="utf-8")
     assert "````text\nStep 2: <script>" in md  # verbatim, inside a fence longer than the model's ```
 
@@ -488,7 +489,7 @@ def test_unreadable_inputs_are_named_in_their_section(tmp_path):
     assert "located.jsonl:81: field &#x27;first_wrong_step&#x27;" in page
     assert "eval/dpo/results.json:1: malformed JSON" in page
     assert "config.yaml:2: not valid YAML" in page
-    assert assert_self_contained(page) == 4  # accuracy (base, step-dpo), lengths, training, funnel; localization gone
+    assert assert_self_contained(page) == 5  # accuracy (base, step-dpo), lengths, first wrong steps, training, funnel; localization gone
     assert "62 / 200" in page
 
 
@@ -529,10 +530,10 @@ def test_report_renders_in_headless_chromium(tmp_path):
     dom = subprocess.run(base + ["--dump-dom", paths.html.as_uri()], capture_output=True, text=True, timeout=120)
     assert dom.returncode == 0, dom.stderr[-2000:]
     dumped = [attrs for tag, attrs in _tags(dom.stdout) if tag == "img"]
-    assert len(dumped) == embedded == 5
+    assert len(dumped) == embedded == 6
     for attrs in dumped:
         _decode_png(attrs["src"] or "")
-    assert "<script" not in dom.stdout and 'id="pairs"' in dom.stdout
+    assert "<script" not in dom.stdout and 'id="pairs"' in dom.stdout and 'id="flawed"' in dom.stdout
 
 
 # ----------------------------------------------------------------------------- what training changed
@@ -599,6 +600,48 @@ def test_completeness_compares_final_answers_and_lengths_with_the_start(tmp_path
     (root / "eval/base/samples.jsonl").unlink()
     base = [r for r in collect(root).completeness if r.evaluation == "base"]
     assert [(r.test_set, r.final_answer) for r in base] == [("synthetic:2step:test", 0.9)]
+
+
+def test_first_wrong_step_by_position_per_model(tmp_path):
+    """base: 4 right, problems 5 and 7 wrong at step 1 (7 cut at the token limit mid-step), 4 and 6 at step 2;
+    step-dpo: 5 right, 2, 3 and 7 wrong at step 1 (7 concludes after one step). A set without step truth is left out."""
+    root = make_full_run(tmp_path / "run")
+    samples = root / "eval/base/samples.jsonl"
+    rows = [json.loads(line) for line in samples.read_text(encoding="utf-8").splitlines()]
+    # the same responses on a set without intermediate values, and one more base response cut off after a right step
+    extra = [dict(r, set="multiarith:test", id=r["id"].replace(FLIP_SET, "multiarith:test")) for r in rows]
+    _write_jsonl(samples, rows + extra)
+    paths = run(ReportConfig(run_dir=str(root)))
+    page = paths.html.read_text(encoding="utf-8")
+    section = page[page.index('<section id="flawed">'):page.index('<section id="training">')]
+    (table,) = html_tables(section)
+    assert table[0] == ["set", "evaluation", "problems", "right", "first wrong: step 1", "first wrong: step 2", "wrong, no step located",
+                        "why none located", "mean first wrong step"]
+    assert table[1:] == [["synthetic", "base", "8", "50.0%", "25.0%", "25.0%", "0.0%", "–", "1.5"],
+                         ["synthetic", "step-dpo", "8", "62.5%", "37.5%", "0.0%", "0.0%", "–", "1"]]
+    assert section.count("<img ") == 1 and "flawed" in paths.images
+    md = paths.markdown.read_text(encoding="utf-8")
+    assert "## Where errors start: first wrong step by position" in md and "](flawed.png)" in md
+    assert "| synthetic | base | 8 | 50.0% | 25.0% | 25.0% | 0.0% | – | 1.5 |" in md
+    data = collect(root)
+    base = next(r.rates for r in data.flawed_steps if r.evaluation == "base")
+    assert (base.first_wrong, base.unlocated, base.right) == ({1: 2, 2: 2}, 0, 4)
+    # A base response cut off after a right first step: wrong, no step to blame.
+    problems = load_problems(FLIP_SET)
+    rows[0].update(response=f"Step 1: so the count is {problems[0].metadata['step_values'][0]}.\n", correct=False, finish_reason="length")
+    _write_jsonl(samples, rows)
+    page = run(ReportConfig(run_dir=str(root))).html.read_text(encoding="utf-8")
+    (table,) = html_tables(page[page.index('<section id="flawed">'):page.index('<section id="training">')])
+    assert table[1] == ["synthetic", "base", "8", "37.5%", "25.0%", "25.0%", "12.5%", "cut off at the token limit, no wrong step before: 1", "1.5"]
+
+
+def test_no_step_truth_no_flawed_step_section(tmp_path):
+    root = make_full_run(tmp_path / "run")
+    for name in ("base", "step-dpo"):
+        path = root / f"eval/{name}/samples.jsonl"
+        path.write_text(path.read_text(encoding="utf-8").replace(FLIP_SET, "gsm8k:test[:100]"), encoding="utf-8")
+    paths = run(ReportConfig(run_dir=str(root)))
+    assert html.escape(MISSING["flawed"]) in paths.html.read_text(encoding="utf-8") and "flawed" not in paths.images
 
 
 def test_short_set_names_are_unique_and_the_table_keeps_the_spec():

@@ -12,7 +12,8 @@
       pairs/                   stepdpo pairs: step_pairs.{jsonl,parquet}, dpo_pairs.*, hf/;
                                stepdpo scdpo: scdpo_pairs.*, judge_free_pairs.*
       train/<name>/            stepdpo train: checkpoints, metrics.jsonl, final model
-      eval/<name>/             stepdpo eval: results.json, samples.jsonl
+                               (<method>@<n>: trained on n of the method's pairs, `run --pair_budgets`)
+      eval/<name>/             stepdpo eval: results.json, samples.jsonl (same names as train/)
       funnel/<stage>.json      records in, out, and dropped by reason, per stage
       compare_<method>.json    stepdpo compare of each trained model against the start
       timings.json             wall seconds per stage of `stepdpo run`
@@ -21,10 +22,24 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
 from stepdpo.records import atomic_write_json
+
+_BUDGET_NAME = re.compile(r"(?P<method>.+)@(?P<pairs>[1-9][0-9]*)")
+
+
+def budget_run_name(method: str, pairs: int) -> str:
+    """The train/eval name of a method trained on ``pairs`` of its pairs: ``step-dpo@300``."""
+    return f"{method}@{pairs}"
+
+
+def parse_budget_run_name(name: str) -> tuple[str, int] | None:
+    """(method, pairs) of a :func:`budget_run_name`; None for any other name."""
+    match = _BUDGET_NAME.fullmatch(name)
+    return (match["method"], int(match["pairs"])) if match else None
 
 
 @dataclass(frozen=True)

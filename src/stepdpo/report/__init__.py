@@ -62,6 +62,8 @@ def draw_figures(data: RunData) -> dict[str, bytes]:
         figures["funnel"] = plots.funnel_chart(data.funnels)
     if data.located:
         figures["localization"] = plots.localization_chart(data.located)
+    if data.flawed_steps:
+        figures["flawed"] = plots.flawed_step_chart(data.flawed_steps)
     return figures
 
 

@@ -22,6 +22,7 @@ import yaml
 from stepdpo.errors import InputError
 from stepdpo.metrics import wilson_interval
 from stepdpo.records import LocatedError, StepPair, read_jsonl_dicts, record_from_dict
+from stepdpo.report.flawed_steps import FlawedStepRow, read_flawed_steps
 from stepdpo.report.solutions import (
     Completeness,
     EvalResponse,
@@ -35,7 +36,7 @@ from stepdpo.report.solutions import (
     sample_pairs,
     start_eval,
 )
-from stepdpo.rundir import Funnel, RunDir
+from stepdpo.rundir import Funnel, RunDir, parse_budget_run_name
 
 # Pipeline order of funnel stages; a stage named e.g. "train-dpo" sorts with "train".
 STAGE_ORDER = ("sft", "sample", "locate", "rectify", "pairs", "scdpo", "train", "eval", "compare", "report")
@@ -54,7 +55,7 @@ def order_key(name: str, order: tuple[str, ...]) -> tuple[int, str]:
         if lowered == known:
             return index, name
     for index, known in enumerate(order):
-        if lowered.startswith(known + "-") or lowered.startswith(known + "_") or lowered.startswith(known + "/"):
+        if any(lowered.startswith(known + sep) for sep in "-_/@"):
             return index, name
     return len(order), name
 
@@ -514,6 +515,8 @@ class RunData:
     completeness: list[Completeness] = field(default_factory=list)
     """From every evaluation's samples.jsonl, else its results.json."""
     sample_errors: list[str] = field(default_factory=list)
+    flawed_steps: list[FlawedStepRow] = field(default_factory=list)
+    """First wrong step by position, per evaluation and test set with known intermediate values."""
 
 
 def read_eval_responses(run: RunDir, names: list[str]) -> tuple[dict[str, list[EvalResponse]], list[str]]:
@@ -585,9 +588,10 @@ def collect(run_dir: str | Path, max_pairs: int = 12) -> RunData:
     curves, train_errors = read_training(run)
     funnels, funnel_errors = read_funnels(run)
     located, located_error = read_records(run.located, LocatedError)
+    # Models trained on a pair budget (`step-dpo@300`) have their own section: their responses are not read.
     eval_names = sorted({e.eval_name for e in evals} | {p.name for p in (run.root / "eval").glob("*") if (p / "samples.jsonl").is_file()},
                         key=lambda n: order_key(n, METHOD_ORDER))
-    responses, sample_errors = read_eval_responses(run, eval_names)
+    responses, sample_errors = read_eval_responses(run, [n for n in eval_names if parse_budget_run_name(n) is None])
     start, flips = read_flips(responses, eval_settings)
     header = Header(
         run_dir=str(run.root),
@@ -614,6 +618,7 @@ def collect(run_dir: str | Path, max_pairs: int = 12) -> RunData:
         pairs_errors=pairs.errors if pairs else [],
         flips=flips,
         start_eval=start,
-        completeness=completeness_rows(evals, responses),
+        completeness=completeness_rows([e for e in evals if parse_budget_run_name(e.eval_name) is None], responses),
         sample_errors=sample_errors,
+        flawed_steps=read_flawed_steps(responses, eval_settings),
     )

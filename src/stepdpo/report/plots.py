@@ -12,6 +12,7 @@ from collections import Counter
 from matplotlib.figure import Figure
 
 from stepdpo.records import LocatedError
+from stepdpo.report.flawed_steps import FlawedStepRow
 from stepdpo.report.collect import METHOD_ORDER, Curve, EvalSet, order_key
 from stepdpo.report.solutions import Completeness
 from stepdpo.report.tables import short_set_names
@@ -200,3 +201,34 @@ def localization_chart(located: list[LocatedError]) -> bytes:
 def _status_group(status: str) -> str:
     """'failed: <details>' statuses are grouped under 'failed' so the chart stays readable."""
     return status.split(":", 1)[0].strip() or "(empty)"
+
+
+def flawed_step_chart(rows: list[FlawedStepRow]) -> bytes:
+    """Grouped bars per test set: for each position of the first wrong step (and 'none located'), the share of the
+    problems of each evaluation; the legend gives each evaluation's share right."""
+    sets = list(dict.fromkeys(r.test_set for r in rows))
+    labels = short_set_names(sets)
+    names = list(dict.fromkeys(r.evaluation for r in rows))
+    colours = method_colours(names)
+    top = max((r.rates.max_position for r in rows), default=0)
+    categories = [str(j) for j in range(1, top + 1)] + ["none\nlocated"]
+    width = 0.8 / max(1, len(names))
+    fig = Figure(figsize=(max(6.0, 1.5 + 0.45 * len(categories) * max(1, len(names))), 3.4 * len(sets)))
+    axes = fig.subplots(len(sets), 1, squeeze=False)[:, 0]
+    for ax, test_set in zip(axes, sets):
+        for row in (r for r in rows if r.test_set == test_set):
+            rates = row.rates
+            shares = [100 * rates.share(rates.first_wrong.get(k, 0)) for k in range(1, top + 1)] + [100 * rates.share(rates.unlocated)]
+            xs = [i - 0.4 + width * (names.index(row.evaluation) + 0.5) for i in range(len(categories))]
+            bars = ax.bar(xs, shares, width=width * 0.92, color=colours[row.evaluation],
+                          label=f"{row.evaluation} (right {100 * rates.share(rates.right):.1f}%, n={rates.problems})")
+            ax.bar_label(bars, labels=[f"{y:.0f}" for y in shares], padding=2, fontsize=7)
+        ax.set_xticks(range(len(categories)), categories)
+        ax.set_xlabel("first wrong step")
+        ax.set_ylabel("test problems (%)")
+        ax.set_title(f"{labels[test_set]}: first wrong step by position, per model", fontsize=9)
+        ax.grid(axis="y", alpha=0.3)
+        ax.set_ylim(0, max([100 * r.rates.share(c) for r in rows for c in [*r.rates.first_wrong.values(), r.rates.unlocated]] + [1]) * 1.2 + 2)
+        ax.legend(fontsize=8, loc="upper right")
+    fig.tight_layout()
+    return _png(fig)

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from stepdpo.records import LocatedError
 from stepdpo.report.collect import METHOD_ORDER, Comparison, Curve, EvalSet, Header, RunData, flatten, order_key
+from stepdpo.report.flawed_steps import FlawedStepRow
 from stepdpo.report.solutions import Completeness, FlipSet, PairSample
 from stepdpo.rundir import Funnel
 
@@ -322,6 +323,7 @@ MISSING = {
     "pairs": "No preference pairs (pairs/*_pairs.jsonl) in this run directory.",
     "flips": "No evaluation samples (eval/<name>/samples.jsonl) of the starting model and a trained one to compare.",
     "completeness": "No evaluation samples or final-answer rates in this run directory.",
+    "flawed": "No evaluation samples on problems with known intermediate values (synthetic sets) in this run directory.",
 }
 
 FLIP_EXAMPLES = 4
@@ -416,8 +418,36 @@ def sections(data: RunData) -> list[Section]:
         Section("accuracy", "Accuracy", "Accuracy before and after training", accuracy),
         Section("flips", "Flips", "What training changed: problems fixed and broken", flip_blocks),
         Section("lengths", "Completeness", "Length and completeness of the responses", lengths),
+        Section("flawed", "First wrong step", "Where errors start: first wrong step by position", flawed_step_blocks(data.flawed_steps, names)),
         Section("training", "Training (Fig. 2)", "Training: preference accuracy and reward margin (the paper's Fig. 2)", training),
         Section("funnel", "Pipeline funnel", "Pipeline funnel", funnel),
         Section("localization", "Localization", "Localization of first errors", localization),
         Section("pairs", "Pairs", "Preference pairs (a sample)", pairs),
+    ]
+
+
+def flawed_step_table(rows: list[FlawedStepRow], names: dict[str, str]) -> Table:
+    """Per set and evaluation: shares of the judged problems right, first wrong at each step, wrong with none located."""
+    top = max((r.rates.max_position for r in rows), default=0)
+    out = []
+    for row in rows:
+        rates = row.rates
+        reasons = ", ".join(f"{why}: {n}" for why, n in rates.unlocated_reasons.items()) or DASH
+        out.append([names.get(row.test_set, row.test_set), row.evaluation, str(rates.problems), _pct(rates.share(rates.right)),
+                    *[_pct(rates.share(rates.first_wrong.get(j, 0))) for j in range(1, top + 1)],
+                    _pct(rates.share(rates.unlocated)), reasons, _fmt(rates.mean_position())])
+    return Table(["set", "evaluation", "problems", "right", *[f"first wrong: step {j}" for j in range(1, top + 1)],
+                  "wrong, no step located", "why none located", "mean first wrong step"], out)
+
+
+def flawed_step_blocks(rows: list[FlawedStepRow], names: dict[str, str]) -> list[Block]:
+    """The process metric's section: what it counts, the figure, the table."""
+    if not rows:
+        return [Text(MISSING["flawed"], "missing")]
+    return [
+        Text("Each test problem with known intermediate values counts once (its first response): right, wrong with its first wrong "
+             "step at a position (the exact localizer), or wrong with no step located; the shares of a row sum to 100%. "
+             "Does training remove the errors at the step it trained on, or move them later?"),
+        Figure("flawed", "share of test problems whose first wrong step is at each position, per model"),
+        flawed_step_table(rows, names),
     ]

@@ -38,15 +38,14 @@ import logging
 import os
 import shutil
 import time
-from collections import Counter
 from pathlib import Path
 from typing import Any
 
 from stepdpo.config import save_config
 from stepdpo.errors import ConfigError
-from stepdpo.records import Problem, Sample, atomic_write_json
+from stepdpo.records import Problem, atomic_write_json
 from stepdpo.organism.spec import PretrainConfig, fingerprint, model_dir, output_dir
-from stepdpo.steps import PromptFormat, split_steps
+from stepdpo.steps import PromptFormat
 from stepdpo.training.options import OptimizerConfig
 
 log = logging.getLogger(__name__)
@@ -220,33 +219,16 @@ def run(config: PretrainConfig, problems: list[Problem]) -> Path:
     return final
 
 
-def first_wrong_steps(problems: list[Problem], responses: dict[str, tuple[str, str, int, bool]]) -> list[int | None]:
-    """Exact-localizer first wrong step of each wrong response (None: no wrong step found).
-
-    ``responses[problem.id] = (response, finish_reason, num_tokens, correct)``.
-    """
-    from stepdpo.localizers.exact import ExactLocalizer
-
-    items = []
-    for problem in problems:
-        response, finish, tokens, correct = responses[problem.id]
-        if correct:
-            continue
-        sample = Sample(id=f"{problem.id}#0", problem_id=problem.id, prompt="", response=response, steps=split_steps(response),
-                        predicted=None, correct=False, num_tokens=tokens, finish_reason=finish)
-        items.append((problem, sample))
-    return [located.first_wrong_step for located in ExactLocalizer().locate_many(items)]
-
-
 def validate(config: PretrainConfig, model_path: Path, problems: list[Problem]) -> dict[str, Any]:
     """Greedy accuracy of the built model on ``problems`` by chain length, and where its errors start.
 
     Runs the `stepdpo eval` stage (step prompt, the model's prompt style) into
-    ``output_dir/validation`` and the exact localizer over its wrong responses.
+    ``output_dir/validation`` and the exact localizer over its wrong responses (:func:`stepdpo.report.flawed_steps.flawed_step_rates`).
     """
     from stepdpo import metrics
     from stepdpo.generation.base import GeneratorConfig
     from stepdpo.generation.hf import HFGenerator
+    from stepdpo.report.flawed_steps import flawed_step_rates
     from stepdpo.stages import evaluate
 
     generator_config = GeneratorConfig(model=str(model_path), prompt_style=config.prompt_style, batch_size=64, device=config.device)
@@ -256,23 +238,23 @@ def validate(config: PretrainConfig, model_path: Path, problems: list[Problem]) 
     results = evaluate.run(eval_config, {"validation": problems}, HFGenerator(generator_config))
     seconds = time.perf_counter() - started
     samples = {s.problem_id: s for s in _read_eval_samples(output_dir(config) / "validation" / "samples.jsonl")}
-    responses = {p.id: (samples[p.id].response, samples[p.id].finish_reason, samples[p.id].num_tokens, samples[p.id].correct) for p in problems}
+    correct = {p.id: samples[p.id].correct for p in problems}
     by_length: dict[int, list[bool]] = {}
     for problem in problems:
-        by_length.setdefault(int(problem.metadata["num_steps"]), []).append(responses[problem.id][3])
-    wrong = [p for p in problems if not responses[p.id][3]]
-    located = first_wrong_steps(problems, responses)
-    positions = Counter("none" if k is None else str(k) for k in located)
-    after_first = sum(1 for k in located if k is not None and k > 1)
+        by_length.setdefault(int(problem.metadata["num_steps"]), []).append(correct[problem.id])
+    wrong = [p for p in problems if not correct[p.id]]
+    rates = flawed_step_rates(problems, [samples[p.id] for p in problems])
+    positions = {**{str(k): n for k, n in rates.first_wrong.items()}, **({"none": rates.unlocated} if rates.unlocated else {})}
+    after_first = sum(n for k, n in rates.first_wrong.items() if k > 1)
     summary = {
         "set": config.validation,
         "problems": len(problems),
-        **metrics.accuracy([responses[p.id][3] for p in problems]),
+        **metrics.accuracy([correct[p.id] for p in problems]),
         "by_chain_length": {str(n): {"problems": len(v), "accuracy": round(sum(v) / len(v), 4)} for n, v in sorted(by_length.items())},
         "errors": len(wrong),
         "first_wrong_step": dict(sorted(positions.items())),
         "errors_first_wrong_after_step_1": round(after_first / len(wrong), 4) if wrong else None,
-        "truncated": sum(1 for p in problems if responses[p.id][1] == "length"),
+        "truncated": sum(1 for p in problems if samples[p.id].finish_reason == "length"),
         "generated_tokens": results["sets"]["validation"]["generated_tokens"],
         "seconds": round(seconds, 1),
         "load_average": [round(x, 2) for x in os.getloadavg()],
