@@ -403,6 +403,18 @@ def add_new_methods(root: Path) -> None:
     _write_json(root / "funnel/locate.json", locate)
 
 
+def add_budget_runs(root: Path) -> None:
+    """A run configured with pair budgets 100, 300 and 3000 for step-dpo and dpo (each has 1180 pairs, funnel/train-<method>.json):
+    step-dpo@100, step-dpo@300 and dpo@100 evaluated, dpo@300 not yet, 3000 not trained (more than there are)."""
+    config = yaml.safe_load((root / "config.yaml").read_text(encoding="utf-8"))
+    config.update(pair_budgets=[300, 100, 3000], budget_methods=["step-dpo", "dpo"])
+    (root / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
+    for name, correct in (("step-dpo@100", 66), ("step-dpo@300", 72), ("dpo@100", 60)):
+        _write_json(root / f"eval/{name}/results.json", {"model": f"run/train/{name}/final", "sets": {
+            "synthetic:2step:test": {"problems": 200, "accuracy": correct / 200, "correct": correct, "total": 200}}})
+        _write_jsonl(root / f"eval/{name}/samples.jsonl", [])  # not read: budget models have their own section
+
+
 def test_html_and_markdown_tables_carry_the_same_cells(tmp_path):
     root = make_full_run(tmp_path / "run")
     add_new_methods(root)
@@ -515,6 +527,7 @@ def _chromium() -> str | None:
 @pytest.mark.skipif(_chromium() is None, reason="no chromium binary (Debian: apt-get install chromium)")
 def test_report_renders_in_headless_chromium(tmp_path):
     root = make_full_run(tmp_path / "run")
+    add_budget_runs(root)
     paths = run(ReportConfig(run_dir=str(root)))
     page = paths.html.read_text(encoding="utf-8")
     embedded = assert_self_contained(page)
@@ -530,10 +543,10 @@ def test_report_renders_in_headless_chromium(tmp_path):
     dom = subprocess.run(base + ["--dump-dom", paths.html.as_uri()], capture_output=True, text=True, timeout=120)
     assert dom.returncode == 0, dom.stderr[-2000:]
     dumped = [attrs for tag, attrs in _tags(dom.stdout) if tag == "img"]
-    assert len(dumped) == embedded == 6
+    assert len(dumped) == embedded == 7
     for attrs in dumped:
         _decode_png(attrs["src"] or "")
-    assert "<script" not in dom.stdout and 'id="pairs"' in dom.stdout and 'id="flawed"' in dom.stdout
+    assert "<script" not in dom.stdout and all(f'id="{key}"' in dom.stdout for key in ("pairs", "flawed", "budgets"))
 
 
 # ----------------------------------------------------------------------------- what training changed
@@ -642,6 +655,49 @@ def test_no_step_truth_no_flawed_step_section(tmp_path):
         path.write_text(path.read_text(encoding="utf-8").replace(FLIP_SET, "gsm8k:test[:100]"), encoding="utf-8")
     paths = run(ReportConfig(run_dir=str(root)))
     assert html.escape(MISSING["flawed"]) in paths.html.read_text(encoding="utf-8") and "flawed" not in paths.images
+
+
+def test_accuracy_by_pair_budget(tmp_path):
+    root = make_full_run(tmp_path / "run")
+    add_budget_runs(root)
+    paths = run(ReportConfig(run_dir=str(root)))
+    page = paths.html.read_text(encoding="utf-8")
+    assert assert_self_contained(page) == 7 and "budgets" in paths.images
+    section = page[page.index('<section id="budgets">'):page.index('<section id="flips">')]
+    (table,) = html_tables(section)
+    assert table[0] == ["set", "evaluation", "method", "pairs", "correct / n", "accuracy", "95% CI", "vs start"]
+    assert [row[1:4] + row[5:6] + row[7:] for row in table[1:]] == [
+        ["base", "–", "–", "31.0%", "–"],
+        ["step-dpo@100", "step-dpo", "100", "33.0%", "+2.0 pp"],
+        ["step-dpo@300", "step-dpo", "300", "36.0%", "+5.0 pp"],
+        ["step-dpo", "step-dpo", "1180 (all)", "39.5%", "+8.5 pp"],
+        ["dpo@100", "dpo", "100", "30.0%", "-1.0 pp"],
+        ["dpo", "dpo", "1180 (all)", "34.5%", "+3.5 pp"],
+    ]  # gsm8k has no budget's evaluation: no curve
+    assert table[2][6] == "[26.9%, 39.8%]"
+    for note in ("step-dpo@3000: not trained: step-dpo has 1180 pairs", "dpo@300: configured but not evaluated", "dpo@3000: not trained"):
+        assert note in section, note
+    md = paths.markdown.read_text(encoding="utf-8")
+    assert "## Accuracy by pair budget (data efficiency)" in md and "](budgets.png)" in md
+    assert html_tables(page) == markdown_tables(md)
+    # The budget models are in the accuracy table, not in its chart, flips or the other per-model sections.
+    accuracy = page[page.index('<section id="accuracy">'):page.index('<section id="budgets">')]
+    assert "<td>step-dpo@100</td>" in accuracy
+    data = collect(root)
+    assert not any("@" in name for name in data.flips) and not any("@" in r.evaluation for r in data.completeness + data.flawed_steps)
+    without = make_full_run(tmp_path / "plain")
+    assert '<section id="budgets">' not in run(ReportConfig(run_dir=str(without))).html.read_text(encoding="utf-8")
+
+
+def test_a_budget_without_its_full_run_recorded_is_said(tmp_path):
+    root = make_full_run(tmp_path / "run")
+    add_budget_runs(root)
+    (root / "funnel/train-dpo.json").unlink()
+    page = run(ReportConfig(run_dir=str(root))).html.read_text(encoding="utf-8")
+    section = page[page.index('<section id="budgets">'):page.index('<section id="flips">')]
+    assert "dpo: the pairs of its full-data run are not recorded (funnel/train-dpo.json)" in section
+    assert "dpo@3000: configured but not evaluated" in section  # whether 3000 is more than dpo has is unknown
+    assert "<td>dpo</td><td>dpo</td>" not in section and "<td>dpo@100</td><td>dpo</td>" in section
 
 
 def test_short_set_names_are_unique_and_the_table_keeps_the_spec():

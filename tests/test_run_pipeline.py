@@ -135,3 +135,79 @@ def test_presets_and_the_shipped_config_compose(tmp_path):
     assert "synthetic:train" in default.sft.data[0] and "seed=0" in default.sft.data[0]
     assert "synthetic:train" in default.sample.data and "seed=1" in default.sample.data
     assert default.eval.data[0].startswith("synthetic:test")
+
+
+def test_pair_budgets_train_nested_subsets_and_the_report_plots_them(tmp_path, tiny_model_dir, scripted, capsys):
+    from stepdpo.stages.train import pair_budget
+    from stepdpo.training.data import read_pairs
+
+    run_dir = tmp_path / "run"
+    argv = _argv(run_dir, tiny_model_dir) + ["--methods", "step-dpo", "dpo", "--pair-budgets", "3", "1000", "2", "--budget-methods", "step-dpo"]
+    assert main(argv) == 0
+    pairs = read_pairs([run_dir / "pairs/step_pairs.jsonl"])
+    assert len(pairs) > 3
+    assert f"step-dpo@1000: skipped, step-dpo has {len(pairs)} pairs" in capsys.readouterr().out
+    for budget in (2, 3):
+        name = f"step-dpo@{budget}"
+        assert f"max_pairs: {budget}" in (run_dir / f"train/{name}/train_config.yaml").read_text()
+        assert json.loads((run_dir / f"funnel/train-{name}.json").read_text())["records_in"] == budget
+        for path in (f"train/{name}/final/config.json", f"eval/{name}/results.json", f"compare_{name}.json"):
+            assert (run_dir / path).is_file(), path
+    # The budgets' pairs are nested: budget 2's are among budget 3's, both among all of them.
+    two, three = ({p.id for p in pair_budget(pairs, n, 0)} for n in (2, 3))
+    assert len(two) == 2 and two < three < {p.id for p in pairs}
+    assert not (run_dir / "train/step-dpo@1000").exists() and not list(run_dir.glob("train/dpo@*"))
+    assert json.loads((run_dir / "funnel/train-step-dpo.json").read_text())["records_in"] == len(pairs)
+
+    page = (run_dir / "report/report.html").read_text()
+    section = page[page.index('<section id="budgets">'):page.index('<section id="flips">')]
+    assert section.count('<img src="data:image/png;base64,') == 1
+    for cell in ('<td>step-dpo@2</td><td>step-dpo</td><td class="num">2</td>', '<td>step-dpo@3</td><td>step-dpo</td><td class="num">3</td>',
+                 f"<td>step-dpo</td><td>step-dpo</td><td>{len(pairs)} (all)</td>"):
+        assert cell in section, cell
+    assert f"step-dpo@1000: not trained: step-dpo has {len(pairs)} pairs" in section
+    md = (run_dir / "report/report.md").read_text()
+    assert "## Accuracy by pair budget (data efficiency)" in md and "](budgets.png)" in md
+    # flips, completeness and the first-wrong-step table are about the methods' full-data runs only
+    assert "step-dpo@" not in page[page.index('<section id="flips">'):page.index('<section id="training">')]
+
+    # A second invocation finds every budget's model trained and evaluated.
+    calls = len(scripted.calls)
+    timings = json.loads((run_dir / "timings.json").read_text())
+    assert main(argv) == 0
+    assert len(scripted.calls) == calls
+    assert json.loads((run_dir / "timings.json").read_text())["train-step-dpo@2"] == timings["train-step-dpo@2"]
+
+
+@pytest.mark.parametrize("options, option", [
+    ("pair_budgets: [0]", "pair_budgets"),
+    ("pair_budgets: [100, -3]", "pair_budgets"),
+    ("pair_budgets: [100, 300, 100]", "pair_budgets"),
+    ("pair_budgets: [100]\nmethods: [step-dpo]", "budget_methods"),  # dpo's curve would have no full-data run
+    ("pair_budgets: [100]\nbudget_methods: []", "budget_methods"),
+])
+def test_pair_budget_options_are_checked_before_anything_runs(tmp_path, capsys, options, option):
+    config = tmp_path / "run.yaml"
+    config.write_text(f"run_dir: {tmp_path / 'run'}\n{options}\n")
+    assert main(["run", "--config", str(config)]) == 2
+    assert f"option {option} must" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_pair_budget_that_is_not_a_number_is_named_with_its_file(tmp_path, capsys):
+    config = tmp_path / "run.yaml"
+    config.write_text("pair_budgets: [100, many]\n")
+    assert main(["run", "--config", str(config)]) == 2
+    err = capsys.readouterr().err
+    assert "run.yaml:1: key 'pair_budgets' expects list" in err
+
+
+def test_the_plan_lists_every_budget_run(capsys):
+    import yaml
+
+    assert main(["run", "--dry-run", "True", "--methods", "step-dpo", "dpo", "--pair-budgets", "300", "100", "--budget-methods", "dpo"]) == 0
+    plan = yaml.safe_load(capsys.readouterr().out)
+    assert plan["order"][-4:] == ["train-dpo@100", "eval-dpo@100", "train-dpo@300", "eval-dpo@300"]
+    assert plan["stages"]["train-dpo@100"]["max_pairs"] == 100 and plan["stages"]["train-dpo@100"]["name"] == "dpo@100"
+    assert plan["stages"]["eval-dpo@300"]["model"].endswith("train/dpo@300/final")
+    assert plan["stages"]["train-dpo"]["max_pairs"] is None

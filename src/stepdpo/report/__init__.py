@@ -21,12 +21,13 @@ import tyro
 from stepdpo.errors import ConfigError
 from stepdpo.records import atomic_write_text
 from stepdpo.report import plots
+from stepdpo.report.budgets import budget_curves
 from stepdpo.report.collect import RunData, collect
 from stepdpo.report.html import render_html
 from stepdpo.report.markdown import render_markdown
 from stepdpo.report.solutions import flips_jsonl
 from stepdpo.report.tables import flips_file, select_curves
-from stepdpo.rundir import RunDir
+from stepdpo.rundir import RunDir, parse_budget_run_name
 
 log = logging.getLogger(__name__)
 
@@ -51,8 +52,13 @@ class ReportPaths:
 def draw_figures(data: RunData) -> dict[str, bytes]:
     """PNG bytes of each figure whose section has data."""
     figures: dict[str, bytes] = {}
-    if data.evals:
-        figures["accuracy"] = plots.accuracy_chart(data.evals)
+    # Models trained on a pair budget have their own figure; here they would crowd out the methods.
+    full_runs = [e for e in data.evals if parse_budget_run_name(e.eval_name) is None]
+    if full_runs:
+        figures["accuracy"] = plots.accuracy_chart(full_runs)
+    curves = budget_curves(data)
+    if curves and curves.points:
+        figures["budgets"] = plots.budget_chart(curves)
     if data.completeness:
         figures["lengths"] = plots.completeness_chart(data.completeness)
     curves = select_curves(data.curves)

@@ -12,6 +12,7 @@ from collections import Counter
 from matplotlib.figure import Figure
 
 from stepdpo.records import LocatedError
+from stepdpo.report.budgets import BudgetCurves
 from stepdpo.report.flawed_steps import FlawedStepRow
 from stepdpo.report.collect import METHOD_ORDER, Curve, EvalSet, order_key
 from stepdpo.report.solutions import Completeness
@@ -230,5 +231,53 @@ def flawed_step_chart(rows: list[FlawedStepRow]) -> bytes:
         ax.grid(axis="y", alpha=0.3)
         ax.set_ylim(0, max([100 * r.rates.share(c) for r in rows for c in [*r.rates.first_wrong.values(), r.rates.unlocated]] + [1]) * 1.2 + 2)
         ax.legend(fontsize=8, loc="upper right")
+    fig.tight_layout()
+    return _png(fig)
+
+
+def budget_chart(curves: BudgetCurves) -> bytes:
+    """Accuracy (95% CI) against pairs on a log axis, one line per method and a panel per test set; the full-data
+    run is the square marker at a line's end, the starting model the dashed level with its CI band."""
+    from matplotlib.ticker import NullFormatter, ScalarFormatter
+
+    sets = curves.test_sets
+    labels = short_set_names(sets)
+    methods = list(dict.fromkeys(p.method for p in curves.points))
+    colours = method_colours(methods)
+    fig = Figure(figsize=(7.0, 3.6 * len(sets)))
+    axes = fig.subplots(len(sets), 1, squeeze=False)[:, 0]
+    for ax, test_set in zip(axes, sets):
+        base = curves.base.get(test_set)
+        if base is not None:
+            ax.axhline(100 * base.accuracy, color="#555", linestyle="--", linewidth=1, label=f"{curves.start} ({100 * base.accuracy:.1f}%)")
+            if base.ci_low is not None and base.ci_high is not None:
+                ax.axhspan(100 * base.ci_low, 100 * base.ci_high, color="#8c8c8c", alpha=0.15, linewidth=0)
+        ticks: set[int] = set()
+        for index, method in enumerate(methods):
+            points = [p for p in curves.points if p.method == method and p.result.test_set == test_set]
+            if not points:
+                continue
+            ticks.update(p.pairs for p in points)
+            shift = 1.04 ** (index - (len(methods) - 1) / 2)  # methods side by side at equal budgets, their CIs apart
+            xs = [p.pairs * shift for p in points]
+            ys = [100 * p.result.accuracy for p in points]
+            low = [y - 100 * p.result.ci_low if p.result.ci_low is not None else 0.0 for y, p in zip(ys, points)]
+            high = [100 * p.result.ci_high - y if p.result.ci_high is not None else 0.0 for y, p in zip(ys, points)]
+            ax.errorbar(xs, ys, yerr=[low, high], color=colours[method], marker="o", markersize=4, capsize=3, linewidth=1.5, label=method)
+            full = [(x, y) for x, y, p in zip(xs, ys, points) if p.full]
+            if full:
+                ax.plot([x for x, _ in full], [y for _, y in full], linestyle="none", marker="s", markersize=8, markerfacecolor="white",
+                        markeredgecolor=colours[method], markeredgewidth=1.5)
+        ax.set_xscale("log")
+        if ticks:
+            ax.set_xticks(sorted(ticks))
+            ax.xaxis.set_major_formatter(ScalarFormatter())
+            ax.xaxis.set_minor_formatter(NullFormatter())
+            ax.set_xlim(min(ticks) / 1.5, max(ticks) * 1.5)
+        ax.set_xlabel("preference pairs trained on (log scale; square: all of the method's pairs)")
+        ax.set_ylabel("accuracy (%)")
+        ax.set_title(f"{labels[test_set]}: accuracy by pair budget", fontsize=9)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8, loc="best")
     fig.tight_layout()
     return _png(fig)

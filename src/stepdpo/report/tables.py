@@ -19,6 +19,7 @@ from typing import Literal, Union
 from pathlib import Path
 
 from stepdpo.records import LocatedError
+from stepdpo.report.budgets import BudgetCurves, budget_curves
 from stepdpo.report.collect import METHOD_ORDER, Comparison, Curve, EvalSet, Header, RunData, flatten, order_key
 from stepdpo.report.flawed_steps import FlawedStepRow
 from stepdpo.report.solutions import Completeness, FlipSet, PairSample
@@ -413,9 +414,11 @@ def sections(data: RunData) -> list[Section]:
                completeness_table(data.completeness, names, data.start_eval),
                Text("Does training on partial steps make the model write partial answers? 'State a final answer': a box, 'The answer is' "
                     "or '####' (not just a last number); 'change': against the starting model.")] if data.completeness else [Text(MISSING["completeness"], "missing")]
+    curves = budget_curves(data)
     return [
         Section("overview", "Run", "Run", overview),
         Section("accuracy", "Accuracy", "Accuracy before and after training", accuracy),
+        *([Section("budgets", "Pair budgets", "Accuracy by pair budget (data efficiency)", budget_blocks(curves, names))] if curves else []),
         Section("flips", "Flips", "What training changed: problems fixed and broken", flip_blocks),
         Section("lengths", "Completeness", "Length and completeness of the responses", lengths),
         Section("flawed", "First wrong step", "Where errors start: first wrong step by position", flawed_step_blocks(data.flawed_steps, names)),
@@ -451,3 +454,30 @@ def flawed_step_blocks(rows: list[FlawedStepRow], names: dict[str, str]) -> list
         Figure("flawed", "share of test problems whose first wrong step is at each position, per model"),
         flawed_step_table(rows, names),
     ]
+
+
+def budget_table(curves: BudgetCurves, names: dict[str, str]) -> Table:
+    """Per set: the starting model, then each method from its smallest budget to its full-data run."""
+    rows = []
+    for test_set in curves.test_sets:
+        base = curves.base.get(test_set)
+        shown = ([(curves.start or "start", DASH, DASH, base)] if base else []) + [
+            (p.result.eval_name, p.method, f"{p.pairs} (all)" if p.full else str(p.pairs), p.result) for p in curves.points if p.result.test_set == test_set]
+        for evaluation, method, pairs, e in shown:
+            ci = f"[{_pct(e.ci_low)}, {_pct(e.ci_high)}]" if e.ci_low is not None and e.ci_high is not None else DASH
+            counts = f"{e.correct} / {e.total}" if e.correct is not None and e.total is not None else DASH
+            change = DASH if base is None or e is base else f"{100 * (e.accuracy - base.accuracy):+.1f} pp"
+            rows.append([names.get(test_set, test_set), evaluation, method, pairs, counts, _pct(e.accuracy), ci, change])
+    return Table(["set", "evaluation", "method", "pairs", "correct / n", "accuracy", "95% CI", "vs start"], rows)
+
+
+def budget_blocks(curves: BudgetCurves, names: dict[str, str]) -> list[Block]:
+    """The data-efficiency section: what the curve is, the figure, the table, budgets without an evaluation."""
+    blocks: list[Block] = [
+        Text("Each method trained again on a seeded subset of its pairs (each budget's pairs inside every larger one's), evaluated "
+             "on the same test problems; the last point of a line is the method's full-data run, the dashed line the starting model "
+             "(band: its 95% CI). These models are left out of the accuracy chart; the paired comparisons above include them."),
+    ]
+    if curves.points:
+        blocks += [Figure("budgets", "accuracy by pair budget per method, with 95% confidence intervals"), budget_table(curves, names)]
+    return blocks + [Text(note, "missing") for note in curves.notes]

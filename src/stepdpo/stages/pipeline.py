@@ -22,7 +22,7 @@ from stepdpo.generation.base import GeneratorConfig
 from stepdpo.localizers.rollout import RolloutConfig
 from stepdpo.records import atomic_write_json
 from stepdpo.report.collect import read_timings
-from stepdpo.rundir import RunDir
+from stepdpo.rundir import RunDir, budget_run_name
 from stepdpo.models import ORGANISM_ALIAS
 from stepdpo.organism import spec as organism_spec
 from stepdpo.stages import compare, evaluate, locate, pairs, pretrain, rectify, sample, scdpo, sft, train
@@ -66,6 +66,8 @@ class RunConfig:
     model: str = field(default="smollm2-135m", metadata={"help": "Starting model: Hugging Face id, local path, or 'smollm2-135m'."})
     do_sft: bool = field(default=True, metadata={"help": "Start with supervised fine-tuning on step-format solutions (the embedded model needs it)."})
     methods: list[Method] = field(default_factory=lambda: ["step-dpo", "dpo", "scdpo", "judge-free"], metadata={"help": "Preference-training runs to make from the same data, each evaluated against the starting policy."})
+    pair_budgets: list[int] = field(default_factory=list, metadata={"help": "Data-efficiency curve: train each of budget_methods again on only this many of its pairs (train.max_pairs: a keyed subset, each budget's pairs inside every larger one's), as RUN/train/<method>@<n>, evaluated as eval/<method>@<n> and compared with the start; the report plots accuracy by pair budget. A budget not below the method's pair count is skipped with a message (that model would be its full-data run). []: none."})
+    budget_methods: list[Method] = field(default_factory=lambda: ["step-dpo", "dpo"], metadata={"help": "Methods trained at each of pair_budgets; each must be one of methods, whose full-data run ends its curve."})
     seed: int = field(default=0, metadata={"help": "Seed of every stage (problem subsets, sampling, training)."})
     dry_run: bool = field(default=False, metadata={"help": "Print the plan (stage order, generation engines, global batch, every stage's resolved config) and stop: nothing is loaded or written."})
     stop_after: Literal["", "sft", "pairs"] = field(default="", metadata={"help": "Stop after this stage: sft (and the evaluation of the starting model; e.g. to start several seeds from one SFT model), pairs (all preference data built, nothing trained); '': run everything."})
@@ -85,7 +87,14 @@ class RunConfig:
         Each stage's config is checked as the run will pass it (with the run's generator); a bad value
         raises ConfigError naming it as YAML and flags spell it (``sample.k``).
         """
-        OptionCheck(self, prefix).not_empty("model", "run_dir", "methods")
+        check = OptionCheck(self, prefix)
+        check.not_empty("model", "run_dir", "methods")
+        check.require(all(type(n) is int and n >= 1 for n in self.pair_budgets), "pair_budgets", "must hold positive whole numbers of pairs")
+        check.require(len(set(self.pair_budgets)) == len(self.pair_budgets), "pair_budgets", "must not repeat a budget")
+        if self.pair_budgets:
+            check.not_empty("budget_methods")
+            check.require(set(self.budget_methods) <= set(self.methods), "budget_methods",
+                          f"must be among methods {self.methods} (a budget curve ends at the method's full-data run)")
         validate_config(self.generator, f"{prefix}generator.")
         stages: list[tuple[str, Any]] = [("sft", self.sft)] if self.do_sft else []
         stages.append(("eval", self.eval))
@@ -150,11 +159,12 @@ def policy_model(config: RunConfig) -> str:
     return str(sft.model_dir(stage_config(config, "sft"))) if config.do_sft else config.model
 
 
-def stage_config(config: RunConfig, section: str, method: Optional[str] = None) -> Any:
+def stage_config(config: RunConfig, section: str, method: Optional[str] = None, budget: Optional[int] = None) -> Any:
     """The config `stepdpo run` hands one stage: its section, with the run's directory, seed, policy and generator.
 
     ``method`` picks a training method's mode, name and pair files (train), or its final model (eval);
-    without one, train keeps its section's mode and eval evaluates the starting policy. A stage command
+    without one, train keeps its section's mode and eval evaluates the starting policy. ``budget`` (with a
+    method) is a pair budget's run: trained on that many pairs, named ``<method>@<budget>``. A stage command
     given a run config (``stepdpo sample --config RECIPE``) gets exactly this.
     """
     root = str(RunDir(config.run_dir).root)
@@ -177,12 +187,14 @@ def stage_config(config: RunConfig, section: str, method: Optional[str] = None) 
         if method is None:
             return trained
         mode, files = METHOD_DATA[method]
-        return replace(trained, mode=mode, name=method, pairs=[str(RunDir(root).pairs / f) for f in files])
+        trained = replace(trained, mode=mode, name=method, pairs=[str(RunDir(root).pairs / f) for f in files])
+        return trained if budget is None else replace(trained, name=budget_run_name(method, budget), max_pairs=budget)
     if section == "eval":
         # The test subsets follow eval.seed, not the run's seed: runs with different seeds are
         # then measured on the same problems (and greedy decoding needs no seed).
-        model = str(train.resolve_output_dir(stage_config(config, "train", method)) / "final") if method else policy
-        return replace(config.eval, model=model, name=method or "base", run_dir=root, output_dir=None, generator=replace(generator, model=model))
+        model = str(train.resolve_output_dir(stage_config(config, "train", method, budget)) / "final") if method else policy
+        name = budget_run_name(method, budget) if method and budget is not None else method or "base"
+        return replace(config.eval, model=model, name=name, run_dir=root, output_dir=None, generator=replace(generator, model=model))
     raise ValueError(f"unknown stage section {section!r}")
 
 
@@ -223,6 +235,9 @@ def plan(config: RunConfig) -> dict[str, Any]:
             for method in config.methods:
                 stages[f"train-{method}"] = stage_config(config, "train", method)
                 stages[f"eval-{method}"] = stage_config(config, "eval", method)
+            for method, budget in budget_runs(config):  # each skipped at run time when the method has no more pairs than that
+                stages[f"train-{budget_run_name(method, budget)}"] = stage_config(config, "train", method, budget)
+                stages[f"eval-{budget_run_name(method, budget)}"] = stage_config(config, "eval", method, budget)
     batch = config.train.optim.batch_size * config.train.optim.grad_accum
     global_batch: dict[str, Any] = {"per_device_batch": config.train.optim.batch_size, "grad_accum": config.train.optim.grad_accum, "per_process": batch}
     if config.train.global_batch:
@@ -239,6 +254,40 @@ def plan(config: RunConfig) -> dict[str, Any]:
         "global_batch": global_batch,
         "stages": {name: asdict(stage) for name, stage in stages.items()},
     }
+
+
+def budget_runs(config: RunConfig) -> list[tuple[str, int]]:
+    """(method, pair budget) of every run of the data-efficiency curve, smallest budgets first."""
+    return [(method, budget) for method in dict.fromkeys(config.budget_methods) for budget in sorted(config.pair_budgets)]
+
+
+def train_pair_budgets(config: RunConfig, rd: RunDir, timings: dict[str, float]) -> None:
+    """The data-efficiency curve: each budget method trained on each pair budget, evaluated and compared with the start.
+
+    A budget not below the method's pair count is skipped with a message: it would train on all of them,
+    a second copy of the method's full-data run (the curve's last point).
+    """
+    from stepdpo.training.data import read_pairs
+
+    available: dict[str, int] = {}
+    for method, budget in budget_runs(config):
+        name = budget_run_name(method, budget)
+        train_config = stage_config(config, "train", method, budget)
+        if method not in available:
+            available[method] = len(read_pairs([p for p in train_config.pairs if Path(p).is_file()]))
+        if budget >= available[method]:
+            message = f"{name}: skipped, {method} has {available[method]} pairs (all of them are its full-data run)"
+            log.warning(message)
+            print(message)
+            continue
+        if train.is_complete(train.resolve_output_dir(train_config) / "final"):
+            log.info("train %s: complete, skipping", name)
+        else:
+            _timed(timings, rd, f"train-{name}", lambda: train.command(train_config))
+        eval_config = stage_config(config, "eval", method, budget)
+        _timed(timings, rd, f"eval-{name}", lambda: evaluate.command(eval_config))
+        compare.command(CompareConfig(run_a=str(rd.eval("base")), run_b=str(rd.eval(name)), seed=config.seed,
+                                      output=str(rd.root / f"compare_{name}.json")))
 
 
 def command(config: RunConfig) -> int:
@@ -299,6 +348,7 @@ def command(config: RunConfig) -> int:
         compare.command(CompareConfig(run_a=str(rd.eval("base")), run_b=str(rd.eval(method)), seed=config.seed,
                                       output=str(rd.root / f"compare_{method}.json")))
 
+    train_pair_budgets(config, rd, timings)
     _timed(timings, rd, "report", lambda: report.command(report.ReportConfig(run_dir=root)))
     total = sum(timings.values())
     print(f"run finished in {total / 60:.1f} min (stages this invocation): report at {rd.report / 'report.html'}")
