@@ -44,7 +44,7 @@ class ReportPaths:
     html: Path
     markdown: Path
     images: dict[str, Path]
-    """Figure key ('accuracy', 'lengths', 'training', 'funnel', 'localization') -> PNG file beside the Markdown."""
+    """Figure key ('accuracy', 'budgets', 'lengths', 'flawed', 'training', 'funnel', 'localization') -> PNG file beside the Markdown."""
     flips: dict[str, Path] = field(default_factory=dict)
     """Trained evaluation -> its full list of flips (JSONL) beside the page."""
 

@@ -241,7 +241,7 @@ def render_block(block: Block, images: dict[str, bytes]) -> str:
 
 
 def render_html(data: RunData, images: dict[str, bytes]) -> str:
-    """The whole page. ``images`` maps figure keys ('accuracy', 'lengths', 'training', 'funnel', 'localization') to PNG bytes."""
+    """The whole page. ``images`` maps figure keys (see ``ReportPaths.images``) to PNG bytes."""
     parts = sections(data)
     body = "".join(
         f'<section id="{section.key}"><h2>{esc(section.title)}</h2>{"".join(render_block(b, images) for b in section.blocks)}</section>'

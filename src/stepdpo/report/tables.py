@@ -46,7 +46,7 @@ class Text:
 @dataclass
 class Figure:
     key: str
-    """'accuracy', 'training', 'funnel' or 'localization'; a renderer without that image leaves it out."""
+    """A figure key (``ReportPaths.images``); a renderer without that image leaves it out."""
     alt: str
 
 
@@ -365,7 +365,8 @@ def _listed(errors: list[str], present: bool, content: list[Block], missing_key:
 
 
 def sections(data: RunData) -> list[Section]:
-    """The whole report in order: Run, Accuracy, Training, Pipeline funnel, Localization, Step pairs."""
+    """The whole report in order: Run, Accuracy, Pair budgets (when the run has them), Flips, Completeness, Where errors start,
+    Training, Pipeline funnel, Localization, Step pairs."""
     header = data.header
     if header.config_error:
         config: Block = Text(header.config_error, "error")

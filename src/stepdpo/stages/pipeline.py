@@ -2,7 +2,7 @@
 
 SFT (optional) -> eval of the starting policy -> sample -> locate -> rectify ->
 pairs [-> scdpo, when a method needs its pairs] -> for each method: train -> eval
--> compare with the start -> report. Every stage is the same ``command(config)`` the CLI runs on its own, so
+-> compare with the start [-> the same for each pair budget of a budget method] -> report. Every stage is the same ``command(config)`` the CLI runs on its own, so
 each one skips what is already on disk and resumes what is partial: a killed run
 continues where it stopped when started again with the same arguments.
 """
