@@ -214,7 +214,7 @@ def flawed_step_chart(rows: list[FlawedStepRow]) -> bytes:
     top = max((r.rates.max_position for r in rows), default=0)
     categories = [str(j) for j in range(1, top + 1)] + ["none\nlocated"]
     width = 0.8 / max(1, len(names))
-    fig = Figure(figsize=(max(6.0, 1.5 + 0.45 * len(categories) * max(1, len(names))), 3.4 * len(sets)))
+    fig = Figure(figsize=(min(14.0, max(6.0, 1.5 + 0.45 * len(categories) * max(1, len(names)))), 3.4 * len(sets)))
     axes = fig.subplots(len(sets), 1, squeeze=False)[:, 0]
     for ax, test_set in zip(axes, sets):
         for row in (r for r in rows if r.test_set == test_set):
