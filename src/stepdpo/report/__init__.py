@@ -56,9 +56,9 @@ def draw_figures(data: RunData) -> dict[str, bytes]:
     full_runs = [e for e in data.evals if parse_budget_run_name(e.eval_name) is None]
     if full_runs:
         figures["accuracy"] = plots.accuracy_chart(full_runs)
-    curves = budget_curves(data)
-    if curves and curves.points:
-        figures["budgets"] = plots.budget_chart(curves)
+    budgets = budget_curves(data)
+    if budgets and budgets.points:
+        figures["budgets"] = plots.budget_chart(budgets)
     if data.completeness:
         figures["lengths"] = plots.completeness_chart(data.completeness)
     curves = select_curves(data.curves)
