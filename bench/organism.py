@@ -1,0 +1,402 @@
+"""The powered experiment on the model organism: does Step-DPO improve it, and more than DPO at equal pairs?
+
+One starting checkpoint (the `organism` alias), every arm trained from it with the settings chosen on the
+validation split (bench/organism_tune.py; never on these test problems), several seeds:
+
+- **collection** per seed (`stepdpo run --stop_after pairs` on configs/organism.yaml): sample 3-4-step
+  train-split problems (problem seed 100 + seed: never 0, the organism's training data, 1000, its
+  validation set, nor 2, the tuning data), exact localization, rectification, Step-DPO pairs; plain-DPO
+  pairs from every right x wrong combination; SCDPO and judge-free pairs;
+- **rollout localizer**: a second run directory with the same samples, located by the policy's own
+  rollouts (what a user without a judge gets), rectified and paired again;
+- **arms**: Step-DPO (exact), Step-DPO (rollout), DPO count-matched to Step-DPO's pairs and from the same
+  problems, SCDPO, judge-free; each evaluated greedily on the seed's own test problems: `--test-n` of 3-4
+  steps (the chains the pairs came from) and `--transfer-n` of 5-6 steps (length transfer);
+- **pooled** difference of each arm with the base over all (seed, problem) pairs: paired bootstrap CI and
+  McNemar's p (`stages.compare.compare_sets`);
+- **flawed steps**: the exact localizer on every arm's wrong test responses, the first wrong step's position;
+- **data efficiency** (first seed's test problems): Step-DPO and DPO on nested budgets of the first seed's
+  pairs (`train.max_pairs`), all of them, and all seeds' pairs together;
+- **on-policy rounds** (first seed): round r samples new problems from round r-1's Step-DPO model and trains
+  from it (it is also the reference), against one round with all seeds' pairs (about as many as 3 rounds').
+
+    .venv/bin/python bench/organism.py --seeds 1 2 3
+
+Everything goes under --work (default runs/organism-bench) and every stage resumes, so a killed run
+continues where it stopped. Writes bench/results/organism.{md,json}: the CPU, its flags, the load
+average, and the wall time of every phase.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, Callable
+
+from stepdpo.config import load_config
+from stepdpo.hardware import cpu_info, speed_flags
+from stepdpo.problems import load_problems
+from stepdpo.records import RecordStore, atomic_write_json, atomic_write_text
+from stepdpo.report.flawed_steps import flawed_step_rates
+from stepdpo.stages import evaluate, pipeline, train
+from stepdpo.stages.compare import compare_sets
+from stepdpo.stages.evaluate import EvalSample
+from stepdpo.training.data import read_pairs
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from organism_tune import parse_setting  # noqa: E402  (a sibling script, not a package)
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "bench" / "results"
+ARMS = ("step-dpo", "dpo", "step-dpo-rollout", "scdpo", "judge-free")
+ARM_LABELS = {"step-dpo": "Step-DPO (exact localizer)", "dpo": "DPO (count-matched)", "step-dpo-rollout": "Step-DPO (rollout localizer)",
+              "scdpo": "SCDPO (+ naive pairs)", "judge-free": "judge-free"}
+# The training mode and method defaults each arm takes from `stepdpo run`.
+ARM_METHOD = {"step-dpo": "step-dpo", "dpo": "dpo", "step-dpo-rollout": "step-dpo", "scdpo": "scdpo", "judge-free": "judge-free"}
+
+
+class Clock:
+    """Wall seconds per phase, summed over every invocation that worked on the same --work (kept in a file there)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.phases: dict[str, float] = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+
+    def run(self, name: str, step: Callable[[], Any]) -> Any:
+        started = time.perf_counter()
+        print(f"=== {name}", flush=True)
+        result = step()
+        seconds = time.perf_counter() - started
+        # Reread: another invocation may have added its phases meanwhile.
+        self.phases = json.loads(self.path.read_text(encoding="utf-8")) if self.path.is_file() else {}
+        self.phases[name] = round(self.phases.get(name, 0.0) + seconds, 1)
+        atomic_write_json(self.path, self.phases)
+        return result
+
+    def total(self) -> float:
+        return round(sum(self.phases.values()), 1)
+
+
+def test_specs(args: argparse.Namespace, seed: int) -> list[str]:
+    return [f"synthetic:test?n={args.test_n}&min_steps=3&max_steps=4&difficulty=0&seed={seed}",
+            f"synthetic:test?n={args.transfer_n}&min_steps=5&max_steps=6&difficulty=0&seed={seed}"]
+
+
+def with_knobs(config: train.TrainConfig, knobs: dict[str, float]) -> train.TrainConfig:
+    optim = replace(config.optim, learning_rate=knobs.get("lr", config.optim.learning_rate), epochs=knobs.get("epochs", config.optim.epochs))
+    return replace(config, optim=optim, beta=knobs.get("beta", config.beta), sft_weight=knobs.get("sft_weight", config.sft_weight), report_to=["none"])
+
+
+def seed_config(args: argparse.Namespace, seed: int, run_dir: Path, problems_seed: int, model: str = "organism") -> pipeline.RunConfig:
+    run = load_config(pipeline.RunConfig, ROOT / "configs" / "organism.yaml")
+    return replace(
+        run, run_dir=str(run_dir), seed=seed, model=model, stop_after="pairs",
+        generator=replace(run.generator, dtype=args.dtype),
+        sample=replace(run.sample, data=f"synthetic:train?n={args.problems}&min_steps=3&max_steps=4&difficulty=0&seed={problems_seed}"),
+        pairs=replace(run.pairs, max_dpo_pairs_per_problem=0),
+        eval=replace(run.eval, data=test_specs(args, seed)),
+        train=with_knobs(run.train, args.knobs["step-dpo"]),
+    )
+
+
+def copy_into(source: Path, target: Path) -> None:
+    if source.is_dir() and not target.exists():
+        shutil.copytree(source, target)
+    elif source.is_file() and not target.exists():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(source, target)
+
+
+def rollout_config(args: argparse.Namespace, run: pipeline.RunConfig, seed_dir: Path) -> pipeline.RunConfig:
+    """The seed's run with the rollout localizer, in a directory that starts from the seed's samples."""
+    target = Path(str(seed_dir) + "-rollout")
+    target.mkdir(parents=True, exist_ok=True)
+    for name in ("problems", "samples.jsonl", "eval/base"):
+        copy_into(seed_dir / name, target / name)
+    return replace(run, run_dir=str(target), methods=["step-dpo"], pairs=replace(run.pairs, dpo=False),
+                   locate=replace(run.locate, localizer="rollout", limit=args.rollout_limit))
+
+
+def matched_dpo_file(seed_dir: Path) -> tuple[Path, int]:
+    """DPO pairs of the problems that have Step-DPO pairs (RUN/pairs/dpo_matched.jsonl), and Step-DPO's count."""
+    steps = read_pairs([seed_dir / "pairs" / "step_pairs.jsonl"])
+    problems = {pair.problem_id for pair in steps}
+    target = seed_dir / "pairs" / "dpo_matched.jsonl"
+    lines = [line for line in (seed_dir / "pairs" / "dpo_pairs.jsonl").read_text(encoding="utf-8").splitlines()
+             if line.strip() and json.loads(line)["problem_id"] in problems]
+    atomic_write_text(target, "".join(line + "\n" for line in lines))
+    return target, len(steps)
+
+
+def train_and_eval(args: argparse.Namespace, run: pipeline.RunConfig, arm: str, name: str, pair_files: list[Path],
+                   max_pairs: int | None = None, eval_run: pipeline.RunConfig | None = None) -> dict[str, Any]:
+    """Train ``name`` from ``run``'s policy on ``pair_files`` (``max_pairs`` of them) and evaluate it on ``eval_run``'s test sets."""
+    method = ARM_METHOD[arm]
+    config = with_knobs(pipeline.stage_config(run, "train", method), args.knobs[method])
+    config = replace(config, name=name, pairs=[str(p) for p in pair_files], max_pairs=max_pairs)
+    final = train.resolve_output_dir(config) / "final"
+    if not train.is_complete(final):
+        train.command(config)
+    eval_run = eval_run or run
+    eval_config = replace(pipeline.stage_config(eval_run, "eval"), model=str(final), name=name)
+    evaluate.command(replace(eval_config, generator=replace(eval_config.generator, model=str(final))))
+    return read_results(Path(eval_run.run_dir), name)
+
+
+def read_results(run_dir: Path, name: str) -> dict[str, Any]:
+    return json.loads((run_dir / "eval" / name / "results.json").read_text(encoding="utf-8"))
+
+
+def trained_pairs(run_dir: Path, name: str) -> int | None:
+    path = run_dir / "funnel" / f"train-{name}.json"
+    if not path.is_file():
+        return None
+    extra = json.loads(path.read_text(encoding="utf-8"))["extra"]
+    return (extra.get("pairs_train") or 0) + (extra.get("pairs_eval") or 0)
+
+
+def flawed_steps(run_dir: Path, name: str, spec: str) -> dict[str, Any]:
+    """Where the first wrong step of each test problem lies (exact localizer): counts and shares of all its problems."""
+    samples = [s for s in RecordStore(run_dir / "eval" / name / "samples.jsonl", EvalSample).records() if s.set == spec]
+    return flawed_step_rates(load_problems(spec), samples).as_json()
+
+
+def pooled(per_seed: dict[int, dict[str, Any]], spec_of: Callable[[int], str]) -> dict[str, Any]:
+    """One results dict of (seed, problem) outcomes for the set ``spec_of(seed)`` of every seed."""
+    outcomes = {f"{seed}:{pid}": ok for seed, results in per_seed.items() for pid, ok in results["sets"][spec_of(seed)]["per_problem"].items()}
+    return {"sets": {"pooled": {"per_problem": outcomes}}}
+
+
+def compare(base: dict[str, Any], arm: dict[str, Any]) -> dict[str, Any]:
+    (row,) = compare_sets(base, arm, samples=10_000, seed=0, alpha=0.05)["rows"]
+    return {key: row[key] for key in ("problems", "accuracy_a", "accuracy_b", "diff", "ci_low", "ci_high", "a_only_right", "b_only_right", "p_value", "verdict")}
+
+
+def single(results: dict[str, Any], spec: str) -> dict[str, Any]:
+    return {"sets": {"pooled": results["sets"][spec]}}
+
+
+PHASES = ("arms", "rollout", "curve", "rounds", "analysis")
+
+
+def seed_dir(args: argparse.Namespace, seed: int) -> Path:
+    return Path(args.work) / f"seed{seed}"
+
+
+def in_dist(args: argparse.Namespace, seed: int) -> str:
+    return test_specs(args, seed)[0]
+
+
+def transfer(args: argparse.Namespace, seed: int) -> str:
+    return test_specs(args, seed)[1]
+
+
+def seed_arms(args: argparse.Namespace, clock: Clock, seed: int) -> None:
+    """Collect one seed's data and train and evaluate its arms (the rollout arm too, when asked)."""
+    folder = seed_dir(args, seed)
+    run = seed_config(args, seed, folder, problems_seed=100 + seed)
+    clock.run(f"seed {seed}: collect", lambda: pipeline.command(replace(run, methods=["step-dpo", "dpo", "scdpo", "judge-free"])))
+    dpo_file, step_count = matched_dpo_file(folder)
+    for arm in ("step-dpo", "scdpo", "judge-free"):
+        pair_file = folder / "pairs" / pipeline.METHOD_DATA[arm][1][0]
+        clock.run(f"seed {seed}: {arm}", lambda: train_and_eval(args, run, arm, arm, [pair_file]))
+    clock.run(f"seed {seed}: dpo", lambda: train_and_eval(args, run, "dpo", "dpo-matched", [dpo_file], max_pairs=step_count))
+    if "rollout" in args.phases and seed in args.seeds[: args.rollout_seeds]:
+        rollout = rollout_config(args, run, folder)
+        clock.run(f"seed {seed}: rollout collect", lambda: pipeline.command(rollout))
+        clock.run(f"seed {seed}: step-dpo-rollout", lambda: train_and_eval(
+            args, rollout, "step-dpo-rollout", "step-dpo", [Path(rollout.run_dir) / "pairs" / "step_pairs.jsonl"]))
+
+
+def arm_folders(args: argparse.Namespace, seed: int) -> dict[str, tuple[Path, str]]:
+    """arm -> (run directory, training/evaluation name) of one seed."""
+    folder = seed_dir(args, seed)
+    return {"step-dpo": (folder, "step-dpo"), "dpo": (folder, "dpo-matched"), "step-dpo-rollout": (Path(str(folder) + "-rollout"), "step-dpo"),
+            "scdpo": (folder, "scdpo"), "judge-free": (folder, "judge-free")}
+
+
+def union_files(args: argparse.Namespace) -> tuple[Path, Path]:
+    """All seeds' Step-DPO pairs and count-matched DPO pairs, one file each (the data-efficiency curve's last point)."""
+    folder = Path(args.work) / "all-seeds-pairs"
+    folder.mkdir(parents=True, exist_ok=True)
+    files = (folder / "step_pairs.jsonl", folder / "dpo_matched.jsonl")
+    for target, name in zip(files, ("step_pairs.jsonl", "dpo_matched.jsonl")):
+        atomic_write_text(target, "".join((seed_dir(args, s) / "pairs" / name).read_text(encoding="utf-8") for s in args.seeds))
+    return files
+
+
+def curve(args: argparse.Namespace, clock: Clock) -> None:
+    """Step-DPO and DPO on nested budgets of the first seed's pairs and on all seeds' pairs, from the organism."""
+    first = args.seeds[0]
+    folder = seed_dir(args, first)
+    run = seed_config(args, first, folder, problems_seed=100 + first)
+    union_step, union_dpo = union_files(args)
+    union_count = len(read_pairs([union_step]))
+    step_count = len(read_pairs([folder / "pairs" / "step_pairs.jsonl"]))
+    for arm, pair_file, union_file in (("step-dpo", folder / "pairs" / "step_pairs.jsonl", union_step),
+                                       ("dpo", folder / "pairs" / "dpo_matched.jsonl", union_dpo)):
+        for budget in [b for b in args.budgets if b < step_count]:
+            clock.run(f"curve {arm}@{budget}", lambda: train_and_eval(args, run, arm, f"{arm}@{budget}", [pair_file], max_pairs=budget))
+        if arm in args.union_methods:
+            clock.run(f"curve {arm}@all-seeds", lambda: train_and_eval(args, run, arm, f"{arm}@all-seeds", [union_file], max_pairs=union_count))
+
+
+def rounds(args: argparse.Namespace, clock: Clock) -> None:
+    """On-policy rounds: round r samples fresh problems from round r-1's Step-DPO model, which is also its reference."""
+    first = args.seeds[0]
+    previous = read_results(seed_dir(args, first), "step-dpo")
+    for number in range(2, args.rounds + 1):
+        # A model is named as its evaluation recorded it, so that the copied base evaluation resumes rather than refuses.
+        model = previous["settings"]["model"]
+        round_dir = Path(args.work) / f"seed{first}-round{number}"
+        run = seed_config(args, first, round_dir, problems_seed=100 + first + 1000 * (number - 1), model=model)
+        # The previous model's evaluation is this round's base: the same model, problems and settings.
+        copy_into(Path(model).parent.parent.parent / "eval" / "step-dpo", round_dir / "eval" / "base")
+        clock.run(f"round {number}: collect", lambda: pipeline.command(replace(run, methods=["step-dpo"], pairs=replace(run.pairs, dpo=False))))
+        previous = clock.run(f"round {number}: step-dpo", lambda: train_and_eval(args, run, "step-dpo", "step-dpo", [round_dir / "pairs" / "step_pairs.jsonl"]))
+
+
+def analysis(args: argparse.Namespace, clock: Clock) -> dict[str, Any]:
+    """Every number of the result file, from the run directories (nothing is computed here but statistics)."""
+    first = args.seeds[0]
+    base = {s: read_results(seed_dir(args, s), "base") for s in args.seeds}
+    table: dict[str, Any] = {}
+    arms: dict[str, dict[int, dict[str, Any]]] = {}
+    for arm in ARMS:
+        per_seed, counts = {}, {}
+        for seed in args.seeds:
+            folder, name = arm_folders(args, seed)[arm]
+            if (folder / "eval" / name / "results.json").is_file():
+                per_seed[seed], counts[str(seed)] = read_results(folder, name), trained_pairs(folder, name)
+        if not per_seed:
+            continue
+        arms[arm] = per_seed
+        seeds = sorted(per_seed)
+        table[arm] = {
+            "seeds": seeds, "pairs": counts,
+            "pooled": {"in_distribution": compare(pooled({s: base[s] for s in seeds}, lambda s: in_dist(args, s)), pooled(per_seed, lambda s: in_dist(args, s))),
+                       "transfer": compare(pooled({s: base[s] for s in seeds}, lambda s: transfer(args, s)), pooled(per_seed, lambda s: transfer(args, s)))},
+            "per_seed": {str(s): {"in_distribution": compare(single(base[s], in_dist(args, s)), single(per_seed[s], in_dist(args, s))),
+                                  "transfer": compare(single(base[s], transfer(args, s)), single(per_seed[s], transfer(args, s)))} for s in seeds},
+        }
+    step_vs_dpo = {key: compare(pooled(arms["dpo"], spec), pooled(arms["step-dpo"], spec))
+                   for key, spec in (("in_distribution", lambda s: in_dist(args, s)), ("transfer", lambda s: transfer(args, s)))}
+    first_set = in_dist(args, first)
+    flawed = {"base": flawed_steps(seed_dir(args, first), "base", first_set)}
+    for arm, (folder, name) in arm_folders(args, first).items():
+        if (folder / "eval" / name / "samples.jsonl").is_file():
+            flawed[arm] = flawed_steps(folder, name, first_set)
+    first_base = single(base[first], first_set)
+    folder = seed_dir(args, first)
+    data_efficiency: dict[str, list[dict[str, Any]]] = {}
+    for arm, full_name in (("step-dpo", "step-dpo"), ("dpo", "dpo-matched")):
+        names = [f"{arm}@{b}" for b in args.budgets] + [full_name, f"{arm}@all-seeds"]
+        data_efficiency[arm] = [{"pairs": trained_pairs(folder, name), "name": name, **compare(first_base, single(read_results(folder, name), first_set))}
+                                for name in names if (folder / "eval" / name / "results.json").is_file()]
+    round_rows = [{"round": 0, "pairs": 0, **compare(first_base, first_base)}]
+    for number in range(1, args.rounds + 1):
+        round_dir = folder if number == 1 else Path(args.work) / f"seed{first}-round{number}"
+        if (round_dir / "eval" / "step-dpo" / "results.json").is_file():
+            round_rows.append({"round": number, "pairs": trained_pairs(round_dir, "step-dpo"),
+                               **compare(first_base, single(read_results(round_dir, "step-dpo"), first_set))})
+    cpu_model, flags = cpu_info()
+    return {
+        "command": "bench/organism.py " + " ".join(sys.argv[1:]),
+        "seeds": args.seeds, "settings": args.knobs, "problems_per_seed": args.problems, "test_sets": {str(s): test_specs(args, s) for s in args.seeds},
+        "base": {str(s): {"in_distribution": base[s]["sets"][in_dist(args, s)]["accuracy"], "transfer": base[s]["sets"][transfer(args, s)]["accuracy"]} for s in args.seeds},
+        "arms": table, "step_dpo_vs_dpo": step_vs_dpo, "flawed_steps": flawed, "data_efficiency": data_efficiency, "rounds": round_rows,
+        "cpu": {"model": cpu_model, "speed_flags": speed_flags(flags)}, "threads": int(os.environ.get("OMP_NUM_THREADS", os.cpu_count() or 1)),
+        "load_average_end": [round(x, 2) for x in os.getloadavg()], "phases_s": clock.phases, "wall_s": clock.total(),
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
+    parser.add_argument("--phases", nargs="+", choices=PHASES, default=list(PHASES),
+                        help="What this invocation does (everything resumes, so two invocations can split the seeds and a last one pools them).")
+    parser.add_argument("--work", default="runs/organism-bench", help="Where every run directory goes (resumable).")
+    parser.add_argument("--problems", type=int, default=900, help="Train-split problems sampled per seed (k=4 samples each).")
+    parser.add_argument("--test-n", type=int, default=1000, help="Test problems of 3-4 steps per seed.")
+    parser.add_argument("--transfer-n", type=int, default=500, help="Test problems of 5-6 steps per seed (length transfer).")
+    parser.add_argument("--rollout-limit", type=int, default=600, help="Wrong samples the rollout localizer locates per seed.")
+    parser.add_argument("--rollout-seeds", type=int, default=1, help="How many of the seeds get the rollout-localizer arm (it is the slowest).")
+    parser.add_argument("--budgets", type=int, nargs="*", default=[100, 300], help="Pair budgets below the full set for the data-efficiency curve (first seed).")
+    parser.add_argument("--union-methods", nargs="*", default=["step-dpo", "dpo"], help="Methods also trained on all seeds' pairs together.")
+    parser.add_argument("--rounds", type=int, default=3, help="On-policy Step-DPO rounds on the first seed (1 = none beyond the arm).")
+    parser.add_argument("--dtype", default="float32", help="Generation dtype (float32 generates faster than bf16 autocast at this size).")
+    parser.add_argument("--setting", action="append", default=[], help="'METHOD lr=.. beta=.. epochs=.. sft_weight=..' chosen on validation (bench/organism_tune.py).")
+    parser.add_argument("--name", default="organism", help="Result file stem under bench/results.")
+    args = parser.parse_args()
+    args.knobs = {method: {} for method in pipeline.METHOD_DATA}
+    for text in args.setting:
+        method, knobs = parse_setting(text)
+        args.knobs[method] = knobs
+    Path(args.work).mkdir(parents=True, exist_ok=True)
+    clock = Clock(Path(args.work) / "phases.json")
+    if "arms" in args.phases:
+        for seed in args.seeds:
+            seed_arms(args, clock, seed)
+    if "curve" in args.phases:
+        curve(args, clock)
+    if "rounds" in args.phases:
+        rounds(args, clock)
+    if "analysis" in args.phases:
+        result = analysis(args, clock)
+        RESULTS.mkdir(exist_ok=True)
+        atomic_write_json(RESULTS / f"{args.name}.json", result)
+        atomic_write_text(RESULTS / f"{args.name}.md", render(result))
+        print(render(result))
+    return 0
+
+
+def _diff(row: dict[str, Any]) -> str:
+    return f"{100 * row['diff']:+.1f} [{100 * row['ci_low']:+.1f}, {100 * row['ci_high']:+.1f}]"
+
+
+def render(result: dict[str, Any]) -> str:
+    seeds = result["seeds"]
+    lines = ["# The model organism, powered: Step-DPO against the base, DPO, SCDPO and judge-free", "", "    .venv/bin/python " + result["command"], "",
+             f"Seeds {seeds}; {result['problems_per_seed']} sampled problems per seed; settings chosen on the validation split: "
+             f"`{json.dumps(result['settings'])}`. CPU {result['cpu']['model']} ({', '.join(result['cpu']['speed_flags'])}), {result['threads']} threads, "
+             f"load average at the end {result['load_average_end']}; the phases took {result['wall_s'] / 60:.1f} min in all (summed; see the last table).", "",
+             "Base (the organism) accuracy per seed, 3-4 steps / 5-6 steps: " + ", ".join(
+                 f"seed {s}: {100 * v['in_distribution']:.1f} / {100 * v['transfer']:.1f} %" for s, v in result["base"].items()), "",
+             "## Every arm against the base, pooled over seeds (paired bootstrap 95 % CI, McNemar p)", "",
+             "| arm | seeds | pairs per seed | 3-4 steps: accuracy | diff [95 % CI] | p | 5-6 steps: accuracy | diff [95 % CI] | p |", "|---|---|---|---|---|---|---|---|---|"]
+    for arm, row in result["arms"].items():
+        a, t = row["pooled"]["in_distribution"], row["pooled"]["transfer"]
+        lines.append(f"| {ARM_LABELS[arm]} | {len(row['seeds'])} | {', '.join(str(v) for v in row['pairs'].values())} | {100 * a['accuracy_b']:.1f} % (base {100 * a['accuracy_a']:.1f}) | "
+                     f"{_diff(a)} | {a['p_value']:.2g} | {100 * t['accuracy_b']:.1f} % (base {100 * t['accuracy_a']:.1f}) | {_diff(t)} | {t['p_value']:.2g} |")
+    s = result["step_dpo_vs_dpo"]
+    lines += ["", f"Step-DPO against count-matched DPO (pooled): 3-4 steps {_diff(s['in_distribution'])} (p {s['in_distribution']['p_value']:.2g}); "
+              f"5-6 steps {_diff(s['transfer'])} (p {s['transfer']['p_value']:.2g}).", "",
+              "Per seed (3-4 steps, diff with base):", "", "| arm | " + " | ".join(f"seed {x}" for x in seeds) + " |", "|---|" + "---|" * len(seeds)]
+    for arm, row in result["arms"].items():
+        lines.append(f"| {ARM_LABELS[arm]} | " + " | ".join(_diff(row["per_seed"][str(x)]["in_distribution"]) if str(x) in row["per_seed"] else "" for x in seeds) + " |")
+    positions = sorted({k for v in result["flawed_steps"].values() for k in v["shares"]}, key=lambda k: (k != "right", not k.isdigit(), k))
+    lines += ["", f"## Where the errors start (exact localizer, seed {seeds[0]}'s 3-4-step test problems, % of all problems)", "",
+              "| model | " + " | ".join(f"first wrong at step {k}" if k.isdigit() else k for k in positions) + " | mean first wrong step |",
+              "|---|" + "---|" * (len(positions) + 1)]
+    for name, v in result["flawed_steps"].items():
+        lines.append(f"| {ARM_LABELS.get(name, name)} | " + " | ".join(f"{100 * v['shares'].get(k, 0):.1f}" for k in positions) + f" | {v['mean_first_wrong_step']} |")
+    lines += ["", f"## Data efficiency (seed {seeds[0]}'s test problems, 3-4 steps; nested budgets of its pairs, all of them, and all seeds' pairs)", "",
+              "| method | model | pairs trained on | accuracy | diff with base [95 % CI] | p |", "|---|---|---|---|---|---|"]
+    for arm, points in result["data_efficiency"].items():
+        for p in points:
+            lines.append(f"| {ARM_LABELS[arm]} | {p['name']} | {p['pairs']} | {100 * p['accuracy_b']:.1f} % | {_diff(p)} | {p['p_value']:.2g} |")
+    lines += ["", f"## On-policy rounds of Step-DPO (seed {seeds[0]}'s test problems, 3-4 steps)", "", "| round | pairs this round | accuracy | diff with base [95 % CI] | p |", "|---|---|---|---|---|"]
+    for r in result["rounds"]:
+        lines.append(f"| {r['round']} | {r['pairs']} | {100 * r['accuracy_b']:.1f} % | {_diff(r) if r['round'] else ''} | {r['p_value']:.2g} |")
+    lines += ["", "## Wall time per phase (s)", "", "| phase | s |", "|---|---|"] + [f"| {k} | {v} |" for k, v in result["phases_s"].items()]
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
