@@ -50,7 +50,7 @@ from stepdpo.stages.evaluate import EvalSample
 from stepdpo.training.data import read_pairs
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from organism_tune import parse_setting  # noqa: E402  (a sibling script, not a package)
+from organism_tune import parse_setting, with_knobs  # noqa: E402  (a sibling script, not a package)
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
@@ -86,11 +86,6 @@ class Clock:
 def test_specs(args: argparse.Namespace, seed: int) -> list[str]:
     return [f"synthetic:test?n={args.test_n}&min_steps=3&max_steps=4&difficulty=0&seed={seed}",
             f"synthetic:test?n={args.transfer_n}&min_steps=5&max_steps=6&difficulty=0&seed={seed}"]
-
-
-def with_knobs(config: train.TrainConfig, knobs: dict[str, float]) -> train.TrainConfig:
-    optim = replace(config.optim, learning_rate=knobs.get("lr", config.optim.learning_rate), epochs=knobs.get("epochs", config.optim.epochs))
-    return replace(config, optim=optim, beta=knobs.get("beta", config.beta), sft_weight=knobs.get("sft_weight", config.sft_weight), report_to=["none"])
 
 
 def seed_config(args: argparse.Namespace, seed: int, run_dir: Path, problems_seed: int, model: str = "organism") -> pipeline.RunConfig:
@@ -331,7 +326,7 @@ def main() -> int:
     parser.add_argument("--union-methods", nargs="*", default=["step-dpo", "dpo"], help="Methods also trained on all seeds' pairs together.")
     parser.add_argument("--rounds", type=int, default=3, help="On-policy Step-DPO rounds on the first seed (1 = none beyond the arm).")
     parser.add_argument("--dtype", default="float32", help="Generation dtype (float32 generates faster than bf16 autocast at this size).")
-    parser.add_argument("--setting", action="append", default=[], help="'METHOD lr=.. beta=.. epochs=.. sft_weight=..' chosen on validation (bench/organism_tune.py).")
+    parser.add_argument("--setting", action="append", default=[], help="'METHOD lr=.. beta=.. epochs=.. sft_weight=.. batch=..' chosen on validation (bench/organism_tune.py).")
     parser.add_argument("--name", default="organism", help="Result file stem under bench/results.")
     args = parser.parse_args()
     args.knobs = {method: {} for method in pipeline.METHOD_DATA}

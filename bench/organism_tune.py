@@ -10,7 +10,7 @@ same validation problems, with its paired difference to the base (bootstrap CI, 
     .venv/bin/python bench/organism_tune.py --run-dir /tmp/tune/data \\
         --setting "step-dpo lr=1e-5 beta=0.4 epochs=1" --setting "dpo lr=1e-5 beta=0.4 epochs=1" ...
 
-A setting is a method of `stepdpo run` and any of lr, beta, epochs, sft_weight. Each trained model stays
+A setting is a method of `stepdpo run` and any of lr, beta, epochs, sft_weight, batch (pairs per optimizer step). Each trained model stays
 under RUN/train/<setting name> and its evaluation under RUN/eval/<setting name>, so a rerun with more
 settings only computes the new ones. Writes bench/results/<--name>.{md,json} with the CPU, its flags and
 the load average.
@@ -33,7 +33,7 @@ from stepdpo.stages import evaluate, pipeline, train
 from stepdpo.stages.compare import compare_sets
 
 RESULTS = Path(__file__).resolve().parent / "results"
-KNOBS = {"lr": float, "beta": float, "epochs": float, "sft_weight": float}
+KNOBS = {"lr": float, "beta": float, "epochs": float, "sft_weight": float, "batch": int}
 
 
 def parse_setting(text: str) -> tuple[str, dict[str, float]]:
@@ -53,11 +53,15 @@ def setting_name(method: str, knobs: dict[str, float]) -> str:
     return method + "".join(f"_{key}{value:g}" for key, value in sorted(knobs.items()))
 
 
+def with_knobs(config: train.TrainConfig, knobs: dict[str, float]) -> train.TrainConfig:
+    """``config`` with a setting's knobs applied (the ones it does not name keep their values)."""
+    optim = replace(config.optim, learning_rate=knobs.get("lr", config.optim.learning_rate), epochs=knobs.get("epochs", config.optim.epochs),
+                    batch_size=int(knobs.get("batch", config.optim.batch_size)))
+    return replace(config, optim=optim, beta=knobs.get("beta", config.beta), sft_weight=knobs.get("sft_weight", config.sft_weight), report_to=["none"])
+
+
 def train_config(run: pipeline.RunConfig, method: str, knobs: dict[str, float]) -> train.TrainConfig:
-    config = pipeline.stage_config(run, "train", method)
-    optim = replace(config.optim, learning_rate=knobs.get("lr", config.optim.learning_rate), epochs=knobs.get("epochs", config.optim.epochs))
-    return replace(config, optim=optim, beta=knobs.get("beta", config.beta), sft_weight=knobs.get("sft_weight", config.sft_weight),
-                   name=setting_name(method, knobs), report_to=["none"])
+    return replace(with_knobs(pipeline.stage_config(run, "train", method), knobs), name=setting_name(method, knobs))
 
 
 def read_json(path: Path) -> dict[str, Any]:
@@ -80,7 +84,7 @@ def measure(run: pipeline.RunConfig, run_dir: Path, method: str, knobs: dict[str
     (row,) = compare_sets(base, results, samples=10_000, seed=0, alpha=0.05)["rows"]
     funnel = read_json(run_dir / "funnel" / f"train-{config.name}.json")["extra"]
     return {"name": config.name, "method": method, "learning_rate": config.optim.learning_rate, "beta": config.beta,
-            "epochs": config.optim.epochs, "sft_weight": config.sft_weight, "pairs": funnel.get("pairs_train"),
+            "epochs": config.optim.epochs, "sft_weight": config.sft_weight, "batch": config.optim.batch_size, "pairs": funnel.get("pairs_train"),
             "accuracy": row["accuracy_b"], "diff": row["diff"], "ci_low": row["ci_low"], "ci_high": row["ci_high"],
             "p_value": row["p_value"], "only_base_right": row["a_only_right"], "only_trained_right": row["b_only_right"],
             "heldout_pref_accuracy": funnel.get("eval rewards/accuracies"), "heldout_margin": funnel.get("eval rewards/margins"),
@@ -104,7 +108,7 @@ def render(result: dict[str, Any]) -> str:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--run-dir", required=True, help="A run directory filled by `stepdpo run --stop_after pairs` (its eval set is the validation split).")
-    parser.add_argument("--setting", action="append", required=True, help="'METHOD lr=.. beta=.. epochs=.. sft_weight=..' (repeatable).")
+    parser.add_argument("--setting", action="append", required=True, help="'METHOD lr=.. beta=.. epochs=.. sft_weight=.. batch=..' (repeatable).")
     parser.add_argument("--name", default="organism_tune", help="Result file stem under bench/results.")
     parser.add_argument("--title", default="Choosing the organism's training settings on the validation split")
     args = parser.parse_args()

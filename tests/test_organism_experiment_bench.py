@@ -1,0 +1,87 @@
+"""bench/organism.py: count-matched DPO pairs, pooled (seed, problem) comparisons, where errors start, the rendered table."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+from dataclasses import asdict
+from pathlib import Path
+
+import pytest
+
+from stepdpo.problems import load_problems
+from stepdpo.stages.evaluate import EvalSample
+
+
+@pytest.fixture(scope="module")
+def bench(load_bench):
+    return load_bench("organism")
+
+
+def _args(tmp_path: Path, bench) -> argparse.Namespace:
+    return argparse.Namespace(work=str(tmp_path), seeds=[1, 2], test_n=4, transfer_n=2, problems=8, budgets=[100], rounds=2,
+                              knobs={"step-dpo": {"lr": 1e-5}}, phases=list(bench.PHASES))
+
+
+def _wrong(solution: str) -> str:
+    """The solution with step 2's result changed: its first wrong step is 2."""
+    lines = solution.splitlines()
+    lines[1] = re.sub(r"(\d+)(\D*)$", lambda m: f"{int(m.group(1)) + 1}{m.group(2)}", lines[1])
+    return "\n".join(lines)
+
+
+def _write_eval(folder: Path, specs: list[str], right: dict[str, list[bool]]) -> None:
+    """An evaluation of ``specs`` whose i-th problem is right when ``right[spec][i]`` (wrong ones err at step 2)."""
+    folder.mkdir(parents=True)
+    sets, lines = {}, []
+    for spec in specs:
+        problems = load_problems(spec)
+        outcomes = dict(zip((p.id for p in problems), right[spec]))
+        sets[spec] = {"accuracy": sum(outcomes.values()) / len(outcomes), "per_problem": outcomes}
+        for problem, ok in zip(problems, right[spec]):
+            response = problem.solution if ok else _wrong(problem.solution)
+            lines.append(json.dumps(asdict(EvalSample(id=f"{spec}|{problem.id}#0", set=spec, problem_id=problem.id, index=0, prompt="", response=response,
+                                                      predicted=None, gold=problem.answer, correct=ok, has_final_answer=True, num_tokens=10, finish_reason="eos"))))
+    (folder / "results.json").write_text(json.dumps({"sets": sets, "settings": {"model": str(folder)}}))
+    (folder / "samples.jsonl").write_text("\n".join(lines) + "\n")
+
+
+def test_matched_dpo_pairs_come_from_the_step_pairs_problems(tmp_path, bench):
+    pairs = tmp_path / "pairs"
+    pairs.mkdir()
+    row = {"prompt": "q", "initial_reason_steps": "Let's think step by step.\n", "chosen": "a", "rejected": "b", "answer": "1"}
+    (pairs / "step_pairs.jsonl").write_text("".join(json.dumps({**row, "id": f"s{i}", "problem_id": p}) + "\n" for i, p in enumerate("AAB")))
+    (pairs / "dpo_pairs.jsonl").write_text("".join(json.dumps({**row, "id": f"d{i}", "problem_id": p}) + "\n" for i, p in enumerate("ABCCA")))
+    path, step_count = bench.matched_dpo_file(tmp_path)
+    assert step_count == 3
+    assert [json.loads(line)["id"] for line in path.read_text().splitlines()] == ["d0", "d1", "d4"]  # C has no Step-DPO pair
+
+
+def test_analysis_pools_seeds_and_locates_first_wrong_steps(tmp_path, bench):
+    args = _args(tmp_path, bench)
+    outcomes = {  # seed -> name -> (3-4 steps, 5-6 steps)
+        1: {"base": ([True, False, False, True], [False, False]), "step-dpo": ([True, True, False, True], [True, False]),
+            "dpo-matched": ([True, False, False, False], [False, False])},
+        2: {"base": ([False, False, True, True], [False, True]), "step-dpo": ([True, False, True, True], [False, True]),
+            "dpo-matched": ([False, False, True, True], [False, True])},
+    }
+    for seed, evals in outcomes.items():
+        specs = bench.test_specs(args, seed)
+        for name, (in_dist, transfer) in evals.items():
+            _write_eval(tmp_path / f"seed{seed}" / "eval" / name, specs, {specs[0]: in_dist, specs[1]: transfer})
+    result = bench.analysis(args, bench.Clock(tmp_path / "phases.json"))
+    assert set(result["arms"]) == {"step-dpo", "dpo"}  # the other arms were never evaluated
+    step = result["arms"]["step-dpo"]["pooled"]["in_distribution"]
+    assert step["problems"] == 8 and step["accuracy_a"] == 4 / 8 and step["accuracy_b"] == 6 / 8
+    assert step["diff"] == pytest.approx(2 / 8) and (step["a_only_right"], step["b_only_right"]) == (0, 2)
+    assert result["arms"]["dpo"]["pooled"]["in_distribution"]["diff"] == pytest.approx(-1 / 8)
+    assert result["arms"]["step-dpo"]["pooled"]["transfer"]["diff"] == pytest.approx(1 / 4)
+    assert result["step_dpo_vs_dpo"]["in_distribution"]["diff"] == pytest.approx(3 / 8)
+    # Seed 1's base: 2 right, 2 wrong at step 2; Step-DPO: 3 right, 1 wrong at step 2.
+    assert result["flawed_steps"]["base"]["right"] == 2 and result["flawed_steps"]["base"]["first_wrong"] == {"2": 2}
+    assert result["flawed_steps"]["step-dpo"]["first_wrong"] == {"2": 1}
+    assert [row["round"] for row in result["rounds"]] == [0, 1]  # round 2 never ran
+    markdown = bench.render(result)
+    assert "| Step-DPO (exact localizer) | 2 | None, None | 75.0 % (base 50.0) | +25.0 [" in markdown
+    assert "| base | 50.0 | 0.0 | 50.0 | 0.0 | 2.0 |" in markdown  # right, step 1, step 2, unlocated, mean position
