@@ -232,6 +232,13 @@ def test_dry_run_plans_every_round_from_the_round_before():
         assert stages["sample"]["data"] == TRAIN_SPEC.replace("seed=1", f"seed={1 + (number - 1) * rounds.ROUND_SEED_STEP}")
     # Without rounds, the plan is the run's alone.
     assert not [name for name in pipeline.plan(replace(config, rounds=1))["order"] if name.startswith("round")]
+    # A method trained on SCDPO's data brings its stage into every round, and only that method is trained there.
+    judge_free = pipeline.plan(replace(config, rounds=2, methods=["step-dpo", "judge-free"], rounds_method="judge-free"))
+    assert [name for name in judge_free["order"] if name.startswith("round2/")] == [
+        f"round2/{stage}" for stage in ("sample", "locate", "rectify", "pairs", "scdpo", "train-judge-free", "eval-judge-free")]
+    assert judge_free["stages"]["round2/scdpo"]["judge_free"] and \
+        judge_free["stages"]["round2/scdpo"]["generator"]["model"] == "runs/r/train/judge-free/final"
+    assert judge_free["stages"]["round2/train-judge-free"]["pairs"] == ["runs/r/rounds/r2/pairs/judge_free_pairs.jsonl"]
 
 
 # ----------------------------------------------------------------------------- the report's accuracy by round
