@@ -17,6 +17,8 @@
       funnel/<stage>.json      records in, out, and dropped by reason, per stage
       compare_<method>.json    stepdpo compare of each trained model against the start
       timings.json             wall seconds per stage of `stepdpo run`
+      rounds/r<r>/             `stepdpo run --rounds N`: round r >= 2, a run directory of this layout of its own
+                               (from round r-1's model; compare_<method>_previous.json against it)
       report/                  report.html, report.md, plots
 """
 

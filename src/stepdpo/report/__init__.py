@@ -44,7 +44,7 @@ class ReportPaths:
     html: Path
     markdown: Path
     images: dict[str, Path]
-    """Figure key ('accuracy', 'budgets', 'lengths', 'flawed', 'training', 'funnel', 'localization') -> PNG file beside the Markdown."""
+    """Figure key ('accuracy', 'budgets', 'rounds', 'lengths', 'flawed', 'training', 'funnel', 'localization') -> PNG file beside the Markdown."""
     flips: dict[str, Path] = field(default_factory=dict)
     """Trained evaluation -> its full list of flips (JSONL) beside the page."""
 
@@ -59,6 +59,8 @@ def draw_figures(data: RunData) -> dict[str, bytes]:
     budgets = budget_curves(data)
     if budgets and budgets.points:
         figures["budgets"] = plots.budget_chart(budgets)
+    if data.rounds:
+        figures["rounds"] = plots.rounds_chart(data.rounds)
     if data.completeness:
         figures["lengths"] = plots.completeness_chart(data.completeness)
     curves = select_curves(data.curves)

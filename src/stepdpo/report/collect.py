@@ -491,6 +491,53 @@ def read_records(path: Path, record_type: type) -> tuple[list[Any] | None, str |
         return None, str(err)
 
 
+# --------------------------------------------------------------------------- on-policy rounds
+
+
+@dataclass
+class RoundAccuracy:
+    """One test set's accuracy after ``round`` on-policy rounds (0: the starting policy), with its paired differences."""
+
+    round: int
+    accuracy: EvalSet
+    vs_base: Comparison | None = None
+    vs_previous: Comparison | None = None
+
+
+def _rounds_method(config: dict[str, Any] | None, round_dirs: list[Path]) -> str | None:
+    """The method the rounds trained: ``rounds_method`` of the run's config, else the one evaluation the round folders hold."""
+    if config and isinstance(config.get("rounds_method"), str):
+        return config["rounds_method"]
+    names = {p.name for folder in round_dirs for p in (folder / "eval").glob("*") if p.is_dir()}
+    return names.pop() if len(names) == 1 else None
+
+
+def read_rounds(run: RunDir, config: dict[str, Any] | None) -> tuple[list[RoundAccuracy], list[str]]:
+    """Accuracy by round when the run has ``RUN/rounds`` (`stepdpo run --rounds N`): round 0 is ``eval/base``, round 1 the
+    run's own ``eval/<method>``, round r ``rounds/r<r>/eval/<method>``; differences from their ``compare_<method>*.json``."""
+    folder = run.root / "rounds"
+    if not folder.is_dir():
+        return [], []
+    numbered = sorted((int(p.name[1:]), p) for p in folder.iterdir() if p.is_dir() and re.fullmatch(r"r\d+", p.name))
+    method = _rounds_method(config, [p for _, p in numbered])
+    if method is None:
+        return [], [f"{folder}: no rounds_method in config.yaml, and the rounds do not evaluate exactly one model"]
+    # (round, its run folder, evaluation, compare file against the start, compare file against the round before)
+    steps = [(0, run.root, "base", None, None), (1, run.root, method, f"compare_{method}.json", f"compare_{method}.json")]
+    steps += [(number, path, method, f"compare_{method}.json", f"compare_{method}_previous.json") for number, path in numbered if number >= 2]
+    rows: list[RoundAccuracy] = []
+    errors: list[str] = []
+    for number, path, name, against_base, against_previous in steps:
+        sets, eval_errors, _, _ = read_evals(RunDir(path))
+        comparisons, compare_errors = read_comparisons(RunDir(path))
+        if number >= 2:  # rounds 0 and 1 are the run's own folder, whose errors the accuracy section shows
+            errors += eval_errors + compare_errors
+        by_file = {(c.source, c.test_set): c for c in comparisons}
+        rows += [RoundAccuracy(number, e, by_file.get((against_base, e.test_set)), by_file.get((against_previous, e.test_set)))
+                 for e in sets if e.eval_name == name]
+    return rows, errors
+
+
 @dataclass
 class RunData:
     """Everything the report shows; ``None`` means the input file is absent."""
@@ -517,6 +564,9 @@ class RunData:
     sample_errors: list[str] = field(default_factory=list)
     flawed_steps: list[FlawedStepRow] = field(default_factory=list)
     """First wrong step by position, per evaluation and test set with known intermediate values."""
+    rounds: list[RoundAccuracy] = field(default_factory=list)
+    """Accuracy by on-policy round (empty without RUN/rounds)."""
+    rounds_errors: list[str] = field(default_factory=list)
 
 
 def read_eval_responses(run: RunDir, names: list[str]) -> tuple[dict[str, list[EvalResponse]], list[str]]:
@@ -602,6 +652,7 @@ def collect(run_dir: str | Path, max_pairs: int = 12) -> RunData:
         wall_error=timings_error,
     )
     pairs = read_pairs(run, located, max_pairs)
+    rounds, rounds_errors = read_rounds(run, config)
     return RunData(
         header=header,
         evals=evals,
@@ -621,4 +672,6 @@ def collect(run_dir: str | Path, max_pairs: int = 12) -> RunData:
         completeness=completeness_rows([e for e in evals if parse_budget_run_name(e.eval_name) is None], responses),
         sample_errors=sample_errors,
         flawed_steps=read_flawed_steps(responses, eval_settings),
+        rounds=rounds,
+        rounds_errors=rounds_errors,
     )

@@ -14,7 +14,7 @@ from matplotlib.figure import Figure
 from stepdpo.records import LocatedError
 from stepdpo.report.budgets import BudgetCurves
 from stepdpo.report.flawed_steps import FlawedStepRow
-from stepdpo.report.collect import METHOD_ORDER, Curve, EvalSet, order_key
+from stepdpo.report.collect import METHOD_ORDER, Curve, EvalSet, RoundAccuracy, order_key
 from stepdpo.report.solutions import Completeness
 from stepdpo.report.tables import short_set_names
 from stepdpo.rundir import Funnel
@@ -72,6 +72,33 @@ def accuracy_chart(evals: list[EvalSet]) -> bytes:
     ax.set_title("Accuracy with 95% confidence intervals")
     ax.grid(axis="y", alpha=0.3)
     ax.legend(fontsize=8, ncols=min(len(names), 5), loc="upper left")
+    return _png(fig)
+
+
+def rounds_chart(rows: list[RoundAccuracy]) -> bytes:
+    """Accuracy after each on-policy round (0: the starting policy), one line per test set, 95% CIs as error bars (in %)."""
+    sets = list(dict.fromkeys(r.accuracy.test_set for r in rows))
+    names = short_set_names(sets)
+    last = max(r.round for r in rows)
+    fig = Figure(figsize=(max(4.5, 2.5 + 0.8 * last), 3.4))
+    ax = fig.add_subplot()
+    for j, test_set in enumerate(sets):
+        points = sorted((r.round, r.accuracy) for r in rows if r.accuracy.test_set == test_set)
+        ys = [100 * e.accuracy for _, e in points]
+        lows = [y - 100 * e.ci_low if e.ci_low is not None else 0.0 for y, (_, e) in zip(ys, points)]
+        highs = [100 * e.ci_high - y if e.ci_high is not None else 0.0 for y, (_, e) in zip(ys, points)]
+        # Sets side by side within a round, so their error bars do not hide each other.
+        xs = [n + 0.08 * (j - (len(sets) - 1) / 2) for n, _ in points]
+        ax.errorbar(xs, ys, yerr=[lows, highs], marker="o", markersize=4, capsize=3, elinewidth=1, color=_CYCLE[j % len(_CYCLE)], label=names[test_set])
+    ax.set_xticks(range(last + 1), ["0 (start)"] + [str(n) for n in range(1, last + 1)])
+    ax.set_xlabel("rounds of training")
+    ax.set_ylabel("accuracy (%)")
+    top = max((100 * (r.accuracy.ci_high if r.accuracy.ci_high is not None else r.accuracy.accuracy) for r in rows), default=100)
+    ax.set_ylim(0, min(100, top * 1.18 + 2))
+    method = next((r.accuracy.eval_name for r in rows if r.round > 0), "")
+    ax.set_title(f"Accuracy by round ({method}) with 95% confidence intervals", fontsize=10)
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=8, loc="upper left")
     return _png(fig)
 
 

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from stepdpo.records import LocatedError
 from stepdpo.report.budgets import BudgetCurves, budget_curves
-from stepdpo.report.collect import METHOD_ORDER, Comparison, Curve, EvalSet, Header, RunData, flatten, order_key
+from stepdpo.report.collect import METHOD_ORDER, Comparison, Curve, EvalSet, Header, RoundAccuracy, RunData, flatten, order_key
 from stepdpo.report.flawed_steps import FlawedStepRow
 from stepdpo.report.solutions import Completeness, FlipSet, PairSample
 from stepdpo.rundir import Funnel
@@ -211,6 +211,38 @@ def compare_table(comparisons: list[Comparison]) -> Table:
     return Table(["file", "test set", "A", "B", "B − A", "95% CI", "McNemar p", "verdict"], rows)
 
 
+def _difference(c: Comparison | None) -> str:
+    """A paired difference as 'B − A pp [CI]' (its scale as compare_table reads it), or a dash."""
+    if c is None or c.difference is None:
+        return DASH
+    scale = _points_scale([c.difference, c.ci_low, c.ci_high])
+    ci = f" [{scale * c.ci_low:+.1f}, {scale * c.ci_high:+.1f}]" if c.ci_low is not None and c.ci_high is not None else ""
+    return f"{scale * c.difference:+.1f} pp{ci}"
+
+
+def rounds_blocks(rows: list[RoundAccuracy], errors: list[str]) -> list[Block]:
+    """The 'Accuracy by round' section: its errors, figure, one row per round and test set, and what the rows are."""
+    blocks: list[Block] = [Text(e, "error") for e in errors]
+    if not rows:
+        return blocks
+    sets = list(dict.fromkeys(r.accuracy.test_set for r in rows))
+    names = short_set_names(sets)
+    table = []
+    for r in sorted(rows, key=lambda r: (sets.index(r.accuracy.test_set), r.round)):
+        e = r.accuracy
+        ci = f"[{_pct(e.ci_low)}, {_pct(e.ci_high)}]" if e.ci_low is not None and e.ci_high is not None else DASH
+        counts = f"{e.correct} / {e.total}" if e.correct is not None and e.total is not None else DASH
+        table.append([str(r.round), e.eval_name, names[e.test_set], counts, _pct(e.accuracy), ci,
+                      DASH if r.round == 0 else _difference(r.vs_base), DASH if r.round == 0 else _difference(r.vs_previous)])
+    method = next((r.accuracy.eval_name for r in rows if r.round > 0), "the trained method")
+    return blocks + [
+        Figure("rounds", "accuracy after each on-policy round, with 95% confidence intervals"),
+        Table(["round", "evaluation", "set", "correct / n", "accuracy", "95% CI", "vs start (B − A, 95% CI)", "vs round before"], table),
+        Text(f"Round 0: the starting policy (eval/base); round 1: the run's {method} model; round r: {method} trained again from round "
+             f"r−1's model, on errors that model made on new problems (rounds/r<r>/). Differences: paired bootstrap (stepdpo compare)."),
+    ]
+
+
 def select_curves(curves: list[Curve]) -> list[Curve]:
     """Per training run, its eval-split curve, or its train-split one when it logged no eval rows."""
     chosen: dict[str, Curve] = {}
@@ -365,7 +397,7 @@ def _listed(errors: list[str], present: bool, content: list[Block], missing_key:
 
 
 def sections(data: RunData) -> list[Section]:
-    """The whole report in order: Run, Accuracy, Pair budgets (when the run has them), Flips, Completeness, Where errors start,
+    """The whole report in order: Run, Accuracy, Pair budgets, Rounds (each when the run has them), Flips, Completeness, Where errors start,
     Training, Pipeline funnel, Localization, Step pairs."""
     header = data.header
     if header.config_error:
@@ -416,10 +448,13 @@ def sections(data: RunData) -> list[Section]:
                Text("Does training on partial steps make the model write partial answers? 'State a final answer': a box, 'The answer is' "
                     "or '####' (not just a last number); 'change': against the starting model.")] if data.completeness else [Text(MISSING["completeness"], "missing")]
     curves = budget_curves(data)
+    rounds = [Section("rounds", "Rounds", "Accuracy by round (on-policy rounds)", rounds_blocks(data.rounds, data.rounds_errors))] \
+        if data.rounds or data.rounds_errors else []
     return [
         Section("overview", "Run", "Run", overview),
         Section("accuracy", "Accuracy", "Accuracy before and after training", accuracy),
         *([Section("budgets", "Pair budgets", "Accuracy by pair budget (data efficiency)", budget_blocks(curves, names))] if curves else []),
+        *rounds,
         Section("flips", "Flips", "What training changed: problems fixed and broken", flip_blocks),
         Section("lengths", "Completeness", "Length and completeness of the responses", lengths),
         Section("flawed", "First wrong step", "Where errors start: first wrong step by position", flawed_step_blocks(data.flawed_steps, names)),

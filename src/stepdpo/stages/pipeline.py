@@ -2,7 +2,8 @@
 
 SFT (optional) -> eval of the starting policy -> sample -> locate -> rectify ->
 pairs [-> scdpo, when a method needs its pairs] -> for each method: train -> eval
--> compare with the start [-> the same for each pair budget of a budget method] -> report. Every stage is the same ``command(config)`` the CLI runs on its own, so
+-> compare with the start [-> the same for each pair budget of a budget method]
+[-> on-policy rounds 2..N: stages/rounds.py] -> report. Every stage is the same ``command(config)`` the CLI runs on its own, so
 each one skips what is already on disk and resumes what is partial: a killed run
 continues where it stopped when started again with the same arguments.
 """
@@ -25,12 +26,13 @@ from stepdpo.report.collect import read_timings
 from stepdpo.rundir import RunDir, budget_run_name
 from stepdpo.models import ORGANISM_ALIAS
 from stepdpo.organism import spec as organism_spec
-from stepdpo.stages import compare, evaluate, locate, pairs, pretrain, rectify, sample, scdpo, sft, train
+from stepdpo.stages import compare, evaluate, locate, pairs, pretrain, rectify, rounds, sample, scdpo, sft, train
 from stepdpo.stages.compare import CompareConfig
 from stepdpo.stages.evaluate import EvalConfig
 from stepdpo.stages.locate import LocateConfig
 from stepdpo.stages.pairs import PairsConfig
 from stepdpo.stages.rectify import RectifyConfig
+from stepdpo.stages.rounds import ROUND_SEED_STEP
 from stepdpo.stages.sample import SampleConfig
 from stepdpo.stages.scdpo import SCDPOConfig
 from stepdpo.stages.sft import SFTConfig
@@ -70,6 +72,9 @@ class RunConfig:
     budget_methods: list[Method] = field(default_factory=lambda: ["step-dpo", "dpo"], metadata={"help": "Methods trained at each of pair_budgets; each must be one of methods, whose full-data run ends its curve."})
     seed: int = field(default=0, metadata={"help": "Seed of every stage (problem subsets, sampling, training)."})
     dry_run: bool = field(default=False, metadata={"help": "Print the plan (stage order, generation engines, global batch, every stage's resolved config) and stop: nothing is loaded or written."})
+    rounds: int = field(default=1, metadata={"help": "On-policy rounds: round r >= 2 samples, locates, rectifies and trains with round r-1's trained rounds_method model (also its DPO reference) on new problems, in RUN/rounds/r<r>/, and is evaluated and compared with the starting policy; only rounds_method is trained after round 1. 1: the run as without rounds."})
+    rounds_method: Method = field(default="step-dpo", metadata={"help": "The method whose trained model starts each next round (one of methods; used when rounds > 1)."})
+    rounds_sample_data: list[str] = field(default_factory=list, metadata={"help": f"Problem sets of rounds 2..N (one spec each), disjoint from earlier rounds'. Empty: a synthetic: sample.data gets its seed raised by {ROUND_SEED_STEP:,} per round (stages/rounds.py); another source must list them."})
     stop_after: Literal["", "sft", "pairs"] = field(default="", metadata={"help": "Stop after this stage: sft (and the evaluation of the starting model; e.g. to start several seeds from one SFT model), pairs (all preference data built, nothing trained); '': run everything."})
     generator: GeneratorConfig = field(default_factory=lambda: GeneratorConfig(batch_size=32), metadata={"help": "Generation backend for sampling, rollouts, rectification and evaluation (its model is set by the run)."})
     sft: SFTConfig = field(default_factory=lambda: SFTConfig(data=[f"synthetic:train?n=640&{_PROBLEMS}&seed=0"], optim=OptimizerConfig(learning_rate=2e-4)), metadata={"help": "SFT stage (640 small-number synthetic problems: what brings the embedded model into a middling accuracy band)."})
@@ -95,6 +100,7 @@ class RunConfig:
             check.not_empty("budget_methods")
             check.require(set(self.budget_methods) <= set(self.methods), "budget_methods",
                           f"must be among methods {self.methods} (a budget curve ends at the method's full-data run)")
+        rounds.validate(self, prefix)
         validate_config(self.generator, f"{prefix}generator.")
         stages: list[tuple[str, Any]] = [("sft", self.sft)] if self.do_sft else []
         stages.append(("eval", self.eval))
@@ -213,6 +219,11 @@ def section_from_run_config(section: str, path: Path, mapping: dict[str, Any]) -
     return stage_config(load_config(RunConfig, path), section)
 
 
+def collection_sections(config: RunConfig) -> list[str]:
+    """The stages that build the preference data, in order: scdpo only when a method trains on its pairs."""
+    return ["sample", "locate", "rectify", "pairs"] + (["scdpo"] if any(method in SCDPO_METHODS for method in config.methods) else [])
+
+
 def plan(config: RunConfig) -> dict[str, Any]:
     """What `stepdpo run` would do, resolved without loading a model: stage order, launches, global batch, stage configs."""
     gen = config.generator
@@ -227,10 +238,8 @@ def plan(config: RunConfig) -> dict[str, Any]:
         stages["sft"] = stage_config(config, "sft")
     stages["eval-base"] = stage_config(config, "eval")
     if config.stop_after != "sft":
-        for section in ("sample", "locate", "rectify", "pairs"):
+        for section in collection_sections(config):
             stages[section] = stage_config(config, section)
-        if any(method in SCDPO_METHODS for method in config.methods):
-            stages["scdpo"] = stage_config(config, "scdpo")
         if config.stop_after != "pairs":
             for method in config.methods:
                 stages[f"train-{method}"] = stage_config(config, "train", method)
@@ -238,6 +247,12 @@ def plan(config: RunConfig) -> dict[str, Any]:
             for method, budget in budget_runs(config):  # each skipped at run time when the method has no more pairs than that
                 stages[f"train-{budget_run_name(method, budget)}"] = stage_config(config, "train", method, budget)
                 stages[f"eval-{budget_run_name(method, budget)}"] = stage_config(config, "eval", method, budget)
+            for number in range(2, config.rounds + 1):
+                round_config = rounds.round_config(config, number)
+                for section in collection_sections(round_config):
+                    stages[f"round{number}/{section}"] = stage_config(round_config, section)
+                for section in ("train", "eval"):
+                    stages[f"round{number}/{section}-{config.rounds_method}"] = stage_config(round_config, section, config.rounds_method)
     batch = config.train.optim.batch_size * config.train.optim.grad_accum
     global_batch: dict[str, Any] = {"per_device_batch": config.train.optim.batch_size, "grad_accum": config.train.optim.grad_accum, "per_process": batch}
     if config.train.global_batch:
@@ -290,6 +305,55 @@ def train_pair_budgets(config: RunConfig, rd: RunDir, timings: dict[str, float])
                                       output=str(rd.root / f"compare_{name}.json")))
 
 
+COLLECTION_STAGES = {"sample": sample, "locate": locate, "rectify": rectify, "pairs": pairs, "scdpo": scdpo}
+"""Section -> its stage module (whose ``command`` runs it)."""
+
+
+def collect_pairs(config: RunConfig, rd: RunDir, timings: dict[str, float]) -> None:
+    """Sample, locate, rectify and build the pairs (and SCDPO's, when a method needs them) with the run's policy."""
+    for section in collection_sections(config):
+        _timed(timings, rd, section, lambda: COLLECTION_STAGES[section].command(stage_config(config, section)))
+
+
+def train_and_compare(config: RunConfig, rd: RunDir, timings: dict[str, float], method: str, baselines: dict[str, Path]) -> bool:
+    """Train ``method`` (unless its final model is complete), evaluate it, and compare it with each baseline evaluation,
+    writing ``RUN/compare_<method><suffix>.json`` per ``suffix -> eval folder`` of ``baselines``; False when it has no pairs."""
+    train_config = stage_config(config, "train", method)
+    final = train.resolve_output_dir(train_config) / "final"
+    if not any(_has_records(Path(path)) for path in train_config.pairs):
+        # A small run can leave a method without pairs (e.g. no correct samples to branch
+        # from); the other methods' results are still worth having.
+        log.warning("%s: no pairs in %s, not trained", method, ", ".join(train_config.pairs))
+        print(f"{method}: skipped, no pairs in {', '.join(train_config.pairs)}")
+        return False
+    if train.is_complete(final):  # verified weights, not just a config.json beside empty tensors
+        log.info("train %s: %s is complete, skipping", method, final)
+    else:
+        _timed(timings, rd, f"train-{method}", lambda: train.command(train_config))
+    eval_config = stage_config(config, "eval", method)
+    _timed(timings, rd, f"eval-{method}", lambda: evaluate.command(eval_config))
+    for suffix, baseline in baselines.items():
+        compare.command(CompareConfig(run_a=str(baseline), run_b=str(rd.eval(method)), seed=config.seed,
+                                      output=str(rd.root / f"compare_{method}{suffix}.json")))
+    return True
+
+
+def run_round(config: RunConfig, number: int, timings: dict[str, float]) -> bool:
+    """On-policy round ``number`` >= 2 in RUN/rounds/r<number> (stages/rounds.py): its data from round ``number - 1``'s
+    model, which it trains further; compared with the starting policy and the previous round. False when it trained nothing."""
+    round_config = rounds.round_config(config, number)
+    rd = RunDir(round_config.run_dir).ensure()
+    save_config(round_config, rd.config)
+    log.info("=== round %d of %d: policy %s ===", number, config.rounds, round_config.model)
+    round_timings: dict[str, float] = {}
+    collect_pairs(round_config, rd, round_timings)
+    previous = RunDir(rounds.round_dir(config.run_dir, number - 1)).eval(config.rounds_method)
+    trained = train_and_compare(round_config, rd, round_timings, config.rounds_method,
+                                {"": RunDir(config.run_dir).eval("base"), "_previous": previous})
+    timings[f"round{number}"] = round(sum(round_timings.values()), 1)
+    return trained
+
+
 def command(config: RunConfig) -> int:
     from stepdpo import report
 
@@ -297,6 +361,8 @@ def command(config: RunConfig) -> int:
     if config.dry_run:
         print(yaml.safe_dump(plan(config), sort_keys=False, allow_unicode=True), end="")
         return 0
+    if config.rounds > 1 and not config.stop_after:
+        rounds.check_disjoint(config)  # a problem set given twice fails now, not after the first rounds
     rd = RunDir(config.run_dir).ensure()
     save_config(config, rd.config)
     timings: dict[str, float] = {}
@@ -312,43 +378,25 @@ def command(config: RunConfig) -> int:
         else:
             _timed(timings, rd, "sft", lambda: sft.command(stage_config(config, "sft")))
 
-    def evaluate_model(method: Optional[str]) -> None:
-        eval_config = stage_config(config, "eval", method)
-        _timed(timings, rd, f"eval-{eval_config.name}", lambda: evaluate.command(eval_config))
-
-    evaluate_model(None)
+    base_eval = stage_config(config, "eval")
+    _timed(timings, rd, "eval-base", lambda: evaluate.command(base_eval))
     if config.stop_after == "sft":
         print(f"stopped after sft and its evaluation: {policy}")
         return 0
 
-    _timed(timings, rd, "sample", lambda: sample.command(stage_config(config, "sample")))
-    _timed(timings, rd, "locate", lambda: locate.command(stage_config(config, "locate")))
-    _timed(timings, rd, "rectify", lambda: rectify.command(stage_config(config, "rectify")))
-    _timed(timings, rd, "pairs", lambda: pairs.command(stage_config(config, "pairs")))
-    if any(method in SCDPO_METHODS for method in config.methods):
-        _timed(timings, rd, "scdpo", lambda: scdpo.command(stage_config(config, "scdpo")))
+    collect_pairs(config, rd, timings)
     if config.stop_after == "pairs":
         print(f"stopped after pairs: {rd.pairs}")
         return 0
 
-    for method in config.methods:
-        train_config = stage_config(config, "train", method)
-        final = train.resolve_output_dir(train_config) / "final"
-        if not any(_has_records(Path(path)) for path in train_config.pairs):
-            # A small run can leave a method without pairs (e.g. no correct samples to branch
-            # from); the other methods' results are still worth having.
-            log.warning("%s: no pairs in %s, not trained", method, ", ".join(train_config.pairs))
-            print(f"{method}: skipped, no pairs in {', '.join(train_config.pairs)}")
-            continue
-        if train.is_complete(final):  # verified weights, not just a config.json beside empty tensors
-            log.info("train %s: %s is complete, skipping", method, final)
-        else:
-            _timed(timings, rd, f"train-{method}", lambda: train.command(train_config))
-        evaluate_model(method)
-        compare.command(CompareConfig(run_a=str(rd.eval("base")), run_b=str(rd.eval(method)), seed=config.seed,
-                                      output=str(rd.root / f"compare_{method}.json")))
-
+    trained = {method: train_and_compare(config, rd, timings, method, {"": rd.eval("base")}) for method in dict.fromkeys(config.methods)}
     train_pair_budgets(config, rd, timings)
+    for number in range(2, config.rounds + 1):
+        if not trained[config.rounds_method]:
+            print(f"rounds {number}-{config.rounds}: not run, round {number - 1} trained no {config.rounds_method} model to start from")
+            break
+        trained[config.rounds_method] = run_round(config, number, timings)
+
     _timed(timings, rd, "report", lambda: report.command(report.ReportConfig(run_dir=root)))
     total = sum(timings.values())
     print(f"run finished in {total / 60:.1f} min (stages this invocation): report at {rd.report / 'report.html'}")
