@@ -17,8 +17,8 @@ validation split (bench/organism_tune.py; never on these test problems), several
 - **flawed steps**: the exact localizer on every arm's wrong test responses, the first wrong step's position;
 - **data efficiency** (first seed's test problems): Step-DPO and DPO on nested budgets of the first seed's
   pairs (`train.max_pairs`), all of them, and all seeds' pairs together;
-- **on-policy rounds** (first seed): round r samples new problems from round r-1's Step-DPO model and trains
-  from it (it is also the reference), against one round with all seeds' pairs (about as many as 3 rounds').
+- **on-policy rounds** (first seed, `stepdpo run --rounds N`): round r samples new problems from round r-1's
+  Step-DPO model and trains from it (it is also the reference), against one round with all seeds' pairs.
 
     .venv/bin/python bench/organism.py --seeds 1 2 3
 
@@ -243,18 +243,11 @@ def curve(args: argparse.Namespace, clock: Clock) -> None:
 
 
 def rounds(args: argparse.Namespace, clock: Clock) -> None:
-    """On-policy rounds: round r samples fresh problems from round r-1's Step-DPO model, which is also its reference."""
+    """`stepdpo run --rounds N` on the first seed's run: round r samples fresh problems from round r-1's Step-DPO
+    model, which is also its reference (RUN/rounds/r<r>); round 1 is the Step-DPO arm already trained there."""
     first = args.seeds[0]
-    previous = read_results(seed_dir(args, first), "step-dpo")
-    for number in range(2, args.rounds + 1):
-        # A model is named as its evaluation recorded it, so that the copied base evaluation resumes rather than refuses.
-        model = previous["settings"]["model"]
-        round_dir = Path(args.work) / f"seed{first}-round{number}"
-        run = seed_config(args, first, round_dir, problems_seed=100 + first + 1000 * (number - 1), model=model)
-        # The previous model's evaluation is this round's base: the same model, problems and settings.
-        copy_into(Path(model).parent.parent.parent / "eval" / "step-dpo", round_dir / "eval" / "base")
-        clock.run(f"round {number}: collect", lambda: pipeline.command(replace(run, methods=["step-dpo"], pairs=replace(run.pairs, dpo=False))))
-        previous = clock.run(f"round {number}: step-dpo", lambda: train_and_eval(args, run, "step-dpo", "step-dpo", [round_dir / "pairs" / "step_pairs.jsonl"]))
+    run = seed_config(args, first, seed_dir(args, first), problems_seed=100 + first)
+    clock.run(f"rounds 2-{args.rounds}", lambda: pipeline.command(replace(run, stop_after="", methods=["step-dpo"], rounds=args.rounds)))
 
 
 def analysis(args: argparse.Namespace, clock: Clock) -> dict[str, Any]:
@@ -296,7 +289,7 @@ def analysis(args: argparse.Namespace, clock: Clock) -> dict[str, Any]:
                                 for name in names if (folder / "eval" / name / "results.json").is_file()]
     round_rows = [{"round": 0, "pairs": 0, **compare(first_base, first_base)}]
     for number in range(1, args.rounds + 1):
-        round_dir = folder if number == 1 else Path(args.work) / f"seed{first}-round{number}"
+        round_dir = folder if number == 1 else folder / "rounds" / f"r{number}"
         if (round_dir / "eval" / "step-dpo" / "results.json").is_file():
             round_rows.append({"round": number, "pairs": trained_pairs(round_dir, "step-dpo"),
                                **compare(first_base, single(read_results(round_dir, "step-dpo"), first_set))})

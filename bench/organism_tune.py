@@ -113,7 +113,7 @@ def main() -> int:
     parser.add_argument("--title", default="Choosing the organism's training settings on the validation split")
     args = parser.parse_args()
     run_dir = Path(args.run_dir)
-    run = load_config(pipeline.RunConfig, run_dir / "config.yaml")
+    run = replace(load_config(pipeline.RunConfig, run_dir / "config.yaml"), run_dir=str(run_dir))  # the folder may have been copied
     base = read_json(run_dir / "eval" / "base" / "results.json")
     (validation_set,) = base["sets"]
     rows = []

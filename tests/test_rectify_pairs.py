@@ -114,6 +114,25 @@ def test_step_pairs_schema_invariants_and_caps():
     assert pair.full_chosen == RIGHT and pair.step_index is None
 
 
+def test_pairs_whose_sides_differ_in_concluding_are_kept_dropped_or_made_whole():
+    early = "Step 1: 2 * 3 = 6\nStep 2: 6 + 4 = 10\nThe answer is: \\boxed{10}"  # concludes a step too early
+    samples = [sample("p#0", early, False), sample("p#1", WRONG, False)]
+    located = [LocatedError(sample_id=s.id, problem_id="p", first_wrong_step=2, localizer="exact", confidence=1.0) for s in samples]
+    rest = "Step 2: 6 + 4 = 10\nStep 3: 10 - 1 = 9\nThe answer is: \\boxed{9}"
+    rectified = [Rectification(sample_id=s.id, problem_id="p", first_wrong_step=2, prefix=s.steps[0], rejected=s.steps[1],
+                               chosen=["Step 2: 6 + 4 = 10\n"], full_chosen=[rest], tried=4, reached_gold=1) for s in samples]
+
+    def built(mode):
+        return {p.sample_id: p for p in pairs_run(PairsConfig(stop_mismatch=mode, dpo=False), {"p": PROBLEM}, samples, located, rectified)[0]}
+
+    kept = built("keep")
+    assert kept["p#0"].rejected == samples[0].steps[1] and kept["p#0"].chosen == "Step 2: 6 + 4 = 10\n"
+    assert set(built("drop")) == {"p#1"}  # only the pair whose sides both go on
+    whole = built("whole")
+    assert (whole["p#0"].chosen, whole["p#0"].rejected) == (rest, samples[0].steps[1])  # the rest of both solutions
+    assert whole["p#1"] == kept["p#1"]
+
+
 def test_check_pair_rejects_broken_pairs():
     wrong = sample("p#0", WRONG, False)
     good = StepPair(id="x", dataset="d", prompt="q", initial_reason_steps=STEP_HEADER + wrong.steps[0], chosen="Step 2: 6 + 4 = 10\n",

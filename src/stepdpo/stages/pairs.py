@@ -20,12 +20,13 @@ from __future__ import annotations
 import json
 import time
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Literal, Optional, Sequence
 
 from stepdpo.config import OptionCheck
 from stepdpo.errors import InputError
+from stepdpo.grading import states_final_answer
 from stepdpo.pairing import check_pair, dpo_pairs
 from stepdpo.records import LocatedError, Problem, RecordStore, Rectification, Sample, StepPair, atomic_write_text, record_to_dict
 from stepdpo.rundir import Funnel, RunDir
@@ -41,6 +42,7 @@ class PairsConfig:
     max_pairs_per_problem: Optional[int] = field(default=None, metadata={"help": "Cap on Step-DPO pairs per problem (None = no cap)."})
     dpo: bool = field(default=True, metadata={"help": "Also build plain-DPO pairs (whole right vs whole wrong solution) in pairs/dpo_pairs.*."})
     max_dpo_pairs_per_problem: int = field(default=1, metadata={"help": "Plain-DPO pairs per problem (0 = every right x wrong combination): the i-th right sample against the i-th wrong one first, then the other combinations."})
+    stop_mismatch: Literal["keep", "drop", "whole"] = field(default="keep", metadata={"help": "A Step-DPO pair where one side states the final answer and the other does not (the sample concluded too early, or went on past the end): keep it as one step; drop it; or 'whole': train it on both whole continuations (full_chosen / full_rejected), so the chosen side also shows where to conclude. As single steps such pairs only say 'do not conclude here' (or 'conclude here'), and on the model organism that spread to concluding nowhere (docs/organism.md)."})
     dataset: Optional[str] = field(default=None, metadata={"help": "Value of the 'dataset' column (default: each problem's source)."})
     run_dir: str = field(default="runs/default", metadata={"help": "Run directory: reads rectified.jsonl, located.jsonl, samples.jsonl; writes pairs/."})
 
@@ -83,6 +85,12 @@ def step_pairs(config: PairsConfig, problems: dict[str, Problem], samples: dict[
                             "rectify_tried": rect.tried, "rectify_reached_gold": rect.reached_gold, "model": sample.model,
                             # rectify --confirm keeps only the steps this judge confirmed
                             **({"chosen_confirmed_by": rect.evidence["judge"]} if rect.evidence.get("candidates") else {})})
+            if states_final_answer(pair.chosen) != states_final_answer(pair.rejected) and config.stop_mismatch != "keep":
+                if config.stop_mismatch == "drop":
+                    if funnel is not None:
+                        funnel.drop("one side concludes, the other does not (stop_mismatch drop)")
+                    continue
+                pair = replace(pair, chosen=pair.full_chosen, rejected=pair.full_rejected)
             check_pair(pair, sample.response, f"sample {sample.id}")
             per_problem[problem.id] += 1
             out.append(pair)
