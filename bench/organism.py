@@ -94,7 +94,7 @@ def seed_config(args: argparse.Namespace, seed: int, run_dir: Path, problems_see
         run, run_dir=str(run_dir), seed=seed, model=model, stop_after="pairs",
         generator=replace(run.generator, dtype=args.dtype),
         sample=replace(run.sample, data=f"synthetic:train?n={args.problems}&min_steps=3&max_steps=4&difficulty=0&seed={problems_seed}"),
-        pairs=replace(run.pairs, max_dpo_pairs_per_problem=0),
+        pairs=replace(run.pairs, max_dpo_pairs_per_problem=0, stop_mismatch=args.stop_mismatch),
         eval=replace(run.eval, data=test_specs(args, seed)),
         train=with_knobs(run.train, args.knobs["step-dpo"]),
     )
@@ -296,7 +296,7 @@ def analysis(args: argparse.Namespace, clock: Clock) -> dict[str, Any]:
     cpu_model, flags = cpu_info()
     return {
         "command": "bench/organism.py " + " ".join(sys.argv[1:]),
-        "seeds": args.seeds, "settings": args.knobs, "problems_per_seed": args.problems, "test_sets": {str(s): test_specs(args, s) for s in args.seeds},
+        "seeds": args.seeds, "settings": args.knobs, "stop_mismatch": args.stop_mismatch, "problems_per_seed": args.problems, "test_sets": {str(s): test_specs(args, s) for s in args.seeds},
         "base": {str(s): {"in_distribution": base[s]["sets"][in_dist(args, s)]["accuracy"], "transfer": base[s]["sets"][transfer(args, s)]["accuracy"]} for s in args.seeds},
         "arms": table, "step_dpo_vs_dpo": step_vs_dpo, "flawed_steps": flawed, "data_efficiency": data_efficiency, "rounds": round_rows,
         "cpu": {"model": cpu_model, "speed_flags": speed_flags(flags)}, "threads": int(os.environ.get("OMP_NUM_THREADS", os.cpu_count() or 1)),
@@ -318,6 +318,7 @@ def main() -> int:
     parser.add_argument("--budgets", type=int, nargs="*", default=[100, 300], help="Pair budgets below the full set for the data-efficiency curve (first seed).")
     parser.add_argument("--union-methods", nargs="*", default=["step-dpo", "dpo"], help="Methods also trained on all seeds' pairs together.")
     parser.add_argument("--rounds", type=int, default=3, help="On-policy Step-DPO rounds on the first seed (1 = none beyond the arm).")
+    parser.add_argument("--stop-mismatch", choices=["keep", "drop", "whole"], default="keep", help="pairs.stop_mismatch of every run (chosen on validation).")
     parser.add_argument("--dtype", default="float32", help="Generation dtype (float32 generates faster than bf16 autocast at this size).")
     parser.add_argument("--setting", action="append", default=[], help="'METHOD lr=.. beta=.. epochs=.. sft_weight=.. batch=..' chosen on validation (bench/organism_tune.py).")
     parser.add_argument("--name", default="organism", help="Result file stem under bench/results.")
@@ -352,7 +353,7 @@ def render(result: dict[str, Any]) -> str:
     seeds = result["seeds"]
     lines = ["# The model organism, powered: Step-DPO against the base, DPO, SCDPO and judge-free", "", "    .venv/bin/python " + result["command"], "",
              f"Seeds {seeds}; {result['problems_per_seed']} sampled problems per seed; settings chosen on the validation split: "
-             f"`{json.dumps(result['settings'])}`. CPU {result['cpu']['model']} ({', '.join(result['cpu']['speed_flags'])}), {result['threads']} threads, "
+             f"`{json.dumps(result['settings'])}`, pairs.stop_mismatch `{result['stop_mismatch']}`. CPU {result['cpu']['model']} ({', '.join(result['cpu']['speed_flags'])}), {result['threads']} threads, "
              f"load average at the end {result['load_average_end']}; the phases took {result['wall_s'] / 60:.1f} min in all (summed; see the last table).", "",
              "Base (the organism) accuracy per seed, 3-4 steps / 5-6 steps: " + ", ".join(
                  f"seed {s}: {100 * v['in_distribution']:.1f} / {100 * v['transfer']:.1f} %" for s, v in result["base"].items()), "",

@@ -21,16 +21,19 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import time
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from stepdpo.config import load_config
 from stepdpo.hardware import cpu_info, speed_flags
-from stepdpo.records import atomic_write_json, atomic_write_text
+from stepdpo.problems import load_problems
+from stepdpo.records import RecordStore, atomic_write_json, atomic_write_text
+from stepdpo.report.flawed_steps import flawed_step_rates
 from stepdpo.stages import evaluate, pipeline, train
 from stepdpo.stages.compare import compare_sets
+from stepdpo.stages.evaluate import EvalSample
+from stepdpo.steps import split_steps
 
 RESULTS = Path(__file__).resolve().parent / "results"
 KNOBS = {"lr": float, "beta": float, "epochs": float, "sft_weight": float, "batch": int}
@@ -68,27 +71,33 @@ def read_json(path: Path) -> dict[str, Any]:
     return json.loads(path.read_text(encoding="utf-8"))
 
 
+def response_shape(run_dir: Path, name: str, spec: str) -> dict[str, Any]:
+    """How the responses are built: the share with more steps than their problem's chain, and where errors start."""
+    samples = [s for s in RecordStore(run_dir / "eval" / name / "samples.jsonl", EvalSample).records() if s.set == spec]
+    problems = {p.id: p for p in load_problems(spec)}
+    longer = sum(len(split_steps(s.response)) > int(problems[s.problem_id].metadata["num_steps"]) for s in samples)
+    rates = flawed_step_rates(problems, samples)
+    return {"longer_than_chain": longer / len(samples), "mean_first_wrong_step": rates.mean_position(), "first_wrong": rates.as_json()["shares"]}
+
+
 def measure(run: pipeline.RunConfig, run_dir: Path, method: str, knobs: dict[str, float], base: dict[str, Any]) -> dict[str, Any]:
     config = train_config(run, method, knobs)
     final = train.resolve_output_dir(config) / "final"
-    started = time.perf_counter()
     if not train.is_complete(final):
         train.command(config)
-    train_s = time.perf_counter() - started
     eval_config = replace(pipeline.stage_config(run, "eval"), model=str(final), name=config.name)
     eval_config = replace(eval_config, generator=replace(eval_config.generator, model=str(final)))
-    started = time.perf_counter()
     evaluate.command(eval_config)
-    eval_s = time.perf_counter() - started
     results = read_json(run_dir / "eval" / config.name / "results.json")
     (row,) = compare_sets(base, results, samples=10_000, seed=0, alpha=0.05)["rows"]
     funnel = read_json(run_dir / "funnel" / f"train-{config.name}.json")["extra"]
+    (spec,) = base["sets"]
     return {"name": config.name, "method": method, "learning_rate": config.optim.learning_rate, "beta": config.beta,
             "epochs": config.optim.epochs, "sft_weight": config.sft_weight, "batch": config.optim.batch_size, "pairs": funnel.get("pairs_train"),
             "accuracy": row["accuracy_b"], "diff": row["diff"], "ci_low": row["ci_low"], "ci_high": row["ci_high"],
             "p_value": row["p_value"], "only_base_right": row["a_only_right"], "only_trained_right": row["b_only_right"],
             "heldout_pref_accuracy": funnel.get("eval rewards/accuracies"), "heldout_margin": funnel.get("eval rewards/margins"),
-            "train_margin": funnel.get("train rewards/margins"), "train_s": round(train_s, 1), "eval_s": round(eval_s, 1)}
+            "train_margin": funnel.get("train rewards/margins"), **response_shape(run_dir, config.name, spec)}
 
 
 def render(result: dict[str, Any]) -> str:
@@ -96,12 +105,17 @@ def render(result: dict[str, Any]) -> str:
              f"Validation problems: `{result['validation_set']}` (base accuracy {100 * result['base_accuracy']:.1f} %); pairs from "
              f"`{result['run_dir']}`. CPU {result['cpu']['model']} ({', '.join(result['cpu']['speed_flags']) or 'no bf16 flags'}), "
              f"{result['threads']} threads, load average at the end {result['load_average']}.", "",
-             "| setting | pairs | validation accuracy | diff with base [95 % CI] | only base / only trained right | McNemar p | held-out pref. acc. | held-out margin | train margin | train s |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "| setting | pairs | validation accuracy | diff with base [95 % CI] | only base / only trained right | McNemar p | held-out pref. acc. | held-out margin | train margin | longer than the chain | mean first wrong step |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    base_shape = result["base_shape"]
+    lines.append(f"| base | | {100 * result['base_accuracy']:.1f} % | | | | | | | {100 * base_shape['longer_than_chain']:.1f} % | {base_shape['mean_first_wrong_step']:.2f} |")
     for row in result["rows"]:
         lines.append(f"| {row['name']} | {row['pairs']} | {100 * row['accuracy']:.1f} % | {100 * row['diff']:+.1f} [{100 * row['ci_low']:+.1f}, {100 * row['ci_high']:+.1f}] | "
                      f"{row['only_base_right']} / {row['only_trained_right']} | {row['p_value']:.2g} | {row['heldout_pref_accuracy'] or 0:.2f} | "
-                     f"{row['heldout_margin'] or 0:.2f} | {row['train_margin'] or 0:.2f} | {row['train_s']} |")
+                     f"{row['heldout_margin'] or 0:.2f} | {row['train_margin'] or 0:.2f} | {100 * row['longer_than_chain']:.1f} % | {row['mean_first_wrong_step']:.2f} |")
+    lines += ["", "Held-out pref. acc.: the share of the held-out pairs (whole problems, train.eval_split) whose chosen side the trained "
+              "model prefers more than the reference does (margin > 0); longer than the chain: greedy responses with more steps than "
+              "the problem has; mean first wrong step: exact localizer over the wrong responses."]
     return "\n".join(lines) + "\n"
 
 
@@ -126,7 +140,7 @@ def main() -> int:
               "run_dir": str(run_dir), "validation_set": validation_set, "base_accuracy": base["sets"][validation_set]["accuracy"],
               "cpu": {"model": cpu_model, "speed_flags": speed_flags(flags)},
               "threads": int(os.environ.get("OMP_NUM_THREADS", os.cpu_count() or 1)), "load_average": [round(x, 2) for x in os.getloadavg()],
-              "rows": rows}
+              "base_shape": response_shape(run_dir, "base", validation_set), "rows": rows}
     RESULTS.mkdir(exist_ok=True)
     atomic_write_json(RESULTS / f"{args.name}.json", result)
     atomic_write_text(RESULTS / f"{args.name}.md", render(result))

@@ -21,7 +21,7 @@ def bench(load_bench):
 
 def _args(tmp_path: Path, bench) -> argparse.Namespace:
     return argparse.Namespace(work=str(tmp_path), seeds=[1, 2], test_n=4, transfer_n=2, problems=8, budgets=[100], rounds=2,
-                              knobs={"step-dpo": {"lr": 1e-5}}, phases=list(bench.PHASES))
+                              knobs={"step-dpo": {"lr": 1e-5}}, phases=list(bench.PHASES), stop_mismatch="drop")
 
 
 def _wrong(solution: str) -> str:
