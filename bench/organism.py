@@ -41,16 +41,13 @@ from typing import Any, Callable
 
 from stepdpo.config import load_config
 from stepdpo.hardware import cpu_info, speed_flags
-from stepdpo.problems import load_problems
-from stepdpo.records import RecordStore, atomic_write_json, atomic_write_text
-from stepdpo.report.flawed_steps import flawed_step_rates
+from stepdpo.records import atomic_write_json, atomic_write_text
 from stepdpo.stages import evaluate, pipeline, train
 from stepdpo.stages.compare import compare_sets
-from stepdpo.stages.evaluate import EvalSample
 from stepdpo.training.data import read_pairs
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from organism_tune import parse_setting, with_knobs  # noqa: E402  (a sibling script, not a package)
+from organism_tune import parse_setting, response_shape, with_knobs  # noqa: E402  (a sibling script, not a package)
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
@@ -154,12 +151,6 @@ def trained_pairs(run_dir: Path, name: str) -> int | None:
         return None
     extra = json.loads(path.read_text(encoding="utf-8"))["extra"]
     return (extra.get("pairs_train") or 0) + (extra.get("pairs_eval") or 0)
-
-
-def flawed_steps(run_dir: Path, name: str, spec: str) -> dict[str, Any]:
-    """Where the first wrong step of each test problem lies (exact localizer): counts and shares of all its problems."""
-    samples = [s for s in RecordStore(run_dir / "eval" / name / "samples.jsonl", EvalSample).records() if s.set == spec]
-    return flawed_step_rates(load_problems(spec), samples).as_json()
 
 
 def pooled(per_seed: dict[int, dict[str, Any]], spec_of: Callable[[int], str]) -> dict[str, Any]:
@@ -276,10 +267,10 @@ def analysis(args: argparse.Namespace, clock: Clock) -> dict[str, Any]:
     step_vs_dpo = {key: compare(pooled(arms["dpo"], spec), pooled(arms["step-dpo"], spec))
                    for key, spec in (("in_distribution", lambda s: in_dist(args, s)), ("transfer", lambda s: transfer(args, s)))}
     first_set = in_dist(args, first)
-    flawed = {"base": flawed_steps(seed_dir(args, first), "base", first_set)}
+    flawed = {"base": response_shape(seed_dir(args, first), "base", first_set)}
     for arm, (folder, name) in arm_folders(args, first).items():
         if (folder / "eval" / name / "samples.jsonl").is_file():
-            flawed[arm] = flawed_steps(folder, name, first_set)
+            flawed[arm] = response_shape(folder, name, first_set)
     first_base = single(base[first], first_set)
     folder = seed_dir(args, first)
     data_efficiency: dict[str, list[dict[str, Any]]] = {}
@@ -371,10 +362,11 @@ def render(result: dict[str, Any]) -> str:
         lines.append(f"| {ARM_LABELS[arm]} | " + " | ".join(_diff(row["per_seed"][str(x)]["in_distribution"]) if str(x) in row["per_seed"] else "" for x in seeds) + " |")
     positions = sorted({k for v in result["flawed_steps"].values() for k in v["shares"]}, key=lambda k: (k != "right", not k.isdigit(), k))
     lines += ["", f"## Where the errors start (exact localizer, seed {seeds[0]}'s 3-4-step test problems, % of all problems)", "",
-              "| model | " + " | ".join(f"first wrong at step {k}" if k.isdigit() else k for k in positions) + " | mean first wrong step |",
-              "|---|" + "---|" * (len(positions) + 1)]
+              "| model | " + " | ".join(f"first wrong at step {k}" if k.isdigit() else k for k in positions) + " | mean first wrong step | longer than the chain |",
+              "|---|" + "---|" * (len(positions) + 2)]
     for name, v in result["flawed_steps"].items():
-        lines.append(f"| {ARM_LABELS.get(name, name)} | " + " | ".join(f"{100 * v['shares'].get(k, 0):.1f}" for k in positions) + f" | {v['mean_first_wrong_step']} |")
+        lines.append(f"| {ARM_LABELS.get(name, name)} | " + " | ".join(f"{100 * v['shares'].get(k, 0):.1f}" for k in positions)
+                     + f" | {v['mean_first_wrong_step']} | {100 * v['longer_than_chain']:.1f} % |")
     lines += ["", f"## Data efficiency (seed {seeds[0]}'s test problems, 3-4 steps; nested budgets of its pairs, all of them, and all seeds' pairs)", "",
               "| method | model | pairs trained on | accuracy | diff with base [95 % CI] | p |", "|---|---|---|---|---|---|"]
     for arm, points in result["data_efficiency"].items():

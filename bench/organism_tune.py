@@ -76,8 +76,7 @@ def response_shape(run_dir: Path, name: str, spec: str) -> dict[str, Any]:
     samples = [s for s in RecordStore(run_dir / "eval" / name / "samples.jsonl", EvalSample).records() if s.set == spec]
     problems = {p.id: p for p in load_problems(spec)}
     longer = sum(len(split_steps(s.response)) > int(problems[s.problem_id].metadata["num_steps"]) for s in samples)
-    rates = flawed_step_rates(problems, samples)
-    return {"longer_than_chain": longer / len(samples), "mean_first_wrong_step": rates.mean_position(), "first_wrong": rates.as_json()["shares"]}
+    return {**flawed_step_rates(problems, samples).as_json(), "longer_than_chain": longer / len(samples)}
 
 
 def measure(run: pipeline.RunConfig, run_dir: Path, method: str, knobs: dict[str, float], base: dict[str, Any]) -> dict[str, Any]:
