@@ -6,7 +6,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo quick test test-fast bench clean
+.PHONY: install demo demo-organism quick quick-organism test test-fast bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -24,6 +24,13 @@ demo: $(STAMP)
 
 quick: $(STAMP)
 	$(VENV)/bin/stepdpo run --config configs/default.yaml --preset quick --run-dir runs/quick
+
+# The same pipeline on the model organism (built first when it is not cached: about 15 min on 2 cores).
+demo-organism: $(STAMP)
+	$(VENV)/bin/stepdpo run --config configs/organism.yaml --run-dir runs/organism
+
+quick-organism: $(STAMP)
+	$(VENV)/bin/stepdpo run --config configs/organism-quick.yaml --run-dir runs/organism-quick
 
 test: $(STAMP)
 	$(PY) -m pytest -q -ra
