@@ -122,7 +122,10 @@ def test_a_worker_that_dies_is_an_error_with_its_exit_code(engine_log):
 
 
 def test_a_silent_worker_times_out_instead_of_hanging(engine_log):
-    generator = DataParallelGenerator(config(timeout=3.0), engine_factory=fake_engine, devices=["0", "1"])
+    # Started with time to spare (spawning the workers can take seconds on a loaded machine), then
+    # given 3 s per call: what is tested is a call that never returns.
+    generator = DataParallelGenerator(config(timeout=120.0), engine_factory=fake_engine, devices=["0", "1"])
+    generator.timeout_s = 3.0
     with pytest.raises(WorkerError, match="GPU 1 did not answer within worker_timeout_s=3"):
         generator.generate(["a", "HANG"], SamplingParams())
     assert not any(w.process.is_alive() for w in generator._workers)
