@@ -47,9 +47,9 @@ def dpo_pairs(problems: dict[str, Problem], samples: Sequence[Sample], per_probl
             raise InputError("samples.jsonl", f"no problem {problem_id!r} in problems/train.jsonl", None, "problem_id")
         made = 0
         for i, j in right_wrong_order(len(right), len(wrong)):
-            good, bad = right[i], wrong[j]
             if per_problem and made >= per_problem:
                 break
+            good, bad = right[i], wrong[j]
             if normalize_ws(good.response) == normalize_ws(bad.response):
                 continue
             made += 1

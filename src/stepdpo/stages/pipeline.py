@@ -286,23 +286,15 @@ def train_pair_budgets(config: RunConfig, rd: RunDir, timings: dict[str, float])
 
     available: dict[str, int] = {}
     for method, budget in budget_runs(config):
-        name = budget_run_name(method, budget)
-        train_config = stage_config(config, "train", method, budget)
         if method not in available:
-            available[method] = len(read_pairs([p for p in train_config.pairs if Path(p).is_file()]))
+            files = stage_config(config, "train", method).pairs
+            available[method] = len(read_pairs([p for p in files if Path(p).is_file()]))
         if budget >= available[method]:
-            message = f"{name}: skipped, {method} has {available[method]} pairs (all of them are its full-data run)"
+            message = f"{budget_run_name(method, budget)}: skipped, {method} has {available[method]} pairs (all of them are its full-data run)"
             log.warning(message)
             print(message)
             continue
-        if train.is_complete(train.resolve_output_dir(train_config) / "final"):
-            log.info("train %s: complete, skipping", name)
-        else:
-            _timed(timings, rd, f"train-{name}", lambda: train.command(train_config))
-        eval_config = stage_config(config, "eval", method, budget)
-        _timed(timings, rd, f"eval-{name}", lambda: evaluate.command(eval_config))
-        compare.command(CompareConfig(run_a=str(rd.eval("base")), run_b=str(rd.eval(name)), seed=config.seed,
-                                      output=str(rd.root / f"compare_{name}.json")))
+        train_and_compare(config, rd, timings, method, {"": rd.eval("base")}, budget)
 
 
 COLLECTION_STAGES = {"sample": sample, "locate": locate, "rectify": rectify, "pairs": pairs, "scdpo": scdpo}
@@ -315,26 +307,29 @@ def collect_pairs(config: RunConfig, rd: RunDir, timings: dict[str, float]) -> N
         _timed(timings, rd, section, lambda: COLLECTION_STAGES[section].command(stage_config(config, section)))
 
 
-def train_and_compare(config: RunConfig, rd: RunDir, timings: dict[str, float], method: str, baselines: dict[str, Path]) -> bool:
-    """Train ``method`` (unless its final model is complete), evaluate it, and compare it with each baseline evaluation,
-    writing ``RUN/compare_<method><suffix>.json`` per ``suffix -> eval folder`` of ``baselines``; False when it has no pairs."""
-    train_config = stage_config(config, "train", method)
+def train_and_compare(config: RunConfig, rd: RunDir, timings: dict[str, float], method: str, baselines: dict[str, Path],
+                      budget: Optional[int] = None) -> bool:
+    """Train ``method`` (on ``budget`` of its pairs when given; unless its final model is complete), evaluate it, and
+    compare it with each baseline evaluation, writing ``RUN/compare_<name><suffix>.json`` per ``suffix -> eval folder``
+    of ``baselines`` (``name``: the method, or ``<method>@<budget>``); False when it has no pairs."""
+    train_config = stage_config(config, "train", method, budget)
+    name = train_config.name
     final = train.resolve_output_dir(train_config) / "final"
     if not any(_has_records(Path(path)) for path in train_config.pairs):
         # A small run can leave a method without pairs (e.g. no correct samples to branch
         # from); the other methods' results are still worth having.
-        log.warning("%s: no pairs in %s, not trained", method, ", ".join(train_config.pairs))
-        print(f"{method}: skipped, no pairs in {', '.join(train_config.pairs)}")
+        log.warning("%s: no pairs in %s, not trained", name, ", ".join(train_config.pairs))
+        print(f"{name}: skipped, no pairs in {', '.join(train_config.pairs)}")
         return False
     if train.is_complete(final):  # verified weights, not just a config.json beside empty tensors
-        log.info("train %s: %s is complete, skipping", method, final)
+        log.info("train %s: %s is complete, skipping", name, final)
     else:
-        _timed(timings, rd, f"train-{method}", lambda: train.command(train_config))
-    eval_config = stage_config(config, "eval", method)
-    _timed(timings, rd, f"eval-{method}", lambda: evaluate.command(eval_config))
+        _timed(timings, rd, f"train-{name}", lambda: train.command(train_config))
+    eval_config = stage_config(config, "eval", method, budget)
+    _timed(timings, rd, f"eval-{name}", lambda: evaluate.command(eval_config))
     for suffix, baseline in baselines.items():
-        compare.command(CompareConfig(run_a=str(baseline), run_b=str(rd.eval(method)), seed=config.seed,
-                                      output=str(rd.root / f"compare_{method}{suffix}.json")))
+        compare.command(CompareConfig(run_a=str(baseline), run_b=str(rd.eval(name)), seed=config.seed,
+                                      output=str(rd.root / f"compare_{name}{suffix}.json")))
     return True
 
 
