@@ -42,20 +42,21 @@ from typing import Any, Callable
 from stepdpo.config import load_config
 from stepdpo.hardware import cpu_info, speed_flags
 from stepdpo.records import atomic_write_json, atomic_write_text
-from stepdpo.stages import evaluate, pipeline, train
+from stepdpo.rundir import budget_run_name
+from stepdpo.stages import pipeline, rounds as round_layout
 from stepdpo.stages.compare import compare_sets
 from stepdpo.training.data import read_pairs
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from organism_tune import parse_setting, response_shape, with_knobs  # noqa: E402  (a sibling script, not a package)
+from organism_tune import parse_setting, read_results, response_shape, train_and_evaluate, with_knobs  # noqa: E402  (a sibling script, not a package)
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
 ARMS = ("step-dpo", "dpo", "step-dpo-rollout", "scdpo", "judge-free")
 ARM_LABELS = {"step-dpo": "Step-DPO (exact localizer)", "dpo": "DPO (count-matched)", "step-dpo-rollout": "Step-DPO (rollout localizer)",
               "scdpo": "SCDPO (+ naive pairs)", "judge-free": "judge-free"}
-# The training mode and method defaults each arm takes from `stepdpo run`.
-ARM_METHOD = {"step-dpo": "step-dpo", "dpo": "dpo", "step-dpo-rollout": "step-dpo", "scdpo": "scdpo", "judge-free": "judge-free"}
+# The `stepdpo run` method (training mode, pair files, settings) of an arm that is not one itself.
+ARM_METHOD = {"step-dpo-rollout": "step-dpo"}
 
 
 class Clock:
@@ -85,32 +86,26 @@ def test_specs(args: argparse.Namespace, seed: int) -> list[str]:
             f"synthetic:test?n={args.transfer_n}&min_steps=5&max_steps=6&difficulty=0&seed={seed}"]
 
 
-def seed_config(args: argparse.Namespace, seed: int, run_dir: Path, problems_seed: int, model: str = "organism") -> pipeline.RunConfig:
+def seed_config(args: argparse.Namespace, seed: int) -> pipeline.RunConfig:
+    """configs/organism.yaml as one seed's collection run: its problems (seed 100 + seed), test sets and settings."""
     run = load_config(pipeline.RunConfig, ROOT / "configs" / "organism.yaml")
     return replace(
-        run, run_dir=str(run_dir), seed=seed, model=model, stop_after="pairs",
+        run, run_dir=str(seed_dir(args, seed)), seed=seed, stop_after="pairs",
         generator=replace(run.generator, dtype=args.dtype),
-        sample=replace(run.sample, data=f"synthetic:train?n={args.problems}&min_steps=3&max_steps=4&difficulty=0&seed={problems_seed}"),
+        sample=replace(run.sample, data=f"synthetic:train?n={args.problems}&min_steps=3&max_steps=4&difficulty=0&seed={100 + seed}"),
         pairs=replace(run.pairs, max_dpo_pairs_per_problem=0, stop_mismatch=args.stop_mismatch),
         eval=replace(run.eval, data=test_specs(args, seed)),
         train=with_knobs(run.train, args.knobs["step-dpo"]),
     )
 
 
-def copy_into(source: Path, target: Path) -> None:
-    if source.is_dir() and not target.exists():
-        shutil.copytree(source, target)
-    elif source.is_file() and not target.exists():
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(source, target)
-
-
-def rollout_config(args: argparse.Namespace, run: pipeline.RunConfig, seed_dir: Path) -> pipeline.RunConfig:
-    """The seed's run with the rollout localizer, in a directory that starts from the seed's samples."""
-    target = Path(str(seed_dir) + "-rollout")
-    target.mkdir(parents=True, exist_ok=True)
+def rollout_config(args: argparse.Namespace, run: pipeline.RunConfig, seed: int) -> pipeline.RunConfig:
+    """The seed's run with the rollout localizer, in a directory that starts from the seed's problems, samples and base evaluation."""
+    source, (target, _) = seed_dir(args, seed), arm_folders(args, seed)["step-dpo-rollout"]
     for name in ("problems", "samples.jsonl", "eval/base"):
-        copy_into(seed_dir / name, target / name)
+        if not (target / name).exists():
+            (target / name).parent.mkdir(parents=True, exist_ok=True)
+            (shutil.copytree if (source / name).is_dir() else shutil.copy2)(source / name, target / name)
     return replace(run, run_dir=str(target), methods=["step-dpo"], pairs=replace(run.pairs, dpo=False),
                    locate=replace(run.locate, localizer="rollout", limit=args.rollout_limit))
 
@@ -127,22 +122,11 @@ def matched_dpo_file(seed_dir: Path) -> tuple[Path, int]:
 
 
 def train_and_eval(args: argparse.Namespace, run: pipeline.RunConfig, arm: str, name: str, pair_files: list[Path],
-                   max_pairs: int | None = None, eval_run: pipeline.RunConfig | None = None) -> dict[str, Any]:
-    """Train ``name`` from ``run``'s policy on ``pair_files`` (``max_pairs`` of them) and evaluate it on ``eval_run``'s test sets."""
-    method = ARM_METHOD[arm]
+                   max_pairs: int | None = None) -> dict[str, Any]:
+    """Train ``name`` from ``run``'s policy on ``pair_files`` (``max_pairs`` of them) with the arm's settings, and evaluate it."""
+    method = ARM_METHOD.get(arm, arm)
     config = with_knobs(pipeline.stage_config(run, "train", method), args.knobs[method])
-    config = replace(config, name=name, pairs=[str(p) for p in pair_files], max_pairs=max_pairs)
-    final = train.resolve_output_dir(config) / "final"
-    if not train.is_complete(final):
-        train.command(config)
-    eval_run = eval_run or run
-    eval_config = replace(pipeline.stage_config(eval_run, "eval"), model=str(final), name=name)
-    evaluate.command(replace(eval_config, generator=replace(eval_config.generator, model=str(final))))
-    return read_results(Path(eval_run.run_dir), name)
-
-
-def read_results(run_dir: Path, name: str) -> dict[str, Any]:
-    return json.loads((run_dir / "eval" / name / "results.json").read_text(encoding="utf-8"))
+    return train_and_evaluate(run, replace(config, name=name, pairs=[str(p) for p in pair_files], max_pairs=max_pairs))
 
 
 def trained_pairs(run_dir: Path, name: str) -> int | None:
@@ -164,8 +148,10 @@ def compare(base: dict[str, Any], arm: dict[str, Any]) -> dict[str, Any]:
     return {key: row[key] for key in ("problems", "accuracy_a", "accuracy_b", "diff", "ci_low", "ci_high", "a_only_right", "b_only_right", "p_value", "verdict")}
 
 
-def single(results: dict[str, Any], spec: str) -> dict[str, Any]:
-    return {"sets": {"pooled": results["sets"][spec]}}
+def versus(args: argparse.Namespace, base: dict[int, dict[str, Any]], arm: dict[int, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """``arm``'s results against ``base``'s (seed -> results.json each), pooled over their seeds, on each kind of test set."""
+    kinds = {"in_distribution": lambda s: in_dist(args, s), "transfer": lambda s: transfer(args, s)}
+    return {kind: compare(pooled(base, spec_of), pooled(arm, spec_of)) for kind, spec_of in kinds.items()}
 
 
 PHASES = ("arms", "rollout", "curve", "rounds", "analysis")
@@ -183,28 +169,27 @@ def transfer(args: argparse.Namespace, seed: int) -> str:
     return test_specs(args, seed)[1]
 
 
-def seed_arms(args: argparse.Namespace, clock: Clock, seed: int) -> None:
-    """Collect one seed's data and train and evaluate its arms (the rollout arm too, when asked)."""
-    folder = seed_dir(args, seed)
-    run = seed_config(args, seed, folder, problems_seed=100 + seed)
-    clock.run(f"seed {seed}: collect", lambda: pipeline.command(replace(run, methods=["step-dpo", "dpo", "scdpo", "judge-free"])))
-    dpo_file, step_count = matched_dpo_file(folder)
-    for arm in ("step-dpo", "scdpo", "judge-free"):
-        pair_file = folder / "pairs" / pipeline.METHOD_DATA[arm][1][0]
-        clock.run(f"seed {seed}: {arm}", lambda: train_and_eval(args, run, arm, arm, [pair_file]))
-    clock.run(f"seed {seed}: dpo", lambda: train_and_eval(args, run, "dpo", "dpo-matched", [dpo_file], max_pairs=step_count))
-    if "rollout" in args.phases and seed in args.seeds[: args.rollout_seeds]:
-        rollout = rollout_config(args, run, folder)
-        clock.run(f"seed {seed}: rollout collect", lambda: pipeline.command(rollout))
-        clock.run(f"seed {seed}: step-dpo-rollout", lambda: train_and_eval(
-            args, rollout, "step-dpo-rollout", "step-dpo", [Path(rollout.run_dir) / "pairs" / "step_pairs.jsonl"]))
-
-
 def arm_folders(args: argparse.Namespace, seed: int) -> dict[str, tuple[Path, str]]:
     """arm -> (run directory, training/evaluation name) of one seed."""
     folder = seed_dir(args, seed)
     return {"step-dpo": (folder, "step-dpo"), "dpo": (folder, "dpo-matched"), "step-dpo-rollout": (Path(str(folder) + "-rollout"), "step-dpo"),
             "scdpo": (folder, "scdpo"), "judge-free": (folder, "judge-free")}
+
+
+def seed_arms(args: argparse.Namespace, clock: Clock, seed: int) -> None:
+    """Collect one seed's data and train and evaluate its arms (the rollout arm too, when asked)."""
+    folder, run, names = seed_dir(args, seed), seed_config(args, seed), arm_folders(args, seed)
+    clock.run(f"seed {seed}: collect", lambda: pipeline.command(replace(run, methods=["step-dpo", "dpo", "scdpo", "judge-free"])))
+    dpo_file, step_count = matched_dpo_file(folder)
+    for arm in ("step-dpo", "scdpo", "judge-free"):
+        pair_file = folder / "pairs" / pipeline.METHOD_DATA[arm][1][0]
+        clock.run(f"seed {seed}: {arm}", lambda: train_and_eval(args, run, arm, names[arm][1], [pair_file]))
+    clock.run(f"seed {seed}: dpo", lambda: train_and_eval(args, run, "dpo", names["dpo"][1], [dpo_file], max_pairs=step_count))
+    if "rollout" in args.phases and seed in args.seeds[: args.rollout_seeds]:
+        rollout = rollout_config(args, run, seed)
+        clock.run(f"seed {seed}: rollout collect", lambda: pipeline.command(rollout))
+        clock.run(f"seed {seed}: step-dpo-rollout", lambda: train_and_eval(
+            args, rollout, "step-dpo-rollout", names["step-dpo-rollout"][1], [Path(rollout.run_dir) / "pairs" / "step_pairs.jsonl"]))
 
 
 def union_files(args: argparse.Namespace) -> tuple[Path, Path]:
@@ -220,15 +205,14 @@ def union_files(args: argparse.Namespace) -> tuple[Path, Path]:
 def curve(args: argparse.Namespace, clock: Clock) -> None:
     """Step-DPO and DPO on nested budgets of the first seed's pairs and on all seeds' pairs, from the organism."""
     first = args.seeds[0]
-    folder = seed_dir(args, first)
-    run = seed_config(args, first, folder, problems_seed=100 + first)
+    folder, run = seed_dir(args, first), seed_config(args, first)
     union_step, union_dpo = union_files(args)
     union_count = len(read_pairs([union_step]))
     step_count = len(read_pairs([folder / "pairs" / "step_pairs.jsonl"]))
     for arm, pair_file, union_file in (("step-dpo", folder / "pairs" / "step_pairs.jsonl", union_step),
                                        ("dpo", folder / "pairs" / "dpo_matched.jsonl", union_dpo)):
         for budget in [b for b in args.budgets if b < step_count]:
-            clock.run(f"curve {arm}@{budget}", lambda: train_and_eval(args, run, arm, f"{arm}@{budget}", [pair_file], max_pairs=budget))
+            clock.run(f"curve {budget_run_name(arm, budget)}", lambda: train_and_eval(args, run, arm, budget_run_name(arm, budget), [pair_file], max_pairs=budget))
         if arm in args.union_methods:
             clock.run(f"curve {arm}@all-seeds", lambda: train_and_eval(args, run, arm, f"{arm}@all-seeds", [union_file], max_pairs=union_count))
 
@@ -236,8 +220,7 @@ def curve(args: argparse.Namespace, clock: Clock) -> None:
 def rounds(args: argparse.Namespace, clock: Clock) -> None:
     """`stepdpo run --rounds N` on the first seed's run: round r samples fresh problems from round r-1's Step-DPO
     model, which is also its reference (RUN/rounds/r<r>); round 1 is the Step-DPO arm already trained there."""
-    first = args.seeds[0]
-    run = seed_config(args, first, seed_dir(args, first), problems_seed=100 + first)
+    run = seed_config(args, args.seeds[0])
     clock.run(f"rounds 2-{args.rounds}", lambda: pipeline.command(replace(run, stop_after="", methods=["step-dpo"], rounds=args.rounds)))
 
 
@@ -257,33 +240,29 @@ def analysis(args: argparse.Namespace, clock: Clock) -> dict[str, Any]:
             continue
         arms[arm] = per_seed
         seeds = sorted(per_seed)
-        table[arm] = {
-            "seeds": seeds, "pairs": counts,
-            "pooled": {"in_distribution": compare(pooled({s: base[s] for s in seeds}, lambda s: in_dist(args, s)), pooled(per_seed, lambda s: in_dist(args, s))),
-                       "transfer": compare(pooled({s: base[s] for s in seeds}, lambda s: transfer(args, s)), pooled(per_seed, lambda s: transfer(args, s)))},
-            "per_seed": {str(s): {"in_distribution": compare(single(base[s], in_dist(args, s)), single(per_seed[s], in_dist(args, s))),
-                                  "transfer": compare(single(base[s], transfer(args, s)), single(per_seed[s], transfer(args, s)))} for s in seeds},
-        }
-    step_vs_dpo = {key: compare(pooled(arms["dpo"], spec), pooled(arms["step-dpo"], spec))
-                   for key, spec in (("in_distribution", lambda s: in_dist(args, s)), ("transfer", lambda s: transfer(args, s)))}
+        table[arm] = {"seeds": seeds, "pairs": counts, "pooled": versus(args, {s: base[s] for s in seeds}, per_seed),
+                      "per_seed": {str(s): versus(args, {s: base[s]}, {s: per_seed[s]}) for s in seeds}}
+    step_vs_dpo = versus(args, arms["dpo"], arms["step-dpo"])
     first_set = in_dist(args, first)
     flawed = {"base": response_shape(seed_dir(args, first), "base", first_set)}
     for arm, (folder, name) in arm_folders(args, first).items():
         if (folder / "eval" / name / "samples.jsonl").is_file():
             flawed[arm] = response_shape(folder, name, first_set)
-    first_base = single(base[first], first_set)
     folder = seed_dir(args, first)
+
+    def on_first_set(results: dict[str, Any]) -> dict[str, Any]:
+        return versus(args, {first: base[first]}, {first: results})["in_distribution"]
+
     data_efficiency: dict[str, list[dict[str, Any]]] = {}
     for arm, full_name in (("step-dpo", "step-dpo"), ("dpo", "dpo-matched")):
-        names = [f"{arm}@{b}" for b in args.budgets] + [full_name, f"{arm}@all-seeds"]
-        data_efficiency[arm] = [{"pairs": trained_pairs(folder, name), "name": name, **compare(first_base, single(read_results(folder, name), first_set))}
+        names = [budget_run_name(arm, b) for b in args.budgets] + [full_name, f"{arm}@all-seeds"]
+        data_efficiency[arm] = [{"pairs": trained_pairs(folder, name), "name": name, **on_first_set(read_results(folder, name))}
                                 for name in names if (folder / "eval" / name / "results.json").is_file()]
-    round_rows = [{"round": 0, "pairs": 0, **compare(first_base, first_base)}]
+    round_rows = [{"round": 0, "pairs": 0, **on_first_set(base[first])}]
     for number in range(1, args.rounds + 1):
-        round_dir = folder if number == 1 else folder / "rounds" / f"r{number}"
+        round_dir = round_layout.round_dir(folder, number)
         if (round_dir / "eval" / "step-dpo" / "results.json").is_file():
-            round_rows.append({"round": number, "pairs": trained_pairs(round_dir, "step-dpo"),
-                               **compare(first_base, single(read_results(round_dir, "step-dpo"), first_set))})
+            round_rows.append({"round": number, "pairs": trained_pairs(round_dir, "step-dpo"), **on_first_set(read_results(round_dir, "step-dpo"))})
     cpu_model, flags = cpu_info()
     return {
         "command": "bench/organism.py " + " ".join(sys.argv[1:]),

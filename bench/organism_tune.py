@@ -71,6 +71,22 @@ def read_json(path: Path) -> dict[str, Any]:
     return json.loads(path.read_text(encoding="utf-8"))
 
 
+def read_results(run_dir: Path, name: str) -> dict[str, Any]:
+    """``RUN/eval/<name>/results.json``."""
+    return read_json(run_dir / "eval" / name / "results.json")
+
+
+def train_and_evaluate(run: pipeline.RunConfig, config: train.TrainConfig) -> dict[str, Any]:
+    """Train ``config`` (unless its final model is complete) and evaluate that model on ``run``'s test sets as
+    ``eval/<config.name>`` in ``run``'s folder; its results.json."""
+    final = train.resolve_output_dir(config) / "final"
+    if not train.is_complete(final):
+        train.command(config)
+    eval_config = replace(pipeline.stage_config(run, "eval"), model=str(final), name=config.name)
+    evaluate.command(replace(eval_config, generator=replace(eval_config.generator, model=str(final))))
+    return read_results(Path(run.run_dir), config.name)
+
+
 def response_shape(run_dir: Path, name: str, spec: str) -> dict[str, Any]:
     """How the responses are built: the share with more steps than their problem's chain, and where errors start."""
     samples = [s for s in RecordStore(run_dir / "eval" / name / "samples.jsonl", EvalSample).records() if s.set == spec]
@@ -81,13 +97,7 @@ def response_shape(run_dir: Path, name: str, spec: str) -> dict[str, Any]:
 
 def measure(run: pipeline.RunConfig, run_dir: Path, method: str, knobs: dict[str, float], base: dict[str, Any]) -> dict[str, Any]:
     config = train_config(run, method, knobs)
-    final = train.resolve_output_dir(config) / "final"
-    if not train.is_complete(final):
-        train.command(config)
-    eval_config = replace(pipeline.stage_config(run, "eval"), model=str(final), name=config.name)
-    eval_config = replace(eval_config, generator=replace(eval_config.generator, model=str(final)))
-    evaluate.command(eval_config)
-    results = read_json(run_dir / "eval" / config.name / "results.json")
+    results = train_and_evaluate(run, config)
     (row,) = compare_sets(base, results, samples=10_000, seed=0, alpha=0.05)["rows"]
     funnel = read_json(run_dir / "funnel" / f"train-{config.name}.json")["extra"]
     (spec,) = base["sets"]
@@ -127,7 +137,7 @@ def main() -> int:
     args = parser.parse_args()
     run_dir = Path(args.run_dir)
     run = replace(load_config(pipeline.RunConfig, run_dir / "config.yaml"), run_dir=str(run_dir))  # the folder may have been copied
-    base = read_json(run_dir / "eval" / "base" / "results.json")
+    base = read_results(run_dir, "base")
     (validation_set,) = base["sets"]
     rows = []
     for text in args.setting:
