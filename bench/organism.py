@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import shutil
 import sys
 import time
@@ -60,11 +61,16 @@ ARM_METHOD = {"step-dpo-rollout": "step-dpo"}
 
 
 class Clock:
-    """Wall seconds per phase, summed over every invocation that worked on the same --work (kept in a file there)."""
+    """Wall seconds per phase, summed over every invocation that worked on the same --work, and the load average
+    (1 min) when each phase ended (kept in files there: phases.json, phase_loads.json)."""
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.phases: dict[str, float] = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    def __init__(self, folder: Path) -> None:
+        self.paths = (folder / "phases.json", folder / "phase_loads.json")
+        self.phases, self.loads = (self._read(path) for path in self.paths)
+
+    @staticmethod
+    def _read(path: Path) -> dict[str, float]:
+        return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
 
     def run(self, name: str, step: Callable[[], Any]) -> Any:
         started = time.perf_counter()
@@ -72,9 +78,11 @@ class Clock:
         result = step()
         seconds = time.perf_counter() - started
         # Reread: another invocation may have added its phases meanwhile.
-        self.phases = json.loads(self.path.read_text(encoding="utf-8")) if self.path.is_file() else {}
+        self.phases, self.loads = (self._read(path) for path in self.paths)
         self.phases[name] = round(self.phases.get(name, 0.0) + seconds, 1)
-        atomic_write_json(self.path, self.phases)
+        self.loads[name] = round(os.getloadavg()[0], 2)
+        atomic_write_json(self.paths[0], self.phases)
+        atomic_write_json(self.paths[1], self.loads)
         return result
 
     def total(self) -> float:
@@ -265,12 +273,12 @@ def analysis(args: argparse.Namespace, clock: Clock) -> dict[str, Any]:
             round_rows.append({"round": number, "pairs": trained_pairs(round_dir, "step-dpo"), **on_first_set(read_results(round_dir, "step-dpo"))})
     cpu_model, flags = cpu_info()
     return {
-        "command": "bench/organism.py " + " ".join(sys.argv[1:]),
+        "command": "bench/organism.py " + shlex.join(sys.argv[1:]),
         "seeds": args.seeds, "settings": args.knobs, "stop_mismatch": args.stop_mismatch, "problems_per_seed": args.problems, "test_sets": {str(s): test_specs(args, s) for s in args.seeds},
         "base": {str(s): {"in_distribution": base[s]["sets"][in_dist(args, s)]["accuracy"], "transfer": base[s]["sets"][transfer(args, s)]["accuracy"]} for s in args.seeds},
         "arms": table, "step_dpo_vs_dpo": step_vs_dpo, "flawed_steps": flawed, "data_efficiency": data_efficiency, "rounds": round_rows,
         "cpu": {"model": cpu_model, "speed_flags": speed_flags(flags)}, "threads": int(os.environ.get("OMP_NUM_THREADS", os.cpu_count() or 1)),
-        "load_average_end": [round(x, 2) for x in os.getloadavg()], "phases_s": clock.phases, "wall_s": clock.total(),
+        "load_average_end": [round(x, 2) for x in os.getloadavg()], "phases_s": clock.phases, "phase_loads": clock.loads, "wall_s": clock.total(),
     }
 
 
@@ -298,7 +306,7 @@ def main() -> int:
         method, knobs = parse_setting(text)
         args.knobs[method] = knobs
     Path(args.work).mkdir(parents=True, exist_ok=True)
-    clock = Clock(Path(args.work) / "phases.json")
+    clock = Clock(Path(args.work))
     if "arms" in args.phases:
         for seed in args.seeds:
             seed_arms(args, clock, seed)
@@ -324,7 +332,7 @@ def render(result: dict[str, Any]) -> str:
     lines = ["# The model organism, powered: Step-DPO against the base, DPO, SCDPO and judge-free", "", "    .venv/bin/python " + result["command"], "",
              f"Seeds {seeds}; {result['problems_per_seed']} sampled problems per seed; settings chosen on the validation split: "
              f"`{json.dumps(result['settings'])}`, pairs.stop_mismatch `{result['stop_mismatch']}`. CPU {result['cpu']['model']} ({', '.join(result['cpu']['speed_flags'])}), {result['threads']} threads, "
-             f"load average at the end {result['load_average_end']}; the phases took {result['wall_s'] / 60:.1f} min in all (summed; see the last table).", "",
+             f"load average when this invocation ended {result['load_average_end']} (each phase's in the last table); the phases took {result['wall_s'] / 60:.1f} min in all (summed; see the last table).", "",
              "Base (the organism) accuracy per seed, 3-4 steps / 5-6 steps: " + ", ".join(
                  f"seed {s}: {100 * v['in_distribution']:.1f} / {100 * v['transfer']:.1f} %" for s, v in result["base"].items()), "",
              "## Every arm against the base, pooled over seeds (paired bootstrap 95 % CI, McNemar p)", "",
@@ -354,7 +362,9 @@ def render(result: dict[str, Any]) -> str:
     lines += ["", f"## On-policy rounds of Step-DPO (seed {seeds[0]}'s test problems, 3-4 steps)", "", "| round | pairs this round | accuracy | diff with base [95 % CI] | p |", "|---|---|---|---|---|"]
     for r in result["rounds"]:
         lines.append(f"| {r['round']} | {r['pairs']} | {100 * r['accuracy_b']:.1f} % | {_diff(r) if r['round'] else ''} | {r['p_value']:.2g} |")
-    lines += ["", "## Wall time per phase (s)", "", "| phase | s |", "|---|---|"] + [f"| {k} | {v} |" for k, v in result["phases_s"].items()]
+    loads = result.get("phase_loads", {})
+    lines += ["", "## Wall time per phase (s), and the load average (1 min) when it ended", "", "| phase | s | load |", "|---|---|---|"]
+    lines += [f"| {k} | {v} | {loads.get(k, 'not recorded')} |" for k, v in result["phases_s"].items()]
     return "\n".join(lines) + "\n"
 
 

@@ -70,7 +70,7 @@ def test_analysis_pools_seeds_and_locates_first_wrong_steps(tmp_path, bench):
         specs = bench.test_specs(args, seed)
         for name, (in_dist, transfer) in evals.items():
             _write_eval(tmp_path / f"seed{seed}" / "eval" / name, specs, {specs[0]: in_dist, specs[1]: transfer})
-    result = bench.analysis(args, bench.Clock(tmp_path / "phases.json"))
+    result = bench.analysis(args, bench.Clock(tmp_path))
     assert set(result["arms"]) == {"step-dpo", "dpo"}  # the other arms were never evaluated
     step = result["arms"]["step-dpo"]["pooled"]["in_distribution"]
     assert step["problems"] == 8 and step["accuracy_a"] == 4 / 8 and step["accuracy_b"] == 6 / 8
