@@ -138,25 +138,34 @@ def side_by_side(models: list[str], args: argparse.Namespace) -> dict:
         prompts = [fmt.prompt(p.question) for p in problems]
         lengths = [len(tokenizer(p, add_special_tokens=False)["input_ids"]) for p in prompts]
         for dtype in args.dtypes:
-            gen = HFGenerator.from_model(model, tokenizer, GeneratorConfig(model=name, dtype=dtype, batch_size=args.batch))
-            gen.generate(prompts[:2], SamplingParams(max_new_tokens=4))  # warm-up: lazy initialisation is not throughput
-            load = os.getloadavg()[0]
-            start = time.perf_counter()
-            out = gen.generate(prompts, params)
-            seconds = time.perf_counter() - start
-            completions = [c for cs in out for c in cs]
-            tokens = sum(c.num_tokens for c in completions)
-            rows.append({
-                "model": name, "dtype": dtype, "autocast": str(gen.autocast_dtype), "parameters": sum(p.numel() for p in model.parameters()),
-                "prompts": len(prompts), "prompt_tokens_mean": round(sum(lengths) / len(lengths), 1),
-                "tokens": tokens, "ended_by_eos": sum(c.finish_reason != "length" for c in completions), "seconds": round(seconds, 2),
-                "tok_per_s": round(tokens / seconds, 1), "load_before": round(load, 2), "load_after": round(os.getloadavg()[0], 2),
-            })
-            print(rows[-1], flush=True)
+            completions_by_loop: dict[str, list] = {}
+            for loop in args.decode_loops:
+                config = GeneratorConfig(model=name, dtype=dtype, batch_size=args.batch, decode_loop=loop)
+                gen = HFGenerator.from_model(model, tokenizer, config)
+                gen.generate(prompts[:2], SamplingParams(max_new_tokens=4))  # warm-up: lazy initialisation is not throughput
+                load = os.getloadavg()[0]
+                start = time.perf_counter()
+                out = gen.generate(prompts, params)
+                seconds = time.perf_counter() - start
+                completions = completions_by_loop[loop] = [c for cs in out for c in cs]
+                tokens = sum(c.num_tokens for c in completions)
+                rows.append({
+                    "model": name, "dtype": dtype, "autocast": str(gen.autocast_dtype), "decode_loop": loop,
+                    "parameters": sum(p.numel() for p in model.parameters()),
+                    "prompts": len(prompts), "prompt_tokens_mean": round(sum(lengths) / len(lengths), 1),
+                    "tokens": tokens, "ended_by_eos": sum(c.finish_reason != "length" for c in completions), "seconds": round(seconds, 2),
+                    "tok_per_s": round(tokens / seconds, 1), "load_before": round(load, 2), "load_after": round(os.getloadavg()[0], 2),
+                })
+                print(rows[-1], flush=True)
+            if {"own", "generate"} <= completions_by_loop.keys():
+                same = sum(a == b for a, b in zip(completions_by_loop["own"], completions_by_loop["generate"]))
+                for row in rows[-len(args.decode_loops):]:
+                    row["own_equals_generate"] = f"{same}/{len(prompts)}"
         del model
-    reference = {row["dtype"]: row["tok_per_s"] for row in rows if row["model"] == models[-1]}
+    reference = {(row["dtype"], row["decode_loop"]): row["tok_per_s"] for row in rows if row["model"] == models[-1]}
     for row in rows:
-        row["x_last_model_same_dtype"] = round(row["tok_per_s"] / reference[row["dtype"]], 1) if reference.get(row["dtype"]) else None
+        same_setting = reference.get((row["dtype"], row["decode_loop"]))
+        row["x_last_model_same_dtype"] = round(row["tok_per_s"] / same_setting, 1) if same_setting else None
     return {"rows": rows, "best_vs_best": round(max(r["tok_per_s"] for r in rows if r["model"] == models[0]) / max(r["tok_per_s"] for r in rows if r["model"] == models[-1]), 1)}
 
 
@@ -171,12 +180,15 @@ def write_side_by_side(results: dict, out: Path) -> None:
         f"{results['load_at_start']}, at end {results['load_at_end']} (other jobs shared the cores: the load is beside every row).", "",
         f"Prompts: {results['settings']['problems']} (the step prompt in each model's chat template); batch {results['settings']['batch']}, "
         f"{results['settings']['max_new_tokens']} new tokens, T {results['settings']['temperature']}, top-p {results['settings']['top_p']}.", "",
-        "| model | parameters | dtype (autocast) | prompt tokens | generated tokens | ended by EOS | seconds | tok/s | x last model, same dtype | load before/after |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "`decode loop`: `own` is the hf backend's default (finished rows leave the batch, the KV cache grows in place), "
+        "`generate` is transformers' `model.generate`; `same completions` counts the prompts whose completion the two loops agree on.", "",
+        "| model | parameters | dtype (autocast) | decode loop | prompt tokens | generated tokens | ended by EOS | seconds | tok/s | x last model, same dtype and loop | same completions | load before/after |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results["rows"]:
-        lines.append(f"| {r['model']} | {r['parameters'] / 1e6:.1f} M | {r['dtype']} ({r['autocast']}) | {r['prompt_tokens_mean']} | {r['tokens']} | "
-                     f"{r['ended_by_eos']}/{r['prompts']} | {r['seconds']} | {r['tok_per_s']} | {r['x_last_model_same_dtype']} | {r['load_before']}/{r['load_after']} |")
+        lines.append(f"| {r['model']} | {r['parameters'] / 1e6:.1f} M | {r['dtype']} ({r['autocast']}) | {r.get('decode_loop', 'generate')} | {r['prompt_tokens_mean']} | {r['tokens']} | "
+                     f"{r['ended_by_eos']}/{r['prompts']} | {r['seconds']} | {r['tok_per_s']} | {r['x_last_model_same_dtype']} | {r.get('own_equals_generate', '')} | "
+                     f"{r['load_before']}/{r['load_after']} |")
     lines += ["", f"Best setting of the first model over the best of the last: **{results['best_vs_best']}x**."]
     out.with_suffix(".md").write_text("\n".join(lines) + "\n", encoding="utf-8")
 
@@ -189,6 +201,7 @@ def main() -> None:
     parser.add_argument("--temperature", type=float, default=0.8, help="side by side: sampling temperature")
     parser.add_argument("--top-p", type=float, default=0.95, help="side by side: nucleus threshold")
     parser.add_argument("--dtypes", nargs="+", default=["auto", "float32"], help="side by side: generator dtypes to time")
+    parser.add_argument("--decode-loops", nargs="+", default=["own", "generate"], choices=["own", "generate"], help="side by side: hf decoding loops to time")
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8, 32, 64])
     parser.add_argument("--ns", type=int, nargs="+", default=[1, 8])
     parser.add_argument("--max-new-tokens", type=int, default=None, help="default 128; 160 side by side")
@@ -204,7 +217,8 @@ def main() -> None:
         args.max_new_tokens = args.max_new_tokens or 160
         results = {
             "command": f".venv/bin/python bench/generation.py --side-by-side {' '.join(args.side_by_side)} --threads {args.threads} --batch {args.batch} "
-                       f"--max-new-tokens {args.max_new_tokens} --temperature {args.temperature} --top-p {args.top_p} --dtypes {' '.join(args.dtypes)}",
+                       f"--max-new-tokens {args.max_new_tokens} --temperature {args.temperature} --top-p {args.top_p} --dtypes {' '.join(args.dtypes)} "
+                       f"--decode-loops {' '.join(args.decode_loops)}",
             "machine": cpu_info(), "threads": torch.get_num_threads(), "load_at_start": [round(x, 2) for x in os.getloadavg()],
             "settings": {"problems": args.problems, "batch": args.batch, "max_new_tokens": args.max_new_tokens, "temperature": args.temperature, "top_p": args.top_p},
         }

@@ -60,7 +60,10 @@ def test_side_by_side_times_each_model_and_dtype(load_bench, organism_build, tmp
     finally:
         sys.argv = old
     result = json.loads(out.read_text())
-    assert [(row["model"], row["dtype"]) for row in result["rows"]] == [(model, "auto"), (model, "float32")] * 2
+    settings = [(dtype, loop) for dtype in ("auto", "float32") for loop in ("own", "generate")]
+    assert [(row["model"], row["dtype"], row["decode_loop"]) for row in result["rows"]] == [(model, *s) for s in settings] * 2
     assert all(0 < row["tokens"] <= 4 * 8 and row["tok_per_s"] > 0 for row in result["rows"])
+    # Both loops sample the same completions (each row from its own seed) on a float32 model this small.
+    assert {row["own_equals_generate"] for row in result["rows"] if row["dtype"] == "float32"} == {"4/4"}
     assert "--side-by-side" in result["command"] and result["machine"]["cores"] >= 1
     assert "| tok/s |" in out.with_suffix(".md").read_text()

@@ -95,6 +95,7 @@ class GeneratorConfig:
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = field(default="auto", metadata={"help": "Weights/compute dtype; 'auto' = bfloat16 autocast where the CPU/GPU supports it, else float32."})
     device: str = field(default="auto", metadata={"help": "'auto', 'cpu', 'cuda', 'cuda:1', ... (hf backend)."})
     batch_size: int = field(default=32, metadata={"help": "Sequences per forward batch (hf backend)."})
+    decode_loop: Literal["own", "generate"] = field(default="own", metadata={"help": "hf backend: 'own' = stepdpo's decoding loop (finished rows leave the batch, the KV cache grows in place; models it cannot run fall back to generate), 'generate' = transformers' model.generate."})
     prompt_style: Literal["chat", "plain"] = field(default="chat", metadata={"help": "chat: the model's chat template; plain: 'Question: ... Answer:' for base models."})
     base_url: str = field(default="http://127.0.0.1:8000/v1", metadata={"help": "OpenAI-compatible server URL (openai backend)."})
     api_key_env: str = field(default="OPENAI_API_KEY", metadata={"help": "Environment variable holding the API key (never logged or written)."})

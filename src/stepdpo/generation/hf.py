@@ -3,7 +3,10 @@
 Prompts are tokenized without special tokens (the chat template already holds
 them), expanded to one row per sample, sorted by length so that a batch wastes
 little left padding, and generated in batches of ``config.batch_size`` rows.
-Results come back in the original prompt order.
+Results come back in the original prompt order. A batch is decoded by
+:mod:`stepdpo.generation.decode` (finished rows leave the batch; the KV cache
+grows in place), or by ``model.generate`` with ``decode_loop: generate`` and for
+models that loop cannot run.
 
 Sampling is per row: each sampled row draws from its own seed (see
 :class:`KeyedSampler`), so a completion is the same whatever batch, chunk or
@@ -85,17 +88,22 @@ class KeyedSampler:
     def __call__(self, input_ids: Any, scores: Any) -> Any:
         import torch
 
+        choice = self.draw(scores, range(len(self.row_seeds)), input_ids.shape[1] - self.prompt_width)
+        return torch.full_like(scores, float("-inf")).scatter_(1, choice[:, None], 0.0)
+
+    def draw(self, scores: Any, rows: Sequence[int], position: int) -> Any:
+        """The next token of each of ``rows`` (indices into ``row_seeds``) from their scores (len(rows), vocab)."""
+        import torch
+
         for warper in self.warpers:
-            scores = warper(input_ids, scores)
-        position = input_ids.shape[1] - self.prompt_width
+            scores = warper(None, scores)
         noise = torch.empty_like(scores)
-        for row, seed in enumerate(self.row_seeds):
-            self.rng.manual_seed(derive_seed(seed, "token", "", position))
-            noise[row].exponential_(generator=self.rng)
+        for i, row in enumerate(rows):
+            self.rng.manual_seed(derive_seed(self.row_seeds[row], "token", "", position))
+            noise[i].exponential_(generator=self.rng)
         # exponential_ may return 0, whose log would turn a filtered (-inf) token into nan.
         noise.clamp_(min=torch.finfo(noise.dtype).tiny)
-        choice = (scores - noise.log()).argmax(dim=-1, keepdim=True)
-        return torch.full_like(scores, float("-inf")).scatter_(1, choice, 0.0)
+        return (scores - noise.log()).argmax(dim=-1)
 
 
 class HFGenerator:
@@ -157,6 +165,11 @@ class HFGenerator:
         if tokenizer.eos_token_id is not None:
             eos_ids.add(int(tokenizer.eos_token_id))
         self.eos_ids = sorted(eos_ids)
+        from stepdpo.generation.decode import supports_own_loop
+
+        self.own_loop = config.decode_loop == "own" and supports_own_loop(model)
+        if config.decode_loop == "own" and not self.own_loop:
+            log.info("hf backend: %s cannot run stepdpo's decoding loop; using transformers' generate", type(model).__name__)
 
     def _autocast(self) -> contextlib.AbstractContextManager:
         import torch
@@ -211,30 +224,44 @@ class HFGenerator:
                 row_seed[(p, s)] = completion_seed(seed, s) if seed is not None else int(torch.randint(2**SEED_BITS, ()).item())
         # Longest first: similar lengths share a batch, and an out-of-memory batch shows up at once.
         rows.sort(key=lambda row: (-len(encoded[row[0]]), row))
-        gen_config = self._generation_config(params)
         results: dict[tuple[int, int], Completion] = {}
         batches = [rows[i : i + self.config.batch_size] for i in range(0, len(rows), self.config.batch_size)]
         for batch in tqdm(batches, desc="generate", unit="batch", disable=len(batches) < 2, leave=False):
             input_ids, attention_mask = self._left_pad([encoded[p] for p, _ in batch])
-            processors = None
-            if sampled:
-                from transformers import LogitsProcessorList
-
-                sampler = KeyedSampler(params, [row_seed[row] for row in batch], input_ids.shape[1], self.device)
-                processors = LogitsProcessorList([sampler])
+            sampler = KeyedSampler(params, [row_seed[row] for row in batch], input_ids.shape[1], self.device) if sampled else None
             with torch.inference_mode(), self._autocast():
-                output = self.model.generate(
-                    input_ids=input_ids,
-                    attention_mask=attention_mask,
-                    generation_config=gen_config,
-                    logits_processor=processors,
-                    tokenizer=self.tokenizer if params.stop else None,
-                )
-            generated = output[:, input_ids.shape[1] :].tolist()
+                if self.own_loop:
+                    generated = self._decode(input_ids, attention_mask, params, sampler)
+                else:
+                    generated = self._generate(input_ids, attention_mask, params, sampler)
             for row, tokens in zip(batch, generated):
-                results[row] = self._completion(tokens, params)
+                results[row] = self._completion(tokens, params, padded=not self.own_loop)
         # Separate objects per sample, so that a caller editing one does not edit its greedy twins.
         return [[replace(results[(p, s if copies > 1 else 0)]) for s in range(params.n)] for p in range(len(prompts))]
+
+    def _decode(self, input_ids: Any, attention_mask: Any, params: SamplingParams, sampler: KeyedSampler | None) -> list[list[int]]:
+        from stepdpo.generation.decode import decode
+
+        stop = None
+        if params.stop:
+            from transformers import StopStringCriteria
+
+            criteria = StopStringCriteria(self.tokenizer, list(params.stop))
+            stop = lambda sequences: criteria(sequences, None)  # noqa: E731
+        pick = sampler.draw if sampler is not None else lambda logits, rows, position: logits.argmax(dim=-1)
+        return decode(self.model, input_ids, attention_mask, params.max_new_tokens, pick, self.eos_ids, stop)
+
+    def _generate(self, input_ids: Any, attention_mask: Any, params: SamplingParams, sampler: KeyedSampler | None) -> list[list[int]]:
+        from transformers import LogitsProcessorList
+
+        output = self.model.generate(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            generation_config=self._generation_config(params),
+            logits_processor=LogitsProcessorList([sampler]) if sampler is not None else None,
+            tokenizer=self.tokenizer if params.stop else None,
+        )
+        return output[:, input_ids.shape[1] :].tolist()
 
     def _left_pad(self, sequences: list[list[int]]) -> tuple[Any, Any]:
         """Left-pad token lists into (input_ids, attention_mask), both of shape (batch, longest)."""
@@ -249,14 +276,17 @@ class HFGenerator:
                 attention_mask[i, width - len(seq) :] = 1
         return input_ids.to(self.device), attention_mask.to(self.device)
 
-    def _completion(self, tokens: list[int], params: SamplingParams) -> Completion:
-        """Cut one generated row at end-of-sequence or the first stop string, whichever came first."""
+    def _completion(self, tokens: list[int], params: SamplingParams, padded: bool) -> Completion:
+        """Cut one generated row at end-of-sequence or the first stop string, whichever came first.
+
+        ``padded``: generate pads a row that a stop string ended up to the batch's
+        last step (when pad is not an eos token); the own loop never pads.
+        """
         eos = set(self.eos_ids)
         end = next((i for i, tok in enumerate(tokens) if tok in eos), None)
         if end is None:
-            # Padding follows a row that a stop string ended (when pad is not an eos token).
             end = len(tokens)
-            while end and tokens[end - 1] == self.pad_id:
+            while padded and end and tokens[end - 1] == self.pad_id:
                 end -= 1
             finish, count = FINISH_LENGTH, end
         else:
