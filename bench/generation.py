@@ -28,6 +28,7 @@ import argparse
 import json
 import os
 import platform
+import statistics
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -144,9 +145,12 @@ def side_by_side(models: list[str], args: argparse.Namespace) -> dict:
                 gen = HFGenerator.from_model(model, tokenizer, config)
                 gen.generate(prompts[:2], SamplingParams(max_new_tokens=4))  # warm-up: lazy initialisation is not throughput
                 load = os.getloadavg()[0]
-                start = time.perf_counter()
-                out = gen.generate(prompts, params)
-                seconds = time.perf_counter() - start
+                timings = []
+                for _ in range(args.repeats):
+                    start = time.perf_counter()
+                    out = gen.generate(prompts, params)
+                    timings.append(time.perf_counter() - start)
+                seconds = statistics.median(timings)
                 completions = completions_by_loop[loop] = [c for cs in out for c in cs]
                 tokens = sum(c.num_tokens for c in completions)
                 rows.append({
@@ -154,7 +158,8 @@ def side_by_side(models: list[str], args: argparse.Namespace) -> dict:
                     "parameters": sum(p.numel() for p in model.parameters()),
                     "prompts": len(prompts), "prompt_tokens_mean": round(sum(lengths) / len(lengths), 1),
                     "tokens": tokens, "ended_by_eos": sum(c.finish_reason != "length" for c in completions), "seconds": round(seconds, 2),
-                    "tok_per_s": round(tokens / seconds, 1), "load_before": round(load, 2), "load_after": round(os.getloadavg()[0], 2),
+                    "tok_per_s": round(tokens / seconds, 1), "seconds_each": [round(t, 2) for t in timings],
+                    "load_before": round(load, 2), "load_after": round(os.getloadavg()[0], 2),
                 })
                 print(rows[-1], flush=True)
             if {"own", "generate"} <= completions_by_loop.keys():
@@ -179,7 +184,8 @@ def write_side_by_side(results: dict, out: Path) -> None:
         f"torch {results['machine']['torch']}, {results['threads']} threads. Load average (1, 5, 15 min) at start "
         f"{results['load_at_start']}, at end {results['load_at_end']} (other jobs shared the cores: the load is beside every row).", "",
         f"Prompts: {results['settings']['problems']} (the step prompt in each model's chat template); batch {results['settings']['batch']}, "
-        f"{results['settings']['max_new_tokens']} new tokens, T {results['settings']['temperature']}, top-p {results['settings']['top_p']}.", "",
+        f"{results['settings']['max_new_tokens']} new tokens, T {results['settings']['temperature']}, top-p {results['settings']['top_p']}; "
+        f"seconds are the median of {results['settings'].get('repeats', 1)} timing(s) of each setting.", "",
         "`decode loop`: `own` is the hf backend's default (finished rows leave the batch, the KV cache grows in place), "
         "`generate` is transformers' `model.generate`; `same completions` counts the prompts whose completion the two loops agree on.", "",
         "| model | parameters | dtype (autocast) | decode loop | prompt tokens | generated tokens | ended by EOS | seconds | tok/s | x last model, same dtype and loop | same completions | load before/after |",
@@ -201,6 +207,7 @@ def main() -> None:
     parser.add_argument("--temperature", type=float, default=0.8, help="side by side: sampling temperature")
     parser.add_argument("--top-p", type=float, default=0.95, help="side by side: nucleus threshold")
     parser.add_argument("--dtypes", nargs="+", default=["auto", "float32"], help="side by side: generator dtypes to time")
+    parser.add_argument("--repeats", type=int, default=1, help="side by side: time each setting this many times and report the median")
     parser.add_argument("--decode-loops", nargs="+", default=["own", "generate"], choices=["own", "generate"], help="side by side: hf decoding loops to time")
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8, 32, 64])
     parser.add_argument("--ns", type=int, nargs="+", default=[1, 8])
@@ -218,9 +225,9 @@ def main() -> None:
         results = {
             "command": f".venv/bin/python bench/generation.py --side-by-side {' '.join(args.side_by_side)} --threads {args.threads} --batch {args.batch} "
                        f"--max-new-tokens {args.max_new_tokens} --temperature {args.temperature} --top-p {args.top_p} --dtypes {' '.join(args.dtypes)} "
-                       f"--decode-loops {' '.join(args.decode_loops)}",
+                       f"--decode-loops {' '.join(args.decode_loops)} --repeats {args.repeats} --out {args.out}",
             "machine": cpu_info(), "threads": torch.get_num_threads(), "load_at_start": [round(x, 2) for x in os.getloadavg()],
-            "settings": {"problems": args.problems, "batch": args.batch, "max_new_tokens": args.max_new_tokens, "temperature": args.temperature, "top_p": args.top_p},
+            "settings": {"problems": args.problems, "batch": args.batch, "max_new_tokens": args.max_new_tokens, "temperature": args.temperature, "top_p": args.top_p, "repeats": args.repeats},
         }
         results.update(side_by_side(args.side_by_side, args))
         results["load_at_end"] = [round(x, 2) for x in os.getloadavg()]
