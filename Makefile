@@ -6,7 +6,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo demo-organism quick quick-organism test test-fast bench clean
+.PHONY: install demo demo-organism quick quick-smollm2 test test-fast bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,15 +22,17 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/stepdpo run --config configs/default.yaml --run-dir runs/default
 
+# Every stage and method on the model organism with little data (the organism is built first
+# when it is not cached: about 15 min on 2 cores).
 quick: $(STAMP)
-	$(VENV)/bin/stepdpo run --config configs/default.yaml --preset quick --run-dir runs/quick
+	$(VENV)/bin/stepdpo run --preset quick --run-dir runs/quick
 
-# The same pipeline on the model organism (built first when it is not cached: about 15 min on 2 cores).
+quick-smollm2: $(STAMP)
+	$(VENV)/bin/stepdpo run --config configs/default.yaml --preset quick-smollm2 --run-dir runs/quick-smollm2
+
+# The full pipeline on the model organism.
 demo-organism: $(STAMP)
 	$(VENV)/bin/stepdpo run --config configs/organism.yaml --run-dir runs/organism
-
-quick-organism: $(STAMP)
-	$(VENV)/bin/stepdpo run --config configs/organism-quick.yaml --run-dir runs/organism-quick
 
 test: $(STAMP)
 	$(PY) -m pytest -q -ra

@@ -175,7 +175,7 @@ def main() -> int:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--root", default="runs/replication", help="run directories ROOT/seed<N>")
     parser.add_argument("--config", default="configs/default.yaml")
-    parser.add_argument("--preset", default="", help="'' (default) or quick")
+    parser.add_argument("--preset", default="", help="'' (default) or quick-smollm2 (the embedded model's run on less data)")
     parser.add_argument("--methods", nargs="+", default=list(METHODS))
     parser.add_argument("--parallel", type=int, default=3, help="seeds run this many at a time (after the shared SFT)")
     parser.add_argument("--table-only", action="store_true", help="only tabulate the run directories that exist")

@@ -216,8 +216,10 @@ def test_a_yaml_section_keeps_the_run_configs_defaults_for_what_it_does_not_set(
     assert config.eval.prompt == defaults.eval.prompt == "step"
     assert config.eval.data == defaults.eval.data and config.eval.max_new_tokens == defaults.eval.max_new_tokens
     assert config.sample.data == defaults.sample.data and config.sample.max_new_tokens == defaults.sample.max_new_tokens
-    for name in ("organism.yaml", "organism-quick.yaml"):
-        shipped = parse_cli(RunConfig, ["--config", str(Path(__file__).resolve().parents[1] / "configs" / name)], prog="stepdpo run")
+    shipped_file = str(Path(__file__).resolve().parents[1] / "configs" / "organism.yaml")
+    # The quick preset is organism.yaml's settings on less data.
+    for argv in (["--config", shipped_file], ["--preset", "quick"]):
+        shipped = parse_cli(RunConfig, argv, prog="stepdpo run")
         assert shipped.model == "organism" and not shipped.do_sft
         assert shipped.eval.prompt == "step" and shipped.locate.localizer == "exact"
         assert all("min_steps=3&max_steps=5&difficulty=0" in spec for spec in [shipped.sample.data, *shipped.eval.data])

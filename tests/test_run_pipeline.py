@@ -125,16 +125,23 @@ def test_presets_and_the_shipped_config_compose(tmp_path):
 
     shipped = str(Path(__file__).resolve().parents[1] / "configs" / "default.yaml")
     default = parse_cli(RunConfig, ["--config", shipped], prog="stepdpo run")
-    quick = parse_cli(RunConfig, ["--config", shipped, "--preset", "quick", "--sample.k", "3"], prog="stepdpo run")
+    quick = parse_cli(RunConfig, ["--config", shipped, "--preset", "quick-smollm2", "--sample.k", "3"], prog="stepdpo run")
     assert default.methods == ["step-dpo", "dpo", "scdpo", "judge-free"] and default.do_sft
     # The shipped YAML names the run only, so it must not undo the quick preset's sizes.
-    assert quick.preset == "quick" and quick.sample.k == 3
+    assert quick.preset == "quick-smollm2" and quick.sample.k == 3 and quick.model == "smollm2-135m"
     assert quick.sample.data != default.sample.data and quick.eval.limit < default.eval.limit
     assert quick.sft.data != default.sft.data and quick.rectify.r < default.rectify.r
     # Problems for SFT, error collection and the test set never share a computation or a seed.
     assert "synthetic:train" in default.sft.data[0] and "seed=0" in default.sft.data[0]
     assert "synthetic:train" in default.sample.data and "seed=1" in default.sample.data
     assert default.eval.data[0].startswith("synthetic:test")
+    # --preset quick is every method on the model organism (no SFT), with organism.yaml's training settings.
+    organism = parse_cli(RunConfig, ["--preset", "quick"], prog="stepdpo run")
+    shipped_organism = parse_cli(RunConfig, ["--config", str(Path(shipped).with_name("organism.yaml"))], prog="stepdpo run")
+    assert (organism.model, organism.do_sft, organism.run_dir) == ("organism", False, "runs/quick")
+    assert organism.methods == default.methods and organism.pairs == shipped_organism.pairs
+    assert organism.train.optim.learning_rate == shipped_organism.train.optim.learning_rate
+    assert organism.eval.limit is None and organism.sample.data != shipped_organism.sample.data
 
 
 def test_pair_budgets_train_nested_subsets_and_the_report_plots_them(tmp_path, tiny_model_dir, scripted, capsys):

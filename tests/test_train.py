@@ -317,7 +317,7 @@ def test_mode_defaults_and_explicit_values():
     given = with_mode_defaults(parse_cli(TrainConfig, ["--mode", "scdpo", "--optim.learning-rate", "3e-6"], prog="t"))
     assert (given.beta, given.optim.learning_rate) == (0.1, 3e-6)
     # The CPU runs give every method one β and learning rate (README: "Settings the CPU runs override").
-    run_train = RunConfig.preset_config("quick").train
+    run_train = RunConfig.preset_config("quick-smollm2").train
     assert (with_mode_defaults(replace(run_train, mode="scdpo")).beta, run_train.optim.learning_rate) == (0.4, 5e-6)
 
 
@@ -331,7 +331,7 @@ def test_the_quick_presets_single_step_changes_the_weights(tiny_model_dir, tmp_p
     from stepdpo.stages.pipeline import RunConfig
     from stepdpo.stages.train import run
 
-    quick_optim = RunConfig.preset_config("quick").train.optim
+    quick_optim = RunConfig.preset_config("quick-smollm2").train.optim
     config = _config(tmp_path, "quick", model=str(tiny_model_dir), eval_split=0.0)
     config = replace(config, optim=replace(quick_optim, learning_rate=2e-3, batch_size=4))
     result = run(config, make_pairs(4))

@@ -80,5 +80,5 @@ def test_run_checks_only_the_stages_it_runs_with_the_generator_it_passes():
     with pytest.raises(ConfigError, match="option scdpo.max_steps "):
         RunConfig(methods=["judge-free"], scdpo=replace(RunConfig().scdpo, max_steps=0)).validate()
     RunConfig(methods=["step-dpo"], scdpo=replace(RunConfig().scdpo, max_steps=0)).validate()  # no method needs SCDPO
-    for preset in ("default", "quick"):
+    for preset in ("default", "quick", "quick-smollm2"):
         RunConfig.preset_config(preset).validate()

@@ -44,6 +44,8 @@ log = logging.getLogger(__name__)
 # The default problems: 2-3 steps with numbers below 20 (synthetic difficulty 0), where the
 # 135M model after SFT is neither hopeless nor perfect.
 _PROBLEMS = "min_steps=2&max_steps=3&difficulty=0"
+# The model organism's problems (configs/organism.yaml): 3-5 steps, where its greedy accuracy is middling.
+_ORGANISM_PROBLEMS = "min_steps=3&max_steps=5&difficulty=0"
 
 Method = Literal["step-dpo", "dpo", "scdpo", "judge-free"]
 
@@ -64,7 +66,7 @@ class RunConfig:
     """Options of the whole run; each stage's own options sit under its name (``--sample.k 8``)."""
 
     run_dir: str = field(default="runs/default", metadata={"help": "Run directory holding every stage's output."})
-    preset: Literal["default", "quick"] = field(default="default", metadata={"help": "default: the CPU demo on the embedded model (the README gives its measured stage times); quick: every stage on less data (8.6 min measured on 2 threads). Options given in YAML or flags override the preset."})
+    preset: Literal["default", "quick", "quick-smollm2"] = field(default="default", metadata={"help": "default: the CPU demo on the embedded model (the README gives its measured stage times); quick: every stage and method on the model organism with little data (configs/organism.yaml's settings; about 2 min once the organism is built, which the first run does, about 15 min); quick-smollm2: every stage of the default run on less data (8.6 min measured on 2 threads). Options given in YAML or flags override the preset."})
     model: str = field(default="smollm2-135m", metadata={"help": "Starting model: Hugging Face id, local path, or 'smollm2-135m'."})
     do_sft: bool = field(default=True, metadata={"help": "Start with supervised fine-tuning on step-format solutions (the embedded model needs it)."})
     methods: list[Method] = field(default_factory=lambda: ["step-dpo", "dpo", "scdpo", "judge-free"], metadata={"help": "Preference-training runs to make from the same data, each evaluated against the starting policy."})
@@ -122,9 +124,25 @@ class RunConfig:
         if name == "default":
             return base
         if name == "quick":
+            # configs/organism.yaml's settings (chosen on the validation split) on little data.
             return replace(
                 base,
                 preset="quick",
+                run_dir="runs/quick",
+                model="organism",
+                do_sft=False,
+                generator=replace(base.generator, batch_size=64),
+                sample=replace(base.sample, data=f"synthetic:train?n=48&{_ORGANISM_PROBLEMS}&seed=1", k=4),
+                locate=replace(base.locate, localizer="exact"),
+                scdpo=replace(base.scdpo, limit=16, max_steps=5),
+                pairs=replace(base.pairs, stop_mismatch="drop", max_dpo_pairs_per_problem=0),
+                train=replace(base.train, optim=replace(base.train.optim, learning_rate=1e-4, epochs=2.0)),
+                eval=replace(base.eval, data=[f"synthetic:test?n=96&{_ORGANISM_PROBLEMS}"], limit=None),
+            )
+        if name == "quick-smollm2":
+            return replace(
+                base,
+                preset="quick-smollm2",
                 sft=replace(base.sft, data=[f"synthetic:train?n=96&{_PROBLEMS}&seed=0"]),
                 sample=replace(base.sample, data=f"synthetic:train?n=12&{_PROBLEMS}&seed=1", k=2),
                 # rollout here, so that the quick run exercises the self-localization too
@@ -135,7 +153,7 @@ class RunConfig:
                 train=replace(base.train, optim=replace(base.train.optim, epochs=1.0, warmup_ratio=0.0), logging_steps=1),
                 eval=replace(base.eval, data=[f"synthetic:test?n=16&{_PROBLEMS}", "multiarith:test"], limit=16),
             )
-        raise ValueError(f"unknown preset {name!r} (default, quick)")
+        raise ValueError(f"unknown preset {name!r} (default, quick, quick-smollm2)")
 
 
 def _has_records(path: Path) -> bool:
