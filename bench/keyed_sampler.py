@@ -3,7 +3,7 @@
     .venv/bin/python bench/keyed_sampler.py     # writes bench/results/keyed_sampler.{json,md}
 
 ``HFGenerator`` samples each row from its own seed (``KeyedSampler``: the
-temperature/top-p warpers, then Gumbel-max with noise from a generator reseeded
+temperature/top-p warpers (top-p sorted by numpy on a CPU, also timed with torch.sort), then Gumbel-max with noise from a generator reseeded
 per row and position). Before, generate sampled every row of a batch from one
 RNG (warpers, softmax, one ``torch.multinomial``). This times both on the same
 scores (SmolLM2's vocabulary, B rows, T=0.8, top_p=0.95), and, for scale, one
@@ -25,6 +25,7 @@ import torch
 
 from stepdpo.generation.base import SamplingParams
 from stepdpo.generation.hf import KeyedSampler
+from transformers import TopPLogitsWarper
 from stepdpo.hardware import cpu_info
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -88,9 +89,13 @@ def main() -> None:
         scores = torch.randn(rows, args.vocab, generator=torch.Generator().manual_seed(0)) * 3
         ids = torch.zeros((rows, 120), dtype=torch.long)
         sampler = KeyedSampler(params, list(range(rows)), prompt_width=100, device="cpu")
+        # The same sampler with transformers' own top-p warper (torch.sort) instead of the numpy-sorted one.
+        torch_sorted = KeyedSampler(params, list(range(rows)), prompt_width=100, device="cpu")
+        torch_sorted.warpers[-1] = TopPLogitsWarper(params.top_p)
         load = os.getloadavg()[0]
         row = {"rows": rows, "load_before": round(load, 2),
                "keyed_ms": round(median_ms(lambda: sampler(ids, scores), args.repeats), 3),
+               "keyed_torch_sort_ms": round(median_ms(lambda: torch_sorted(ids, scores), args.repeats), 3),
                "shared_rng_ms": round(median_ms(lambda: shared_rng_step(params, scores), args.repeats), 3)}
         if not args.no_model:
             row["decode_step_ms"] = round(decode_step_ms(rows, args.repeats), 2)
@@ -109,10 +114,12 @@ def main() -> None:
              f"CPU {result['cpu']['model']} ({', '.join(result['cpu']['flags'])}; {result['cpu']['cores']} cores), "
              f"torch {torch.__version__}, {args.threads} thread(s), vocab {args.vocab}, T={params.temperature}, "
              f"top_p={params.top_p}, median of {args.repeats} calls; the CPU was shared (load average per row).", "",
-             "| rows | keyed ms/token | shared-RNG ms/token | embedded model decode ms/token | keyed share of a step | load before/after |",
-             "|---:|---:|---:|---:|---:|---|"]
+             "`keyed`: the hf backend's sampler (top-p sorted by numpy on a CPU); `keyed, torch.sort`: the same with transformers' "
+             "TopPLogitsWarper, as before; `shared-RNG`: generate's own sampling (transformers' warpers, one multinomial).", "",
+             "| rows | keyed ms/token | keyed, torch.sort ms/token | shared-RNG ms/token | embedded model decode ms/token | keyed share of a step | load before/after |",
+             "|---:|---:|---:|---:|---:|---:|---|"]
     for row in rows_out:
-        lines.append(f"| {row['rows']} | {row['keyed_ms']} | {row['shared_rng_ms']} | {row.get('decode_step_ms', '-')} | "
+        lines.append(f"| {row['rows']} | {row['keyed_ms']} | {row['keyed_torch_sort_ms']} | {row['shared_rng_ms']} | {row.get('decode_step_ms', '-')} | "
                      f"{row.get('keyed_share_of_step', '-')} | {row['load_before']} / {row['load_after']} |")
     lines += ["", "Command: `" + " ".join([".venv/bin/python", "bench/keyed_sampler.py", *sys.argv[1:]]) + "`", ""]
     (out / "keyed_sampler.md").write_text("\n".join(lines), encoding="utf-8")

@@ -10,7 +10,7 @@ import torch
 from stepdpo.errors import ConfigError
 from stepdpo.generation.base import Generator, GeneratorConfig, SamplingParams
 from stepdpo.generation.registry import build_generator
-from stepdpo.generation.hf import HFGenerator
+from stepdpo.generation.hf import HFGenerator, NumpySortTopP
 
 PROMPTS = [
     "Short.",
@@ -213,3 +213,18 @@ def test_sampling_applies_top_k_before_drawing(generator):
     greedy = generator.generate(PROMPTS, SamplingParams(max_new_tokens=8))
     sampled = generator.generate(PROMPTS, SamplingParams(n=2, temperature=5.0, top_k=1, max_new_tokens=8), seeds=[1, 2, 3, 4, 5])
     assert _texts(sampled) == [[cs[0].text] * 2 for cs in greedy]
+
+
+@pytest.mark.parametrize("top_p", [0.05, 0.5, 0.9, 0.95, 0.999])
+def test_numpy_sorted_top_p_cuts_where_transformers_cuts(top_p):
+    """The CPU sampler's top-p keeps exactly the tokens transformers' TopPLogitsWarper keeps."""
+    from transformers import TopKLogitsWarper, TopPLogitsWarper
+
+    rng = torch.Generator().manual_seed(int(top_p * 1000))
+    for rows, vocab, spread in ((1, 7, 1.0), (8, 1024, 3.0), (5, 49152, 8.0)):
+        scores = torch.randn(rows, vocab, generator=rng) * spread
+        for given in (scores, TopKLogitsWarper(top_k=min(40, vocab - 1))(None, scores)):  # -inf ties after top-k
+            expected = TopPLogitsWarper(top_p=top_p)(None, given.clone())
+            assert torch.equal(NumpySortTopP(top_p)(None, given.clone()), expected)
+    peaked = torch.tensor([[10.0, 0.0, 0.0, -1.0]])  # one token holds nearly all the mass: at least it is kept
+    assert torch.isfinite(NumpySortTopP(0.5)(None, peaked)).tolist() == [[True, False, False, False]]
