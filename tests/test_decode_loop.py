@@ -11,27 +11,15 @@ from stepdpo.generation.base import GeneratorConfig, SamplingParams
 from stepdpo.generation.decode import decode, new_cache, supports_own_loop
 from stepdpo.generation.hf import HFGenerator
 
-PROMPTS = [
-    "Short.",
-    "A much longer prompt, with many more tokens in it than the first one has, to force padding.",
-    "Medium length prompt here.",
-    "x",
-    "Another prompt of some middling length, for the batch.",
-    "Seven words in this one, give or take.",
-    "2 + 2 =",
-]
+from generation_helpers import PROMPTS as BASE_PROMPTS, lively
+
+PROMPTS = [*BASE_PROMPTS, "Seven words in this one, give or take.", "2 + 2 ="]
 
 
 @pytest.fixture(scope="module")
 def lively_model(tiny_model_dir):
-    """The tiny random Llama with weights of std 0.3, so that its continuations vary (as in test_generation_hf)."""
-    base = HFGenerator(GeneratorConfig(model=str(tiny_model_dir), dtype="float32", device="cpu"))
-    rng = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for param in base.model.parameters():
-            if param.dim() > 1:
-                param.copy_(torch.randn(param.shape, generator=rng) * 0.3)
-    return base.model, base.tokenizer
+    gen = lively(tiny_model_dir)
+    return gen.model, gen.tokenizer
 
 
 def _generator(lively_model, tiny_model_dir, loop: str, batch_size: int = 4) -> HFGenerator:

@@ -12,35 +12,12 @@ from stepdpo.generation.base import Generator, GeneratorConfig, SamplingParams
 from stepdpo.generation.registry import build_generator
 from stepdpo.generation.hf import HFGenerator, NumpySortTopP
 
-PROMPTS = [
-    "Short.",
-    "A much longer prompt, with many more tokens in it than the first one has, to force padding.",
-    "Medium length prompt here.",
-    "x",
-    "Another prompt of some middling length, for the batch.",
-]
-
-
-def _lively(tiny_model_dir, batch_size: int = 3) -> HFGenerator:
-    """The tiny model with larger random weights.
-
-    At its default initialisation the tiny model repeats one token forever, which
-    would let ordering, padding and stop bugs pass unseen; with weights of std 0.3
-    its greedy continuations are varied.
-    """
-    config = GeneratorConfig(model=str(tiny_model_dir), dtype="float32", device="cpu", batch_size=batch_size)
-    base = HFGenerator(config)
-    rng = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for param in base.model.parameters():
-            if param.dim() > 1:
-                param.copy_(torch.randn(param.shape, generator=rng) * 0.3)
-    return HFGenerator.from_model(base.model, base.tokenizer, config)
+from generation_helpers import PROMPTS, lively
 
 
 @pytest.fixture(scope="module")
 def generator(tiny_model_dir) -> HFGenerator:
-    return _lively(tiny_model_dir)
+    return lively(tiny_model_dir)
 
 
 def _own_greedy(gen: HFGenerator, prompt: str, max_new_tokens: int) -> list[int]:
@@ -142,7 +119,7 @@ def test_stop_in_batch_with_unstopped_rows(generator):
 
 def test_eos_ends_a_completion_and_is_counted(tiny_model_dir):
     """Make a later greedy token an end-of-sequence token: the completion stops before it."""
-    probe = _lively(tiny_model_dir)
+    probe = lively(tiny_model_dir)
     tokens = _own_greedy(probe, PROMPTS[0], 10)
     at = next(i for i in range(1, len(tokens)) if tokens[i] not in tokens[:i])
     probe.model.generation_config.eos_token_id = [probe.tokenizer.eos_token_id, tokens[at]]
@@ -199,8 +176,8 @@ def test_samples_do_not_depend_on_batch_or_position(tiny_model_dir):
     """A prompt's samples depend on its seed alone: not on batch size, the other prompts of the call, or its place."""
     params = SamplingParams(n=3, temperature=1.0, top_p=0.9, top_k=40, max_new_tokens=8)
     seeds = [101, 202, 303, 404, 505]
-    big = _lively(tiny_model_dir, batch_size=4).generate(PROMPTS, params, seeds=seeds)
-    small = _lively(tiny_model_dir, batch_size=1)
+    big = lively(tiny_model_dir, batch_size=4).generate(PROMPTS, params, seeds=seeds)
+    small = lively(tiny_model_dir, batch_size=1)
     alone = [small.generate([p], params, seeds=[s])[0] for p, s in zip(PROMPTS, seeds)]
     backwards = small.generate(PROMPTS[::-1], params, seeds=seeds[::-1])[::-1]
     assert _texts(big) == _texts(alone) == _texts(backwards)
