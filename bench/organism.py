@@ -279,7 +279,14 @@ def analysis(args: argparse.Namespace, clock: Clock) -> dict[str, Any]:
         "arms": table, "step_dpo_vs_dpo": step_vs_dpo, "flawed_steps": flawed, "data_efficiency": data_efficiency, "rounds": round_rows,
         "cpu": {"model": cpu_model, "speed_flags": speed_flags(flags)}, "threads": int(os.environ.get("OMP_NUM_THREADS", os.cpu_count() or 1)),
         "load_average_end": [round(x, 2) for x in os.getloadavg()], "phases_s": clock.phases, "phase_loads": clock.loads, "wall_s": clock.total(),
+        "whole_run": whole_run(args),
     }
+
+
+def whole_run(args: argparse.Namespace) -> dict[str, Any] | None:
+    """The wall time of the whole experiment, when bench/organism_2cores.sh ran it (its WORK/wall.json)."""
+    path = Path(args.work) / "wall.json"
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
 
 
 def main() -> int:
@@ -363,7 +370,12 @@ def render(result: dict[str, Any]) -> str:
     for r in result["rounds"]:
         lines.append(f"| {r['round']} | {r['pairs']} | {100 * r['accuracy_b']:.1f} % | {_diff(r) if r['round'] else ''} | {r['p_value']:.2g} |")
     loads = result.get("phase_loads", {})
-    lines += ["", "## Wall time per phase (s), and the load average (1 min) when it ended", "", "| phase | s | load |", "|---|---|---|"]
+    lines += ["", "## Wall time per phase (s), and the load average (1 min) when it ended", ""]
+    if whole := result.get("whole_run"):
+        lines += [f"The whole experiment: **{whole['wall_s'] / 60:.1f} min** of wall time on {whole['cores']} cores as {whole['processes']} "
+                  f"1-thread processes (`bench/organism_2cores.sh`; {whole['started']} to {whole['ended']}, load average at the end "
+                  f"{whole['load_average_end']}); the phases below sum the processes' times.", ""]
+    lines += ["| phase | s | load |", "|---|---|---|"]
     lines += [f"| {k} | {v} | {loads.get(k, 'not recorded')} |" for k, v in result["phases_s"].items()]
     return "\n".join(lines) + "\n"
 

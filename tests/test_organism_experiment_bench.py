@@ -85,3 +85,8 @@ def test_analysis_pools_seeds_and_locates_first_wrong_steps(tmp_path, bench):
     markdown = bench.render(result)
     assert "| Step-DPO (exact localizer) | 2 | None, None | 75.0 % (base 50.0) | +25.0 [" in markdown
     assert "| base | 50.0 | 0.0 | 50.0 | 0.0 | 2.0 |" in markdown  # right, step 1, step 2, unlocated, mean position
+    assert result["whole_run"] is None and "The whole experiment" not in markdown
+    # bench/organism_2cores.sh leaves the whole run's wall time in the work folder; the result file reports it.
+    (tmp_path / "wall.json").write_text(json.dumps({"wall_s": 5130, "started": "s", "ended": "e", "load_average_end": "2.0 2.0 1.9",
+                                                    "cores": 2, "processes": 2}))
+    assert "The whole experiment: **85.5 min** of wall time on 2 cores as 2 1-thread processes" in bench.render(bench.analysis(args, bench.Clock(tmp_path)))

@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# The powered organism experiment (bench/organism.py) on a 2-core machine: two 1-thread processes
+# that split the seeds and phases, then a last invocation that pools everything into
+# bench/results/organism.{md,json}. The wall time of the whole goes to WORK/wall.json.
+#
+#   bash bench/organism_2cores.sh [WORK]        # default WORK: runs/organism-bench
+#
+# Process A: seed 1 (arms, rollout localizer), the curve's Step-DPO points and DPO's budgets, the rounds.
+# Process B: seeds 2 and 3 (arms, rollout localizer), the curve's DPO point on all seeds' pairs.
+# Seed 4 goes to whichever finishes first. The curve needs seeds 1-3's pairs, so each process waits
+# for the other's before it. Everything resumes: rerunning the script continues a killed run.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+WORK=${1:-runs/organism-bench}
+mkdir -p "$WORK"
+export OMP_NUM_THREADS=1
+PY=${PY:-.venv/bin/python}
+
+experiment() {
+  "$PY" bench/organism.py --work "$WORK" --problems 1000 --test-n 1000 --transfer-n 300 --rollout-limit 600 \
+    --rounds 3 --stop-mismatch drop \
+    --setting "step-dpo lr=1e-4 beta=0.4 epochs=2 batch=32" --setting "dpo lr=1e-4 beta=0.4 epochs=2 batch=32" \
+    --setting "scdpo lr=1e-4 beta=0.4 epochs=2 batch=32" --setting "judge-free lr=1e-4 beta=0.4 epochs=2 batch=32" "$@"
+}
+wait_for_pairs() { while [ ! -f "$WORK/seed$1/pairs/dpo_matched.jsonl" ]; do sleep 10; done; }
+seed4_once() { if mkdir "$WORK/.seed4-claimed" 2>/dev/null; then experiment --seeds 4 --phases arms --rollout-seeds 0 --budgets 100 300; fi; }
+
+started=$(date +%s)
+(
+  experiment --seeds 1 --phases arms rollout --budgets 100 300
+  wait_for_pairs 2; wait_for_pairs 3
+  experiment --seeds 1 2 3 --phases curve --union-methods step-dpo --budgets 100 300
+  experiment --seeds 1 --phases rounds --budgets 100 300
+  seed4_once
+) > "$WORK/process-a.log" 2>&1 &
+a=$!
+(
+  experiment --seeds 2 3 --phases arms rollout --rollout-seeds 2 --budgets 100 300
+  wait_for_pairs 1
+  experiment --seeds 1 2 3 --phases curve --union-methods dpo --budgets
+  seed4_once
+) > "$WORK/process-b.log" 2>&1 &
+b=$!
+failed=0
+wait $a || failed=1
+wait $b || failed=1
+if [ $failed = 1 ]; then echo "a process failed: see $WORK/process-a.log and process-b.log" >&2; exit 1; fi
+ended=$(date +%s)
+# Read by the analysis, which puts it in the result file.
+printf '{"wall_s": %d, "started": "%s", "ended": "%s", "load_average_end": "%s", "cores": %d, "processes": 2}\n' \
+  $((ended - started)) "$(date -d @"$started" -Is)" "$(date -d @"$ended" -Is)" "$(cut -d' ' -f1-3 /proc/loadavg)" "$(nproc)" > "$WORK/wall.json"
+experiment --seeds 1 2 3 4 --phases analysis --budgets 100 300
