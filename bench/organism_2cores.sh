@@ -5,10 +5,11 @@
 #
 #   bash bench/organism_2cores.sh [WORK]        # default WORK: runs/organism-bench
 #
-# Process A: seed 1 (arms, rollout localizer), the curve's Step-DPO points and DPO's budgets, the rounds.
+# Process A: seed 1 (arms, rollout localizer), seed 4 (arms), the curve's Step-DPO points and DPO's
+#            budgets, the rounds.
 # Process B: seeds 2 and 3 (arms, rollout localizer), the curve's DPO point on all seeds' pairs.
-# Seed 4 goes to whichever finishes first. The curve needs seeds 1-3's pairs, so each process waits
-# for the other's before it. Everything resumes: rerunning the script continues a killed run.
+# The curve needs seeds 1-3's pairs, so each process waits for the other's before it (seed 4 fills
+# A's wait). Everything resumes: rerunning the script continues a killed run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 WORK=${1:-runs/organism-bench}
@@ -23,22 +24,20 @@ experiment() {
     --setting "scdpo lr=1e-4 beta=0.4 epochs=2 batch=32" --setting "judge-free lr=1e-4 beta=0.4 epochs=2 batch=32" "$@"
 }
 wait_for_pairs() { while [ ! -f "$WORK/seed$1/pairs/dpo_matched.jsonl" ]; do sleep 10; done; }
-seed4_once() { if mkdir "$WORK/.seed4-claimed" 2>/dev/null; then experiment --seeds 4 --phases arms --rollout-seeds 0 --budgets 100 300; fi; }
 
 started=$(date +%s)
 (
   experiment --seeds 1 --phases arms rollout --budgets 100 300
+  experiment --seeds 4 --phases arms --rollout-seeds 0 --budgets 100 300
   wait_for_pairs 2; wait_for_pairs 3
   experiment --seeds 1 2 3 --phases curve --union-methods step-dpo --budgets 100 300
   experiment --seeds 1 --phases rounds --budgets 100 300
-  seed4_once
 ) > "$WORK/process-a.log" 2>&1 &
 a=$!
 (
   experiment --seeds 2 3 --phases arms rollout --rollout-seeds 2 --budgets 100 300
   wait_for_pairs 1
   experiment --seeds 1 2 3 --phases curve --union-methods dpo --budgets
-  seed4_once
 ) > "$WORK/process-b.log" 2>&1 &
 b=$!
 failed=0
