@@ -23,6 +23,7 @@ backend falls back to ``model.generate`` when not.
 
 from __future__ import annotations
 
+import functools
 import inspect
 from typing import Any, Callable
 
@@ -45,6 +46,7 @@ def supports_own_loop(model: Any) -> bool:
     return _cache_argument(model) is not None and all(name in parameters for name in ("attention_mask", "position_ids", "logits_to_keep"))
 
 
+@functools.cache  # one class, not one per batch; built lazily so that importing this module does not import transformers
 def _growing_layer_class() -> type:
     from transformers.cache_utils import DynamicLayer
 
@@ -138,15 +140,17 @@ def decode(
     ended = [False] * len(rows)
     eos = torch.tensor(sorted(eos_ids), dtype=torch.long, device=input_ids.device)
     position_ids = (attention_mask.long().cumsum(-1) - 1).masked_fill(attention_mask == 0, 0)
-    sequences, step_ids, mask = input_ids, input_ids, attention_mask
+    # Only stop strings need the whole sequence so far.
+    sequences = input_ids if stop is not None else None
+    step_ids, mask = input_ids, attention_mask
     for position in range(max_new_tokens):
         output = model(
             input_ids=step_ids, attention_mask=mask, position_ids=position_ids, use_cache=True, logits_to_keep=1, **{cache_argument: cache}
         )
         tokens = pick(output.logits[:, -1, :].float(), rows, position)
-        sequences = torch.cat([sequences, tokens[:, None]], dim=-1)
         finished = torch.isin(tokens, eos)
-        if stop is not None:
+        if sequences is not None:
+            sequences = torch.cat([sequences, tokens[:, None]], dim=-1)
             finished |= stop(sequences)
         for row, token, done in zip(rows, tokens.tolist(), finished.tolist()):
             if not ended[row]:
@@ -162,5 +166,6 @@ def decode(
             keep = torch.tensor(live, dtype=torch.long, device=input_ids.device)
             cache.batch_select_indices(keep)
             rows = [rows[i] for i in live]
-            step_ids, mask, position_ids, sequences = step_ids[keep], mask[keep], position_ids[keep], sequences[keep]
+            step_ids, mask, position_ids = step_ids[keep], mask[keep], position_ids[keep]
+            sequences = sequences[keep] if sequences is not None else None
     return generated
