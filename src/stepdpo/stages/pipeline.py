@@ -131,7 +131,7 @@ class RunConfig:
                 run_dir="runs/quick",
                 model="organism",
                 do_sft=False,
-                generator=replace(base.generator, batch_size=64),
+                generator=replace(base.generator, batch_size=64, dtype="float32"),
                 sample=replace(base.sample, data=f"synthetic:train?n=48&{_ORGANISM_PROBLEMS}&seed=1", k=4),
                 locate=replace(base.locate, localizer="exact"),
                 scdpo=replace(base.scdpo, limit=16, max_steps=5),
