@@ -32,6 +32,7 @@ import statistics
 import time
 from collections import defaultdict
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -79,12 +80,13 @@ def ours(gen: HFGenerator, prompts: list[str], n: int, max_new_tokens: int) -> d
     return {"rows": len(prompts) * n, "tokens": tokens, "seconds": round(seconds, 2), "tok_per_s": round(tokens / seconds, 1), "load": os.getloadavg()[0]}
 
 
-def profile(gen: HFGenerator, prompts: list[str], steps: int) -> dict:
-    """Self CPU time by operator group over one batch of ``steps`` new tokens."""
+def profile(gen: HFGenerator, prompts: list[str], steps: int, params: SamplingParams | None = None, warm_up: bool = True) -> dict:
+    """Self CPU time by operator group over one batch of ``steps`` new tokens (T 0.8 unless ``params`` says otherwise)."""
     from torch.profiler import ProfilerActivity, profile as torch_profile
 
-    params = SamplingParams(temperature=0.8, max_new_tokens=steps, seed=0)
-    gen.generate(prompts, params)  # warm-up
+    params = params or SamplingParams(temperature=0.8, max_new_tokens=steps, seed=0)
+    if warm_up:
+        gen.generate(prompts, params)
     with torch_profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
         start = time.perf_counter()
         gen.generate(prompts, params)
@@ -125,53 +127,81 @@ def cpu_info() -> dict:
             "avx512_bf16": cpu_supports_bf16(), "platform": platform.platform(), "torch": torch.__version__}
 
 
-def side_by_side(models: list[str], args: argparse.Namespace) -> dict:
-    """Each model on the same problems and settings, in each dtype; returns the result dict."""
+def side_by_side(models: list[str], args: argparse.Namespace, save: Callable[[dict], None]) -> dict:
+    """Each model on the same problems and settings, in each dtype and loop; returns the result dict.
+
+    Timings run in rounds: each round times every setting once, so a change in
+    the machine's speed during the run (other tenants, clock) touches every model
+    alike, and each round gives its own ratio of the first model to the last.
+    ``save`` gets the timings before any profile runs (a profile of a large model
+    can take more memory than the machine has), and again with the profiles.
+    """
     from stepdpo.generation.base import prompt_format
     from stepdpo.problems import load_problems
 
     problems = load_problems(args.problems)
     params = SamplingParams(temperature=args.temperature, top_p=args.top_p, max_new_tokens=args.max_new_tokens, seed=0)
-    rows: list[dict] = []
+    settings: list[tuple[dict, HFGenerator, list[str]]] = []
     for name in models:
         tokenizer, model = load_tokenizer(name), load_model(name)
         fmt = prompt_format(GeneratorConfig(model=name))
         prompts = [fmt.prompt(p.question) for p in problems]
         lengths = [len(tokenizer(p, add_special_tokens=False)["input_ids"]) for p in prompts]
         for dtype in args.dtypes:
-            completions_by_loop: dict[str, list] = {}
             for loop in args.decode_loops:
-                config = GeneratorConfig(model=name, dtype=dtype, batch_size=args.batch, decode_loop=loop)
-                gen = HFGenerator.from_model(model, tokenizer, config)
-                gen.generate(prompts[:2], SamplingParams(max_new_tokens=4))  # warm-up: lazy initialisation is not throughput
-                load = os.getloadavg()[0]
-                timings = []
-                for _ in range(args.repeats):
-                    start = time.perf_counter()
-                    out = gen.generate(prompts, params)
-                    timings.append(time.perf_counter() - start)
-                seconds = statistics.median(timings)
-                completions = completions_by_loop[loop] = [c for cs in out for c in cs]
-                tokens = sum(c.num_tokens for c in completions)
-                rows.append({
-                    "model": name, "dtype": dtype, "autocast": str(gen.autocast_dtype), "decode_loop": loop,
-                    "parameters": sum(p.numel() for p in model.parameters()),
-                    "prompts": len(prompts), "prompt_tokens_mean": round(sum(lengths) / len(lengths), 1),
-                    "tokens": tokens, "ended_by_eos": sum(c.finish_reason != "length" for c in completions), "seconds": round(seconds, 2),
-                    "tok_per_s": round(tokens / seconds, 1), "seconds_each": [round(t, 2) for t in timings],
-                    "load_before": round(load, 2), "load_after": round(os.getloadavg()[0], 2),
-                })
-                print(rows[-1], flush=True)
-            if {"own", "generate"} <= completions_by_loop.keys():
-                same = sum(a == b for a, b in zip(completions_by_loop["own"], completions_by_loop["generate"]))
-                for row in rows[-len(args.decode_loops):]:
-                    row["own_equals_generate"] = f"{same}/{len(prompts)}"
-        del model
+                gen = HFGenerator.from_model(model, tokenizer, GeneratorConfig(model=name, dtype=dtype, batch_size=args.batch, decode_loop=loop))
+                # Warm-up, the whole batch: the first run of each batch shape pays one-off costs (kernels chosen, buffers allocated).
+                gen.generate(prompts, params)
+                row = {"model": name, "dtype": dtype, "autocast": str(gen.autocast_dtype), "decode_loop": loop,
+                       "parameters": sum(p.numel() for p in model.parameters()),
+                       "prompts": len(prompts), "prompt_tokens_mean": round(sum(lengths) / len(lengths), 1), "seconds_each": [], "load_each": []}
+                settings.append((row, gen, prompts))
+    completions: dict[tuple[str, str, str], list] = {}
+    for _ in range(args.repeats):
+        for row, gen, prompts in settings:
+            row["load_each"].append(round(os.getloadavg()[0], 2))
+            start = time.perf_counter()
+            out = gen.generate(prompts, params)
+            row["seconds_each"].append(round(time.perf_counter() - start, 3))
+            completions[(row["model"], row["dtype"], row["decode_loop"])] = [c for cs in out for c in cs]
+    rows = [row for row, _, _ in settings]
+    for row in rows:
+        done = completions[(row["model"], row["dtype"], row["decode_loop"])]
+        row["tokens"] = sum(c.num_tokens for c in done)
+        row["ended_by_eos"] = sum(c.finish_reason != "length" for c in done)
+        row["seconds"] = round(statistics.median(row["seconds_each"]), 2)
+        row["tok_per_s"] = round(row["tokens"] / statistics.median(row["seconds_each"]), 1)
+        row["load_before"], row["load_after"] = row["load_each"][0], row["load_each"][-1]
+        own, generate = (completions.get((row["model"], row["dtype"], loop)) for loop in ("own", "generate"))
+        if own is not None and generate is not None:
+            row["own_equals_generate"] = f"{sum(a == b for a, b in zip(own, generate))}/{len(own)}"
+        print(row, flush=True)
     reference = {(row["dtype"], row["decode_loop"]): row["tok_per_s"] for row in rows if row["model"] == models[-1]}
     for row in rows:
         same_setting = reference.get((row["dtype"], row["decode_loop"]))
         row["x_last_model_same_dtype"] = round(row["tok_per_s"] / same_setting, 1) if same_setting else None
-    return {"rows": rows, "best_vs_best": round(max(r["tok_per_s"] for r in rows if r["model"] == models[0]) / max(r["tok_per_s"] for r in rows if r["model"] == models[-1]), 1)}
+
+    def best(model: str, round_index: int | None = None) -> float:
+        return max(row["tokens"] / (statistics.median(row["seconds_each"]) if round_index is None else row["seconds_each"][round_index])
+                   for row in rows if row["model"] == model)
+
+    results = {
+        "rows": rows,
+        "best_vs_best": round(best(models[0]) / best(models[-1]), 1),
+        "best_vs_best_by_round": [round(best(models[0], r) / best(models[-1], r), 1) for r in range(args.repeats)],
+        # Every model but the reference (the last), for runs that compare several against it.
+        "best_vs_best_each": {
+            model: {"median": round(best(model) / best(models[-1]), 1), "by_round": [round(best(model, r) / best(models[-1], r), 1) for r in range(args.repeats)]}
+            for model in dict.fromkeys(models[:-1])
+        },
+    }
+    save(results)
+    for row, gen, prompts in settings:
+        if row["model"] in args.profile:
+            row["profile"] = profile(gen, prompts, steps=args.max_new_tokens, params=params, warm_up=False)  # the timed rounds warmed it up
+            print("profile", row["model"], row["dtype"], row["decode_loop"], row["profile"], flush=True)
+            save(results)
+    return results
 
 
 def write_side_by_side(results: dict, out: Path) -> None:
@@ -182,10 +212,10 @@ def write_side_by_side(results: dict, out: Path) -> None:
         "Rerun (e.g. on a quiet machine):", "", f"    {results['command']}", "",
         f"CPU: {results['machine']['cpu']}, {results['machine']['cores']} cores, flags {' '.join(results['machine']['flags'])}; "
         f"torch {results['machine']['torch']}, {results['threads']} threads. Load average (1, 5, 15 min) at start "
-        f"{results['load_at_start']}, at end {results['load_at_end']} (other jobs shared the cores: the load is beside every row).", "",
+        f"{results['load_at_start']}, at end {results['load_at_end']} (the benchmark's own threads make a load of about their number; more means other jobs shared the cores: the load before each setting's timings is beside it).", "",
         f"Prompts: {results['settings']['problems']} (the step prompt in each model's chat template); batch {results['settings']['batch']}, "
         f"{results['settings']['max_new_tokens']} new tokens, T {results['settings']['temperature']}, top-p {results['settings']['top_p']}; "
-        f"seconds are the median of {results['settings'].get('repeats', 1)} timing(s) of each setting.", "",
+        f"seconds are the median of {results['settings'].get('repeats', 1)} timing(s) of each setting, taken in rounds (each round times every setting once).", "",
         "`decode loop`: `own` is the hf backend's default (finished rows leave the batch, the KV cache grows in place), "
         "`generate` is transformers' `model.generate`; `same completions` counts the prompts whose completion the two loops agree on.", "",
         "| model | parameters | dtype (autocast) | decode loop | prompt tokens | generated tokens | ended by EOS | seconds | tok/s | x last model, same dtype and loop | same completions | load before/after |",
@@ -195,7 +225,23 @@ def write_side_by_side(results: dict, out: Path) -> None:
         lines.append(f"| {r['model']} | {r['parameters'] / 1e6:.1f} M | {r['dtype']} ({r['autocast']}) | {r.get('decode_loop', 'generate')} | {r['prompt_tokens_mean']} | {r['tokens']} | "
                      f"{r['ended_by_eos']}/{r['prompts']} | {r['seconds']} | {r['tok_per_s']} | {r['x_last_model_same_dtype']} | {r.get('own_equals_generate', '')} | "
                      f"{r['load_before']}/{r['load_after']} |")
-    lines += ["", f"Best setting of the first model over the best of the last: **{results['best_vs_best']}x**."]
+    lines += ["", f"Best setting of the first model over the best of the last: **{results['best_vs_best']}x** (medians)."]
+    if results.get("best_vs_best_by_round"):
+        lines += ["", f"The same ratio in each round: {', '.join(f'{x}x' for x in results['best_vs_best_by_round'])}."]
+    for model, ratio in list(results.get("best_vs_best_each", {}).items())[1:]:
+        lines += ["", f"`{model}`'s best setting over the best of the last: **{ratio['median']}x** (medians; each round: {', '.join(f'{x}x' for x in ratio['by_round'])})."]
+    profiled = [r for r in results["rows"] if r.get("profile")]
+    if profiled:
+        groups = list(dict.fromkeys(g for r in profiled for g in r["profile"]["by_group_s"]))
+        lines += ["", "## Where the time goes", "",
+                  "Self CPU seconds by operator group (torch.profiler, one more run of the whole batch under the profiler, "
+                  "which slows it); overhead is wall time outside any profiled operator (Python, transformers' modules, numpy's top-p sort).", "",
+                  "| model | dtype | loop | wall s | " + " | ".join(groups) + " | overhead |", "|---|---|---|---|" + "---|" * (len(groups) + 1)]
+        for r in profiled:
+            p = r["profile"]
+            lines.append(f"| {r['model']} | {r['dtype']} | {r['decode_loop']} | {p['wall_s']} | "
+                         + " | ".join(f"{p['by_group_s'].get(g, 0.0):.2f} ({p['by_group_s'].get(g, 0.0) / p['wall_s']:.0%})" for g in groups)
+                         + f" | {p['python_and_framework_overhead_s']:.2f} ({p['python_and_framework_overhead_s'] / p['wall_s']:.0%}) |")
     out.with_suffix(".md").write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
@@ -208,6 +254,7 @@ def main() -> None:
     parser.add_argument("--top-p", type=float, default=0.95, help="side by side: nucleus threshold")
     parser.add_argument("--dtypes", nargs="+", default=["auto", "float32"], help="side by side: generator dtypes to time")
     parser.add_argument("--repeats", type=int, default=1, help="side by side: time each setting this many times and report the median")
+    parser.add_argument("--profile", nargs="*", default=[], metavar="MODEL", help="side by side: also profile one run of each setting of these models by operator group (after the timings are written; a large model's profile takes many GiB)")
     parser.add_argument("--decode-loops", nargs="+", default=["own", "generate"], choices=["own", "generate"], help="side by side: hf decoding loops to time")
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8, 32, 64])
     parser.add_argument("--ns", type=int, nargs="+", default=[1, 8])
@@ -225,14 +272,17 @@ def main() -> None:
         results = {
             "command": f".venv/bin/python bench/generation.py --side-by-side {' '.join(args.side_by_side)} --threads {args.threads} --batch {args.batch} "
                        f"--max-new-tokens {args.max_new_tokens} --temperature {args.temperature} --top-p {args.top_p} --dtypes {' '.join(args.dtypes)} "
-                       f"--decode-loops {' '.join(args.decode_loops)} --repeats {args.repeats} --out {args.out}",
+                       f"--decode-loops {' '.join(args.decode_loops)} --repeats {args.repeats}{' --profile ' + ' '.join(args.profile) if args.profile else ''} --out {args.out}",
             "machine": cpu_info(), "threads": torch.get_num_threads(), "load_at_start": [round(x, 2) for x in os.getloadavg()],
             "settings": {"problems": args.problems, "batch": args.batch, "max_new_tokens": args.max_new_tokens, "temperature": args.temperature, "top_p": args.top_p, "repeats": args.repeats},
         }
-        results.update(side_by_side(args.side_by_side, args))
-        results["load_at_end"] = [round(x, 2) for x in os.getloadavg()]
         out = Path(args.out).with_name("generation_side_by_side.json") if args.out.endswith("generation.json") else Path(args.out)
-        write_side_by_side(results, out)
+
+        def save(timed: dict) -> None:
+            results.update(timed, load_at_end=[round(x, 2) for x in os.getloadavg()])
+            write_side_by_side(results, out)
+
+        side_by_side(args.side_by_side, args, save)
         print(f"best vs best: {results['best_vs_best']}x -> {out}")
         return
     args.max_new_tokens = args.max_new_tokens or 128

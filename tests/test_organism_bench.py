@@ -1,4 +1,4 @@
-"""bench/organism_build.py and bench/generation.py --side-by-side, end to end on a tiny organism."""
+"""bench/organism_build.py, bench/generation.py --side-by-side and bench/organism_shapes.py, end to end on a tiny organism."""
 
 from __future__ import annotations
 
@@ -53,7 +53,7 @@ def test_side_by_side_times_each_model_and_dtype(load_bench, organism_build, tmp
     model = str(built / "model")
     out = tmp_path / "side.json"
     argv = ["generation.py", "--side-by-side", model, model, "--threads", "1", "--batch", "4", "--max-new-tokens", "8",
-            "--problems", "synthetic:train?n=4&min_steps=3&max_steps=3&difficulty=0&seed=1000", "--out", str(out)]
+            "--problems", "synthetic:train?n=4&min_steps=3&max_steps=3&difficulty=0&seed=1000", "--repeats", "2", "--profile", model, "--out", str(out)]
     old, sys.argv = sys.argv, argv
     try:
         bench.main()
@@ -65,5 +65,53 @@ def test_side_by_side_times_each_model_and_dtype(load_bench, organism_build, tmp
     assert all(0 < row["tokens"] <= 4 * 8 and row["tok_per_s"] > 0 for row in result["rows"])
     # Both loops sample the same completions (each row from its own seed) on a float32 model this small.
     assert {row["own_equals_generate"] for row in result["rows"] if row["dtype"] == "float32"} == {"4/4"}
-    assert "--side-by-side" in result["command"] and result["machine"]["cores"] >= 1
-    assert "| tok/s |" in out.with_suffix(".md").read_text()
+    assert "--side-by-side" in result["command"] and "--profile" in result["command"] and result["machine"]["cores"] >= 1
+    # Timed in 2 rounds, each with its own ratio; the profile splits each setting's time into operator groups.
+    assert all(len(row["seconds_each"]) == len(row["load_each"]) == 2 for row in result["rows"])
+    assert len(result["best_vs_best_by_round"]) == 2 and all(ratio > 0 for ratio in result["best_vs_best_by_round"])
+    assert result["best_vs_best_each"][model]["median"] == result["best_vs_best"]
+    assert all(row["profile"]["by_group_s"]["other matmuls (layers)"] > 0 for row in result["rows"])
+    markdown = out.with_suffix(".md").read_text()
+    assert "| tok/s |" in markdown and "## Where the time goes" in markdown and "other matmuls (layers)" in markdown
+
+
+def test_organism_shapes_times_each_shape_on_equal_work(load_bench, organism_build, tmp_path):
+    _, _, built = organism_build
+    bench = load_bench("organism_shapes")
+    out = tmp_path / "shapes.json"
+    argv = ["organism_shapes.py", "--model", str(built / "model"), "--prompts", "4", "--tokens", "6", "--batch", "4", "--repeats", "2",
+            "--threads", "1", "--shape", "num_kv_heads=1", "--shape", "num_layers=1,intermediate_size=64", "--out", str(out)]
+    old, sys.argv = sys.argv, argv
+    try:
+        bench.main()
+    finally:
+        sys.argv = old
+    result = json.loads(out.read_text())
+    rows = {row["shape"]: row for row in result["rows"]}
+    assert list(rows) == ["built organism", "default", "num_kv_heads=1", "num_layers=1,intermediate_size=64"]
+    assert rows["default"]["relative_to_default"] == 1.0 and all(len(row["seconds_each"]) == 2 for row in rows.values())
+    # The shapes are what they say: fewer key/value heads and a smaller model have fewer parameters.
+    assert rows["num_layers=1,intermediate_size=64"]["parameters"] < rows["num_kv_heads=1"]["parameters"] < rows["default"]["parameters"]
+    assert "(1 kv)" in rows["num_kv_heads=1"]["sizes"] and result["settings"]["tokens"] == 6
+    assert "| relative to default |" in out.with_suffix(".md").read_text()
+    with pytest.raises(SystemExit, match="hidden_sise"):
+        bench.shape_config("hidden_sise=96")
+
+
+def test_side_by_side_writes_its_timings_before_profiling(load_bench, organism_build, tmp_path, monkeypatch):
+    _, _, built = organism_build
+    bench = load_bench("generation")
+    model = str(built / "model")
+    out = tmp_path / "side.json"
+
+    def out_of_memory(*args, **kwargs):
+        raise MemoryError("the profiler's trace")
+
+    monkeypatch.setattr(bench, "profile", out_of_memory)
+    argv = ["generation.py", "--side-by-side", model, "--threads", "1", "--batch", "4", "--max-new-tokens", "4", "--dtypes", "float32",
+            "--decode-loops", "own", "--problems", "synthetic:train?n=2&min_steps=3&max_steps=3&difficulty=0&seed=1000", "--profile", model, "--out", str(out)]
+    monkeypatch.setattr(sys, "argv", argv)
+    with pytest.raises(MemoryError):
+        bench.main()
+    rows = json.loads(out.read_text())["rows"]
+    assert len(rows) == 1 and rows[0]["tok_per_s"] > 0 and "profile" not in rows[0]
