@@ -12,17 +12,22 @@ TINY = ["data=[\"synthetic:train?n=32&min_steps=2&max_steps=3&difficulty=0&seed=
         "tokenizer_problems=32", "batch_size=1", "vocab_size=300", "hidden_size=32", "intermediate_size=64", "num_layers=1", "num_heads=2", "num_kv_heads=2", "device=cpu"]
 
 
+def run_main(bench, argv: list[str]) -> None:
+    """``bench.main()`` as if run with ``argv`` (module-scoped fixtures cannot take monkeypatch)."""
+    old, sys.argv = sys.argv, argv
+    try:
+        bench.main()
+    finally:
+        sys.argv = old
+
+
 @pytest.fixture(scope="module")
 def organism_build(load_bench, tmp_path_factory):
     """Runs bench/organism_build.py on a tiny config; returns (result json, markdown, output folder)."""
     bench = load_bench("organism_build")
     tmp = tmp_path_factory.mktemp("organism_bench")
     argv = ["organism_build.py", *[a for o in TINY for a in ("--option", o)], "--threads", "1", "--output-dir", str(tmp / "built"), "--out", str(tmp / "result.json")]
-    old, sys.argv = sys.argv, argv
-    try:
-        bench.main()
-    finally:
-        sys.argv = old
+    run_main(bench, argv)
     return json.loads((tmp / "result.json").read_text()), (tmp / "result.md").read_text(), tmp / "built"
 
 
@@ -54,11 +59,7 @@ def test_side_by_side_times_each_model_and_dtype(load_bench, organism_build, tmp
     out = tmp_path / "side.json"
     argv = ["generation.py", "--side-by-side", model, model, "--threads", "1", "--batch", "4", "--max-new-tokens", "8",
             "--problems", "synthetic:train?n=4&min_steps=3&max_steps=3&difficulty=0&seed=1000", "--repeats", "2", "--profile", model, "--out", str(out)]
-    old, sys.argv = sys.argv, argv
-    try:
-        bench.main()
-    finally:
-        sys.argv = old
+    run_main(bench, argv)
     result = json.loads(out.read_text())
     settings = [(dtype, loop) for dtype in ("auto", "float32") for loop in ("own", "generate")]
     assert [(row["model"], row["dtype"], row["decode_loop"]) for row in result["rows"]] == [(model, *s) for s in settings] * 2
@@ -81,11 +82,7 @@ def test_organism_shapes_times_each_shape_on_equal_work(load_bench, organism_bui
     out = tmp_path / "shapes.json"
     argv = ["organism_shapes.py", "--model", str(built / "model"), "--prompts", "4", "--tokens", "6", "--batch", "4", "--repeats", "2",
             "--threads", "1", "--shape", "num_kv_heads=1", "--shape", "num_layers=1,intermediate_size=64", "--out", str(out)]
-    old, sys.argv = sys.argv, argv
-    try:
-        bench.main()
-    finally:
-        sys.argv = old
+    run_main(bench, argv)
     result = json.loads(out.read_text())
     rows = {row["shape"]: row for row in result["rows"]}
     assert list(rows) == ["built organism", "default", "num_kv_heads=1", "num_layers=1,intermediate_size=64"]
@@ -110,8 +107,7 @@ def test_side_by_side_writes_its_timings_before_profiling(load_bench, organism_b
     monkeypatch.setattr(bench, "profile", out_of_memory)
     argv = ["generation.py", "--side-by-side", model, "--threads", "1", "--batch", "4", "--max-new-tokens", "4", "--dtypes", "float32",
             "--decode-loops", "own", "--problems", "synthetic:train?n=2&min_steps=3&max_steps=3&difficulty=0&seed=1000", "--profile", model, "--out", str(out)]
-    monkeypatch.setattr(sys, "argv", argv)
     with pytest.raises(MemoryError):
-        bench.main()
+        run_main(bench, argv)
     rows = json.loads(out.read_text())["rows"]
     assert len(rows) == 1 and rows[0]["tok_per_s"] > 0 and "profile" not in rows[0]
