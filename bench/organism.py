@@ -98,7 +98,7 @@ def seed_config(args: argparse.Namespace, seed: int) -> pipeline.RunConfig:
     """configs/organism.yaml as one seed's collection run: its problems (seed 100 + seed), test sets and settings."""
     run = load_config(pipeline.RunConfig, ROOT / "configs" / "organism.yaml")
     return replace(
-        run, run_dir=str(seed_dir(args, seed)), seed=seed, stop_after="pairs",
+        run, run_dir=str(seed_dir(args, seed)), seed=seed, stop_after="pairs", model=args.model or run.model,
         generator=replace(run.generator, dtype=args.dtype),
         sample=replace(run.sample, data=f"synthetic:train?n={args.problems}&min_steps=3&max_steps=4&difficulty=0&seed={100 + seed}"),
         pairs=replace(run.pairs, max_dpo_pairs_per_problem=0, stop_mismatch=args.stop_mismatch),
@@ -306,6 +306,7 @@ def main() -> int:
     parser.add_argument("--stop-mismatch", choices=["keep", "drop", "whole"], default="keep", help="pairs.stop_mismatch of every run (chosen on validation).")
     parser.add_argument("--dtype", default="float32", help="Generation dtype (float32 generates faster than bf16 autocast at this size).")
     parser.add_argument("--setting", action="append", default=[], help="'METHOD lr=.. beta=.. epochs=.. sft_weight=.. batch=..' chosen on validation (bench/organism_tune.py).")
+    parser.add_argument("--model", default="", help="The starting checkpoint (alias or folder); '' = configs/organism.yaml's, the organism alias.")
     parser.add_argument("--name", default="organism", help="Result file stem under bench/results.")
     args = parser.parse_args()
     args.knobs = {method: {} for method in pipeline.METHOD_DATA}

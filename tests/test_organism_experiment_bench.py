@@ -90,3 +90,12 @@ def test_analysis_pools_seeds_and_locates_first_wrong_steps(tmp_path, bench):
     (tmp_path / "wall.json").write_text(json.dumps({"wall_s": 5130, "started": "s", "ended": "e", "load_average_end": "2.0 2.0 1.9",
                                                     "cores": 2, "processes": 2}))
     assert "The whole experiment: **85.5 min** of wall time on 2 cores as 2 1-thread processes" in bench.render(bench.analysis(args, bench.Clock(tmp_path)))
+
+
+def test_seed_config_starts_from_the_given_model_or_the_organism(tmp_path, bench):
+    args = argparse.Namespace(work=str(tmp_path), problems=8, test_n=4, transfer_n=2, dtype="float32", stop_mismatch="drop",
+                              knobs={"step-dpo": {"lr": 1e-5}}, model="")
+    default = bench.seed_config(args, 3)
+    assert default.model == "organism" and default.seed == 3 and "seed=103" in default.sample.data
+    other = bench.seed_config(argparse.Namespace(**{**vars(args), "model": str(tmp_path / "org-kv1")}), 3)
+    assert other.model == str(tmp_path / "org-kv1") and other.sample == default.sample and other.generator.dtype == "float32"
