@@ -6,7 +6,7 @@ safetensors checkpoint under the cache directory, and loaded from there after.
 
 The alias ``organism`` is the project's model organism: a small Llama trained
 from scratch on synthetic problems by ``stepdpo pretrain`` with its default
-options (about 30 minutes on 2 CPU cores, once) into the cache directory, and
+options (about 15 minutes on 2 CPU threads, once) into the cache directory, and
 loaded from there after; ``stepdpo run`` builds it first when a run names it.
 """
 
@@ -74,7 +74,7 @@ def resolve_model(name: str) -> str:
         if not spec.is_finished(config):
             raise ModelLoadError(
                 f"the model organism is not built yet ({spec.model_dir(config)}): `stepdpo pretrain` builds it once "
-                "(about 30 min on a 2-core CPU), and `stepdpo run` with model 'organism' builds it first by itself"
+                "(about 15 min on 2 CPU threads), and `stepdpo run` with model 'organism' builds it first by itself"
             )
         return str(spec.model_dir(config))
     if name == EMBEDDED_ALIAS:
