@@ -80,6 +80,18 @@ def test_run_chains_every_stage_and_resumes(tmp_path, tiny_model_dir, scripted):
         assert (run_dir / path).exists(), path
     pairs = [json.loads(line) for line in (run_dir / "pairs/step_pairs.jsonl").read_text().splitlines()]
     assert pairs and all(p["chosen"] != p["rejected"] for p in pairs)
+    # config.yaml shows each stage section as it ran (the run's model, generator and directory), and loads back as the same run.
+    import yaml
+
+    from stepdpo.config import load_config, parse_cli
+    from stepdpo.stages.pipeline import STAGE_SECTIONS, RunConfig, stage_config
+
+    recorded = yaml.safe_load((run_dir / "config.yaml").read_text())
+    assert recorded["sample"]["generator"]["model"] == recorded["eval"]["generator"]["model"] == str(tiny_model_dir)
+    assert recorded["pairs"]["run_dir"] == recorded["locate"]["run_dir"] == str(run_dir.resolve())
+    given = parse_cli(RunConfig, argv[1:], prog="stepdpo run")
+    reloaded = load_config(RunConfig, run_dir / "config.yaml")
+    assert all(stage_config(reloaded, section) == stage_config(given, section) for section in STAGE_SECTIONS)
     samples_before = (run_dir / "samples.jsonl").read_text()
     calls_before = len(scripted.calls)
     timings_before = json.loads((run_dir / "timings.json").read_text())

@@ -222,6 +222,20 @@ def stage_config(config: RunConfig, section: str, method: Optional[str] = None, 
     raise ValueError(f"unknown stage section {section!r}")
 
 
+STAGE_SECTIONS = ("sft", "sample", "locate", "rectify", "pairs", "scdpo", "train", "eval")
+
+
+def recorded_config(config: RunConfig) -> RunConfig:
+    """What RUN/config.yaml records: the run's options, each stage section as the run hands it to its stage.
+
+    The run replaces a section's run directory, seed, model and generator with its own, so a section
+    saved as given would show values that did not run (``model: smollm2-135m`` under ``sample`` in a run
+    on the organism). Saving the handed-over sections shows what ran, and loading the file back gives
+    the same run: the run sets those fields again.
+    """
+    return replace(config, **{section: stage_config(config, section) for section in STAGE_SECTIONS})
+
+
 def section_from_run_config(section: str, path: Path, mapping: dict[str, Any]) -> Any:
     """A stage's config from a run config file (its section, resolved as `stepdpo run` resolves it), or None.
 
@@ -356,7 +370,7 @@ def run_round(config: RunConfig, number: int, timings: dict[str, float]) -> bool
     model, which it trains further; compared with the starting policy and the previous round. False when it trained nothing."""
     round_config = rounds.round_config(config, number)
     rd = RunDir(round_config.run_dir).ensure()
-    save_config(round_config, rd.config)
+    save_config(recorded_config(round_config), rd.config)
     log.info("=== round %d of %d: policy %s ===", number, config.rounds, round_config.model)
     round_timings: dict[str, float] = {}
     collect_pairs(round_config, rd, round_timings)
@@ -377,7 +391,7 @@ def command(config: RunConfig) -> int:
     if config.rounds > 1 and not config.stop_after:
         rounds.check_disjoint(config)  # a problem set given twice fails now, not after the first rounds
     rd = RunDir(config.run_dir).ensure()
-    save_config(config, rd.config)
+    save_config(recorded_config(config), rd.config)
     timings: dict[str, float] = {}
     root = str(rd.root)
 
