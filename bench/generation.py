@@ -169,8 +169,8 @@ def side_by_side(models: list[str], args: argparse.Namespace, save: Callable[[di
         done = completions[(row["model"], row["dtype"], row["decode_loop"])]
         row["tokens"] = sum(c.num_tokens for c in done)
         row["ended_by_eos"] = sum(c.finish_reason != "length" for c in done)
-        row["seconds"] = round(statistics.median(row["seconds_each"]), 2)
-        row["tok_per_s"] = round(row["tokens"] / statistics.median(row["seconds_each"]), 1)
+        seconds = statistics.median(row["seconds_each"])
+        row["seconds"], row["tok_per_s"] = round(seconds, 2), round(row["tokens"] / seconds, 1)
         row["load_before"], row["load_after"] = row["load_each"][0], row["load_each"][-1]
         own, generate = (completions.get((row["model"], row["dtype"], loop)) for loop in ("own", "generate"))
         if own is not None and generate is not None:
@@ -185,16 +185,10 @@ def side_by_side(models: list[str], args: argparse.Namespace, save: Callable[[di
         return max(row["tokens"] / (statistics.median(row["seconds_each"]) if round_index is None else row["seconds_each"][round_index])
                    for row in rows if row["model"] == model)
 
-    results = {
-        "rows": rows,
-        "best_vs_best": round(best(models[0]) / best(models[-1]), 1),
-        "best_vs_best_by_round": [round(best(models[0], r) / best(models[-1], r), 1) for r in range(args.repeats)],
-        # Every model but the reference (the last), for runs that compare several against it.
-        "best_vs_best_each": {
-            model: {"median": round(best(model) / best(models[-1]), 1), "by_round": [round(best(model, r) / best(models[-1], r), 1) for r in range(args.repeats)]}
-            for model in dict.fromkeys(models[:-1])
-        },
-    }
+    # Every model but the reference (the last); the first model's ratios are also the headline ones.
+    each = {model: {"median": round(best(model) / best(models[-1]), 1), "by_round": [round(best(model, r) / best(models[-1], r), 1) for r in range(args.repeats)]}
+            for model in dict.fromkeys(models[:-1] or models)}  # one model alone is its own reference
+    results = {"rows": rows, "best_vs_best": each[models[0]]["median"], "best_vs_best_by_round": each[models[0]]["by_round"], "best_vs_best_each": each}
     save(results)
     for row, gen, prompts in settings:
         if row["model"] in args.profile:

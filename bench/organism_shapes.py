@@ -27,11 +27,13 @@ import argparse
 import json
 import os
 import statistics
+import sys
 import time
 from pathlib import Path
 
 import torch
 
+from stepdpo.errors import ConfigError
 from stepdpo.generation.base import GeneratorConfig, SamplingParams, prompt_format
 from stepdpo.generation.hf import HFGenerator
 from stepdpo.models import ORGANISM_ALIAS, load_model, load_tokenizer
@@ -39,6 +41,9 @@ from stepdpo.problems import load_problems
 from stepdpo.stages import pretrain
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "bench"))
+from organism_build import parse_options  # noqa: E402  (a sibling script, not a package)
+
 SIDE_BY_SIDE = ROOT / "bench" / "results" / "generation_side_by_side_2threads.json"
 DEFAULT_SHAPES = ["num_kv_heads=1", "num_kv_heads=1,intermediate_size=512", "intermediate_size=512", "num_layers=3"]
 PROBLEMS = "synthetic:train?n={n}&min_steps=3&max_steps=5&difficulty=0&seed=1000"  # bench/generation.py --side-by-side's, n=64 there
@@ -46,15 +51,12 @@ BUILT = "built organism"
 
 
 def shape_config(shape: str) -> pretrain.PretrainConfig:
-    """``key=value[,key=value]`` onto the default organism config (integers only: these are sizes)."""
-    options = {}
-    for pair in filter(None, shape.split(",")):
-        key, _, value = pair.partition("=")
-        if key not in {"hidden_size", "intermediate_size", "num_layers", "num_heads", "num_kv_heads"} or not value.isdigit():
-            raise SystemExit(f"--shape {shape!r}: expected size=integer pairs (hidden_size, intermediate_size, num_layers, num_heads, num_kv_heads), got {pair!r}")
-        options[key] = int(value)
-    config = pretrain.PretrainConfig(**options)
-    pretrain.check_config(config)
+    """``key=value[,key=value]`` onto the default organism config, as bench/organism_build.py's ``--option`` reads them."""
+    try:
+        config = parse_options(shape.split(","))
+        pretrain.check_config(config)
+    except ConfigError as error:
+        raise SystemExit(f"--shape {shape!r}: {error}") from error
     return config
 
 
