@@ -304,7 +304,7 @@ def main() -> int:
     parser.add_argument("--union-methods", nargs="*", default=["step-dpo", "dpo"], help="Methods also trained on all seeds' pairs together.")
     parser.add_argument("--rounds", type=int, default=3, help="On-policy Step-DPO rounds on the first seed (1 = none beyond the arm).")
     parser.add_argument("--stop-mismatch", choices=["keep", "drop", "whole"], default="keep", help="pairs.stop_mismatch of every run (chosen on validation).")
-    parser.add_argument("--dtype", default="float32", help="Generation dtype (float32 generates faster than bf16 autocast at this size).")
+    parser.add_argument("--dtype", default="auto", help="Generation dtype (auto: bf16 autocast where the CPU has avx512_bf16, the faster for the one-key/value-head organism).")
     parser.add_argument("--setting", action="append", default=[], help="'METHOD lr=.. beta=.. epochs=.. sft_weight=.. batch=..' chosen on validation (bench/organism_tune.py).")
     parser.add_argument("--model", default="", help="The starting checkpoint (alias or folder); '' = configs/organism.yaml's, the organism alias.")
     parser.add_argument("--name", default="organism", help="Result file stem under bench/results.")

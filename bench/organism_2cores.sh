@@ -18,10 +18,10 @@ export OMP_NUM_THREADS=1
 PY=${PY:-.venv/bin/python}
 
 experiment() {
-  "$PY" bench/organism.py --work "$WORK" --problems 1000 --test-n 1000 --transfer-n 300 --rollout-limit 600 \
+  "$PY" bench/organism.py --work "$WORK" --problems 1200 --test-n 1000 --transfer-n 300 --rollout-limit 600 \
     --rounds 3 --stop-mismatch drop \
-    --setting "step-dpo lr=1e-4 beta=0.4 epochs=2 batch=32" --setting "dpo lr=1e-4 beta=0.4 epochs=2 batch=32" \
-    --setting "scdpo lr=1e-4 beta=0.4 epochs=2 batch=32" --setting "judge-free lr=1e-4 beta=0.4 epochs=2 batch=32" "$@"
+    --setting "step-dpo lr=3e-5 beta=0.4 epochs=2 batch=32" --setting "dpo lr=3e-5 beta=0.4 epochs=2 batch=32" \
+    --setting "scdpo lr=3e-5 beta=0.4 epochs=2 batch=32" --setting "judge-free lr=3e-5 beta=0.4 epochs=2 batch=32" "$@"
 }
 wait_for_pairs() { while [ ! -f "$WORK/seed$1/pairs/dpo_matched.jsonl" ]; do sleep 10; done; }
 

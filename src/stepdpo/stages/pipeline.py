@@ -131,12 +131,12 @@ class RunConfig:
                 run_dir="runs/quick",
                 model="organism",
                 do_sft=False,
-                generator=replace(base.generator, batch_size=64, dtype="float32"),
+                generator=replace(base.generator, batch_size=64),
                 sample=replace(base.sample, data=f"synthetic:train?n=48&{_ORGANISM_PROBLEMS}&seed=1", k=4),
                 locate=replace(base.locate, localizer="exact"),
                 scdpo=replace(base.scdpo, limit=16, max_steps=5),
                 pairs=replace(base.pairs, stop_mismatch="drop", max_dpo_pairs_per_problem=0),
-                train=replace(base.train, optim=replace(base.train.optim, learning_rate=1e-4, epochs=2.0)),
+                train=replace(base.train, optim=replace(base.train.optim, learning_rate=3e-5, epochs=2.0)),
                 eval=replace(base.eval, data=[f"synthetic:test?n=96&{_ORGANISM_PROBLEMS}"], limit=None),
             )
         if name == "quick-smollm2":
