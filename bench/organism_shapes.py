@@ -45,7 +45,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 from organism_build import parse_options  # noqa: E402  (a sibling script, not a package)
 
 SIDE_BY_SIDE = ROOT / "bench" / "results" / "generation_side_by_side_2threads.json"
-DEFAULT_SHAPES = ["num_kv_heads=1", "num_kv_heads=1,intermediate_size=512", "intermediate_size=512", "num_layers=3"]
+DEFAULT_SHAPES = ["num_kv_heads=3", "intermediate_size=512", "num_layers=3"]
 PROBLEMS = "synthetic:train?n={n}&min_steps=3&max_steps=5&difficulty=0&seed=1000"  # bench/generation.py --side-by-side's, n=64 there
 BUILT = "built organism"
 

@@ -81,15 +81,15 @@ def test_organism_shapes_times_each_shape_on_equal_work(load_bench, organism_bui
     bench = load_bench("organism_shapes")
     out = tmp_path / "shapes.json"
     argv = ["organism_shapes.py", "--model", str(built / "model"), "--prompts", "4", "--tokens", "6", "--batch", "4", "--repeats", "2",
-            "--threads", "1", "--shape", "num_kv_heads=1", "--shape", "num_layers=1,intermediate_size=64", "--out", str(out)]
+            "--threads", "1", "--shape", "num_kv_heads=3", "--shape", "num_layers=1,intermediate_size=64", "--out", str(out)]
     run_main(bench, argv)
     result = json.loads(out.read_text())
     rows = {row["shape"]: row for row in result["rows"]}
-    assert list(rows) == ["built organism", "default", "num_kv_heads=1", "num_layers=1,intermediate_size=64"]
+    assert list(rows) == ["built organism", "default", "num_kv_heads=3", "num_layers=1,intermediate_size=64"]
     assert rows["default"]["relative_to_default"] == 1.0 and all(len(row["seconds_each"]) == 2 for row in rows.values())
-    # The shapes are what they say: fewer key/value heads and a smaller model have fewer parameters.
-    assert rows["num_layers=1,intermediate_size=64"]["parameters"] < rows["num_kv_heads=1"]["parameters"] < rows["default"]["parameters"]
-    assert "(1 kv)" in rows["num_kv_heads=1"]["sizes"] and result["settings"]["tokens"] == 6
+    # The shapes are what they say: more key/value heads have more parameters, a smaller model fewer.
+    assert rows["num_layers=1,intermediate_size=64"]["parameters"] < rows["default"]["parameters"] < rows["num_kv_heads=3"]["parameters"]
+    assert "(3 kv)" in rows["num_kv_heads=3"]["sizes"] and result["settings"]["tokens"] == 6
     assert "| relative to default |" in out.with_suffix(".md").read_text()
     with pytest.raises(SystemExit, match="hidden_sise"):
         bench.shape_config("hidden_sise=96")

@@ -152,7 +152,7 @@ def test_presets_and_the_shipped_config_compose(tmp_path):
     shipped_organism = parse_cli(RunConfig, ["--config", str(Path(shipped).with_name("organism.yaml"))], prog="stepdpo run")
     assert (organism.model, organism.do_sft, organism.run_dir) == ("organism", False, "runs/quick")
     assert organism.methods == default.methods and organism.pairs == shipped_organism.pairs
-    assert organism.generator == shipped_organism.generator and organism.generator.dtype == "float32"
+    assert organism.generator == shipped_organism.generator and organism.generator.dtype == "auto"
     assert organism.train.optim.learning_rate == shipped_organism.train.optim.learning_rate
     assert organism.eval.limit is None and organism.sample.data != shipped_organism.sample.data
 
