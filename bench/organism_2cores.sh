@@ -17,11 +17,12 @@ mkdir -p "$WORK"
 export OMP_NUM_THREADS=1
 PY=${PY:-.venv/bin/python}
 
+# One setting for every method, chosen on the validation split (bench/results/organism_tune_kv1_middle.md).
+SETTING="lr=3e-5 beta=0.4 epochs=2 batch=32"
 experiment() {
   "$PY" bench/organism.py --work "$WORK" --problems 1200 --test-n 1000 --transfer-n 300 --rollout-limit 600 \
     --rounds 3 --stop-mismatch drop \
-    --setting "step-dpo lr=3e-5 beta=0.4 epochs=2 batch=32" --setting "dpo lr=3e-5 beta=0.4 epochs=2 batch=32" \
-    --setting "scdpo lr=3e-5 beta=0.4 epochs=2 batch=32" --setting "judge-free lr=3e-5 beta=0.4 epochs=2 batch=32" "$@"
+    --setting "step-dpo $SETTING" --setting "dpo $SETTING" --setting "scdpo $SETTING" --setting "judge-free $SETTING" "$@"
 }
 wait_for_pairs() { while [ ! -f "$WORK/seed$1/pairs/dpo_matched.jsonl" ]; do sleep 10; done; }
 

@@ -1,7 +1,7 @@
 """How fast would an organism of another shape generate? Timed before building one.
 
     .venv/bin/python bench/organism_shapes.py --threads 2
-    .venv/bin/python bench/organism_shapes.py --shape num_kv_heads=1 --shape intermediate_size=512
+    .venv/bin/python bench/organism_shapes.py --shape num_kv_heads=3 --shape intermediate_size=512
 
 Building an organism takes about 15 min and every organism number depends on it,
 so this times the shapes first: each shape is a freshly initialised
