@@ -20,7 +20,7 @@ PY=${PY:-.venv/bin/python}
 # One setting for every method, chosen on the validation split (bench/results/organism_tune_kv1_middle.md).
 SETTING="lr=3e-5 beta=0.4 epochs=2 batch=32"
 experiment() {
-  "$PY" bench/organism.py --work "$WORK" --problems 1200 --test-n 1000 --transfer-n 300 --rollout-limit 600 \
+  "$PY" bench/organism.py --work "$WORK" --problems 1300 --test-n 1000 --transfer-n 300 --rollout-limit 600 \
     --rounds 3 --stop-mismatch drop \
     --setting "step-dpo $SETTING" --setting "dpo $SETTING" --setting "scdpo $SETTING" --setting "judge-free $SETTING" "$@"
 }
