@@ -1,6 +1,7 @@
 """The README's first command, timed on a fresh clone: `make demo` (or `make quick`) end to end.
 
     python3 bench/end_to_end.py --target demo          # clones HEAD beside ../shared, times it
+    python3 bench/end_to_end.py --target demo-organism # the organism's run (built first unless cached)
     python3 bench/end_to_end.py --collect CLONE --time-log LOG   # tabulate a run made by hand
     python3 bench/end_to_end.py --collect CLONE --time-log LOG --stages-from A/timings.json ...
 
@@ -28,13 +29,17 @@ import json
 import os
 import re
 import subprocess
+import sys
 import time
 from datetime import datetime, timezone
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+# stepdpo.hardware needs only the standard library, so this runs under a bare python3 too.
+sys.path.insert(0, str(REPO / "src"))
+from stepdpo.hardware import cpu_info, speed_flags  # noqa: E402
 RESULTS = REPO / "bench" / "results"
-RUN_DIRS = {"demo": "runs/default", "quick": "runs/quick"}
+RUN_DIRS = {"demo": "runs/default", "demo-organism": "runs/organism", "quick": "runs/quick"}
 
 
 def parse_gnu_time(text: str) -> dict[str, float]:
@@ -80,6 +85,8 @@ def collect(clone: Path, time_log: Path, target: str, stages_from: list[Path] | 
         "install_and_other_s": install_s,
         "report_exists": (clone / RUN_DIRS[target] / "report" / "report.html").is_file(),
         "cpu_count": os.cpu_count(),
+        "cpu_model": cpu_info()[0],
+        "cpu_flags": speed_flags(),
         "time_log_mtime": datetime.fromtimestamp(time_log.stat().st_mtime, timezone.utc).isoformat(timespec="seconds"),
     }
 
@@ -99,7 +106,9 @@ def markdown(result: dict) -> str:
     lines = [
         f"# `make {result['target']}` end to end on a fresh clone",
         "",
-        f"Commit {result['commit']} (the clone's), {result['cpu_count']} CPU threads; clone {result['clone']}.",
+        f"Commit {result['commit']} (the clone's), {result['cpu_count']} CPU threads"
+        + (f" ({result['cpu_model']}; flags {' '.join(result['cpu_flags'])})" if "cpu_model" in result else "")
+        + f"; clone {result['clone']}.",
         "",
         *([f"**Composed, not one run**: install time and peak RSS from that clone's run; each stage its longest "
            f"time in that run or in {', '.join(result['composed_from'])}.", ""] if "composed_from" in result else []),

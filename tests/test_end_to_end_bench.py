@@ -32,10 +32,10 @@ def test_parse_gnu_time_without_a_report_says_so(bench):
         bench.parse_gnu_time("make: *** [Makefile:21: demo] Error 1\n")
 
 
-def _clone_with_run(tmp_path, timings: dict[str, float]):
-    """A git clone whose runs/default holds ``timings``, and a GNU time log of 3723.5 s."""
+def _clone_with_run(tmp_path, timings: dict[str, float], run_dir_name: str = "default"):
+    """A git clone whose runs/RUN_DIR_NAME holds ``timings``, and a GNU time log of 3723.5 s."""
     clone = tmp_path / "clone"
-    run_dir = clone / "runs" / "default"
+    run_dir = clone / "runs" / run_dir_name
     run_dir.mkdir(parents=True)
     (run_dir / "timings.json").write_text(json.dumps(timings))
     subprocess.run(["git", "init", "-q", str(clone)], check=True)
@@ -73,3 +73,16 @@ def test_stages_from_other_runs_compose_an_estimate_from_the_longest_time_per_st
     assert result["install_and_other_s"] == 623.5
     assert result["wall_s"] == 623.5 + 3480.0
     assert "Composed, not one run" in bench.markdown(result)
+
+
+def test_the_organism_target_reads_its_own_run_and_the_result_names_the_cpu(tmp_path, bench, monkeypatch):
+    clone, time_log = _clone_with_run(tmp_path, {"sample": 200.0, "eval-base": 100.0}, run_dir_name="organism")
+    monkeypatch.setattr(bench, "cpu_info", lambda: ("Test CPU 9000", frozenset({"avx512_bf16", "sse2"})))
+    monkeypatch.setattr(bench, "speed_flags", lambda: ["avx512_bf16"])
+
+    result = bench.collect(clone, time_log, "demo-organism")
+
+    assert result["stages_total_s"] == 300.0
+    assert result["report_exists"] is False
+    assert (result["cpu_model"], result["cpu_flags"]) == ("Test CPU 9000", ["avx512_bf16"])
+    assert "(Test CPU 9000; flags avx512_bf16)" in bench.markdown(result)
