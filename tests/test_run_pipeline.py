@@ -88,6 +88,7 @@ def test_run_chains_every_stage_and_resumes(tmp_path, tiny_model_dir, scripted):
 
     recorded = yaml.safe_load((run_dir / "config.yaml").read_text())
     assert recorded["sample"]["generator"]["model"] == recorded["eval"]["generator"]["model"] == str(tiny_model_dir)
+    assert recorded["generator"]["model"] == str(tiny_model_dir)  # not the unused default, smollm2-135m
     assert recorded["pairs"]["run_dir"] == recorded["locate"]["run_dir"] == str(run_dir.resolve())
     given = parse_cli(RunConfig, argv[1:], prog="stepdpo run")
     reloaded = load_config(RunConfig, run_dir / "config.yaml")

@@ -231,9 +231,11 @@ def recorded_config(config: RunConfig) -> RunConfig:
     The run replaces a section's run directory, seed, model and generator with its own, so a section
     saved as given would show values that did not run (``model: smollm2-135m`` under ``sample`` in a run
     on the organism). Saving the handed-over sections shows what ran, and loading the file back gives
-    the same run: the run sets those fields again.
+    the same run: the run sets those fields again. The shared ``generator`` section's model is never
+    used (each stage gets the policy), so it shows the run's starting model.
     """
-    return replace(config, **{section: stage_config(config, section) for section in STAGE_SECTIONS})
+    sections = {section: stage_config(config, section) for section in STAGE_SECTIONS}
+    return replace(config, generator=replace(config.generator, model=config.model), **sections)
 
 
 def section_from_run_config(section: str, path: Path, mapping: dict[str, Any]) -> Any:
