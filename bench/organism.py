@@ -41,8 +41,11 @@ from pathlib import Path
 from typing import Any, Callable
 
 from stepdpo.config import load_config
+from matplotlib.figure import Figure
+
 from stepdpo.hardware import cpu_info, speed_flags
 from stepdpo.records import atomic_write_json, atomic_write_text
+from stepdpo.report.plots import method_colours
 from stepdpo.rundir import budget_run_name
 from stepdpo.stages import pipeline, rounds as round_layout
 from stepdpo.stages.compare import compare_sets
@@ -325,10 +328,50 @@ def main() -> int:
     if "analysis" in args.phases:
         result = analysis(args, clock)
         RESULTS.mkdir(exist_ok=True)
+        result["figure"] = f"{args.name}.png"
+        figure(result).savefig(RESULTS / result["figure"], format="png", dpi=110, bbox_inches="tight")
         atomic_write_json(RESULTS / f"{args.name}.json", result)
         atomic_write_text(RESULTS / f"{args.name}.md", render(result))
         print(render(result))
     return 0
+
+
+def figure(result: dict[str, Any]) -> Figure:
+    """The first seed's data-efficiency curve and rounds as differences with the base (paired 95 % CIs).
+
+    The report's pair-budget figure draws absolute accuracy from `stepdpo run --pair_budgets` names; the
+    bench's full-data DPO run is ``dpo-matched`` and its largest point ``@all-seeds``, and on 1000
+    problems the paired difference is what the CIs can resolve.
+    """
+    fig = Figure(figsize=(10.0, 3.8))
+    curve_ax, rounds_ax = fig.subplots(1, 2, gridspec_kw={"width_ratios": [3, 2]})
+    colours = method_colours(list(result["data_efficiency"]))
+    for index, (arm, points) in enumerate(result["data_efficiency"].items()):
+        points = [p for p in points if p["pairs"]]  # a run without its funnel file has no pair count to place it
+        shift = 1.05 ** (index - (len(result["data_efficiency"]) - 1) / 2)  # CIs side by side at equal budgets
+        xs = [p["pairs"] * shift for p in points]
+        ys = [100 * p["diff"] for p in points]
+        errors = [[y - 100 * p["ci_low"] for y, p in zip(ys, points)], [100 * p["ci_high"] - y for y, p in zip(ys, points)]]
+        curve_ax.errorbar(xs, ys, yerr=errors, color=colours[arm], marker="o", capsize=3, label=ARM_LABELS[arm])
+    pairs = sorted({p["pairs"] for points in result["data_efficiency"].values() for p in points if p["pairs"]})
+    curve_ax.set_xscale("log")
+    curve_ax.set_xticks(pairs, [str(n) for n in pairs])
+    curve_ax.minorticks_off()
+    curve_ax.set_xlabel("preference pairs trained on (log scale; the largest: all seeds' pairs)")
+    curve_ax.set_title(f"Data efficiency, seed {result['seeds'][0]}", fontsize=10)
+    done = [r for r in result["rounds"] if r["round"] > 0]
+    rounds_ax.errorbar([r["round"] for r in done], [100 * r["diff"] for r in done], capsize=3, marker="o", color=colours.get("step-dpo"),
+                       yerr=[[100 * (r["diff"] - r["ci_low"]) for r in done], [100 * (r["ci_high"] - r["diff"]) for r in done]])
+    rounds_ax.set_xticks([r["round"] for r in done])
+    rounds_ax.set_xlabel("on-policy Step-DPO round")
+    rounds_ax.set_title(f"Rounds, seed {result['seeds'][0]}", fontsize=10)
+    for ax in (curve_ax, rounds_ax):
+        ax.axhline(0, color="#555", linestyle="--", linewidth=1)
+        ax.set_ylabel("accuracy - base, 3-4 steps (points)")
+        ax.grid(alpha=0.3)
+    curve_ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
 
 
 def _diff(row: dict[str, Any]) -> str:
@@ -367,6 +410,8 @@ def render(result: dict[str, Any]) -> str:
     for arm, points in result["data_efficiency"].items():
         for p in points:
             lines.append(f"| {ARM_LABELS[arm]} | {p['name']} | {p['pairs']} | {100 * p['accuracy_b']:.1f} % | {_diff(p)} | {p['p_value']:.2g} |")
+    if "figure" in result:
+        lines += ["", f"![Seed {seeds[0]}: accuracy minus the base against pairs, and after each round, with paired 95 % CIs]({result['figure']})"]
     lines += ["", f"## On-policy rounds of Step-DPO (seed {seeds[0]}'s test problems, 3-4 steps)", "", "| round | pairs this round | accuracy | diff with base [95 % CI] | p |", "|---|---|---|---|---|"]
     for r in result["rounds"]:
         lines.append(f"| {r['round']} | {r['pairs']} | {100 * r['accuracy_b']:.1f} % | {_diff(r) if r['round'] else ''} | {r['p_value']:.2g} |")

@@ -99,3 +99,22 @@ def test_seed_config_starts_from_the_given_model_or_the_organism(tmp_path, bench
     assert default.model == "organism" and default.seed == 3 and "seed=103" in default.sample.data
     other = bench.seed_config(argparse.Namespace(**{**vars(args), "model": str(tmp_path / "org-kv1")}), 3)
     assert other.model == str(tmp_path / "org-kv1") and other.sample == default.sample and other.generator.dtype == "float32"
+
+
+def test_figure_draws_each_methods_curve_and_the_rounds_as_differences_with_the_base(bench):
+    def point(pairs, diff):
+        return {"pairs": pairs, "diff": diff, "ci_low": diff - 0.01, "ci_high": diff + 0.02}
+
+    result = {"seeds": [1],
+              "data_efficiency": {"step-dpo": [point(100, 0.005), point(1110, 0.009), point(None, 0.5)], "dpo": [point(100, 0.006)]},
+              "rounds": [{"round": 0, "diff": 0.0, "ci_low": 0.0, "ci_high": 0.0}, {"round": 1, "diff": 0.009, "ci_low": -0.01, "ci_high": 0.028},
+                         {"round": 2, "diff": 0.036, "ci_low": 0.016, "ci_high": 0.056}]}
+    curve_ax, rounds_ax = bench.figure(result).axes
+    curves = {container.get_label(): container.lines[0] for container in curve_ax.containers}
+    step, dpo = curves["Step-DPO (exact localizer)"], curves["DPO (count-matched)"]
+    assert list(step.get_ydata()) == pytest.approx([0.5, 0.9])  # points, in percent; the one without a pair count is left out
+    assert step.get_xdata()[1] / step.get_xdata()[0] == pytest.approx(11.1) and len(dpo.get_xdata()) == 1
+    assert [int(t) for t in curve_ax.get_xticks()] == [100, 1110]
+    (rounds,) = rounds_ax.containers
+    drawn = rounds.lines[0]
+    assert list(drawn.get_xdata()) == [1, 2] and list(drawn.get_ydata()) == pytest.approx([0.9, 3.6])  # round 0 is the base itself
