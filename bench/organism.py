@@ -418,7 +418,10 @@ def render(result: dict[str, Any]) -> str:
     loads = result.get("phase_loads", {})
     lines += ["", "## Wall time per phase (s), and the load average (1 min) when it ended", ""]
     if whole := result.get("whole_run"):
-        lines += [f"The whole experiment: **{whole['wall_s'] / 60:.1f} min** of wall time on {whole['cores']} cores as {whole['processes']} "
+        # Seeds added to the work folder later (their phases are in the table) were not in the timed whole.
+        timed = whole.get("seeds", seeds)
+        scope = "The whole experiment" if timed == seeds else f"The experiment on seeds {timed} (the others ran later; their phases are in the table)"
+        lines += [f"{scope}: **{whole['wall_s'] / 60:.1f} min** of wall time on {whole['cores']} cores as {whole['processes']} "
                   f"1-thread processes (`bench/organism_2cores.sh`; {whole['started']} to {whole['ended']}, load average at the end "
                   f"{whole['load_average_end']}); the phases below sum the processes' times.", ""]
     lines += ["| phase | s | load |", "|---|---|---|"]

@@ -47,6 +47,6 @@ wait $b || failed=1
 if [ $failed = 1 ]; then echo "a process failed: see $WORK/process-a.log and process-b.log" >&2; exit 1; fi
 ended=$(date +%s)
 # Read by the analysis, which puts it in the result file.
-printf '{"wall_s": %d, "started": "%s", "ended": "%s", "load_average_end": "%s", "cores": %d, "processes": 2}\n' \
+printf '{"wall_s": %d, "started": "%s", "ended": "%s", "load_average_end": "%s", "cores": %d, "processes": 2, "seeds": [1, 2, 3, 4]}\n' \
   $((ended - started)) "$(date -d @"$started" -Is)" "$(date -d @"$ended" -Is)" "$(cut -d' ' -f1-3 /proc/loadavg)" "$(nproc --all)" > "$WORK/wall.json"
 experiment --seeds 1 2 3 4 --phases analysis --budgets 100 300

@@ -90,6 +90,10 @@ def test_analysis_pools_seeds_and_locates_first_wrong_steps(tmp_path, bench):
     (tmp_path / "wall.json").write_text(json.dumps({"wall_s": 5130, "started": "s", "ended": "e", "load_average_end": "2.0 2.0 1.9",
                                                     "cores": 2, "processes": 2}))
     assert "The whole experiment: **85.5 min** of wall time on 2 cores as 2 1-thread processes" in bench.render(bench.analysis(args, bench.Clock(tmp_path)))
+    # Seeds run into the same folder later were not part of that time, and the file says which were.
+    (tmp_path / "wall.json").write_text(json.dumps({"wall_s": 5130, "started": "s", "ended": "e", "load_average_end": "2.0 2.0 1.9",
+                                                    "cores": 2, "processes": 2, "seeds": [1]}))
+    assert "The experiment on seeds [1] (the others ran later" in bench.render(bench.analysis(args, bench.Clock(tmp_path)))
 
 
 def test_seed_config_starts_from_the_given_model_or_the_organism(tmp_path, bench):
