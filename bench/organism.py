@@ -82,8 +82,10 @@ class Clock:
         seconds = time.perf_counter() - started
         # Reread: another invocation may have added its phases meanwhile.
         self.phases, self.loads = (self._read(path) for path in self.paths)
-        self.phases[name] = round(self.phases.get(name, 0.0) + seconds, 1)
-        self.loads[name] = round(os.getloadavg()[0], 2)
+        earlier = self.phases.get(name, 0.0)
+        self.phases[name] = round(earlier + seconds, 1)
+        if seconds >= earlier or name not in self.loads:  # a resume that only skipped keeps the working run's load
+            self.loads[name] = round(os.getloadavg()[0], 2)
         atomic_write_json(self.paths[0], self.phases)
         atomic_write_json(self.paths[1], self.loads)
         return result

@@ -4,6 +4,8 @@
 # bench/results/organism.{md,json}. The wall time of the whole goes to WORK/wall.json.
 #
 #   bash bench/organism_2cores.sh [WORK]        # default WORK: runs/organism-bench
+#   bash bench/organism_2cores.sh WORK 5 6      # then: more seeds' arms, one 1-thread process each,
+#                                               # pooled with seeds 1-4 into organism_6seeds.{md,json}
 #
 # Process A: seed 1 (arms, rollout localizer), seed 4 (arms), the curve's Step-DPO points and DPO's
 #            budgets, the rounds.
@@ -25,6 +27,20 @@ experiment() {
     --setting "step-dpo $SETTING" --setting "dpo $SETTING" --setting "scdpo $SETTING" --setting "judge-free $SETTING" "$@"
 }
 wait_for_pairs() { while [ ! -f "$WORK/seed$1/pairs/dpo_matched.jsonl" ]; do sleep 10; done; }
+
+if [ $# -gt 1 ]; then
+  shift
+  started=$(date +%s)
+  pids=()
+  for seed in "$@"; do
+    experiment --seeds "$seed" --phases arms --rollout-seeds 0 --budgets 100 300 > "$WORK/process-seed$seed.log" 2>&1 &
+    pids+=($!)
+  done
+  for pid in "${pids[@]}"; do wait "$pid"; done
+  echo "seeds $* took $(( $(date +%s) - started )) s" | tee "$WORK/more-seeds-wall.txt"
+  experiment --seeds 1 2 3 4 "$@" --phases analysis --budgets 100 300 --name "organism_$(( 4 + $# ))seeds"
+  exit 0
+fi
 
 started=$(date +%s)
 (

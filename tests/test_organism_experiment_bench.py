@@ -122,3 +122,15 @@ def test_figure_draws_each_methods_curve_and_the_rounds_as_differences_with_the_
     (rounds,) = rounds_ax.containers
     drawn = rounds.lines[0]
     assert list(drawn.get_xdata()) == [1, 2] and list(drawn.get_ydata()) == pytest.approx([0.9, 3.6])  # round 0 is the base itself
+
+
+def test_clock_sums_a_phase_over_invocations_and_keeps_the_working_runs_load(tmp_path, bench, monkeypatch):
+    (tmp_path / "phases.json").write_text(json.dumps({"seed 5: dpo": 241.0}))
+    (tmp_path / "phase_loads.json").write_text(json.dumps({"seed 5: dpo": 1.68}))
+    monkeypatch.setattr(bench.os, "getloadavg", lambda: (0.23, 0.5, 0.9))
+    clock = bench.Clock(tmp_path)
+    assert clock.run("seed 5: dpo", lambda: "resumed") == "resumed"  # a resume that found the work done
+    clock.run("seed 7: dpo", lambda: None)
+    phases, loads = (json.loads((tmp_path / name).read_text()) for name in ("phases.json", "phase_loads.json"))
+    assert 241.0 <= phases["seed 5: dpo"] < 241.0 + 60 and loads["seed 5: dpo"] == 1.68
+    assert loads["seed 7: dpo"] == 0.23
