@@ -106,9 +106,8 @@ def markdown(result: dict) -> str:
     lines = [
         f"# `make {result['target']}` end to end on a fresh clone",
         "",
-        f"Commit {result['commit']} (the clone's), {result['cpu_count']} CPU threads"
-        + (f" ({result['cpu_model']}; flags {' '.join(result['cpu_flags'])})" if "cpu_model" in result else "")
-        + f"; clone {result['clone']}.",
+        f"Commit {result['commit']} (the clone's), {result['cpu_count']} CPU threads ({result['cpu_model']}; "
+        f"flags {' '.join(result['cpu_flags'])}); clone {result['clone']}.",
         "",
         *([f"**Composed, not one run**: install time and peak RSS from that clone's run; each stage its longest "
            f"time in that run or in {', '.join(result['composed_from'])}.", ""] if "composed_from" in result else []),

@@ -40,9 +40,9 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable
 
-from stepdpo.config import load_config
 from matplotlib.figure import Figure
 
+from stepdpo.config import load_config
 from stepdpo.hardware import cpu_info, speed_flags
 from stepdpo.records import atomic_write_json, atomic_write_text
 from stepdpo.report.plots import method_colours
@@ -345,25 +345,26 @@ def figure(result: dict[str, Any]) -> Figure:
     bench's full-data DPO run is ``dpo-matched`` and its largest point ``@all-seeds``, and on 1000
     problems the paired difference is what the CIs can resolve.
     """
+    def plot_diffs(ax, xs: list[float], rows: list[dict[str, Any]], **style: Any) -> None:
+        ax.errorbar(xs, [100 * r["diff"] for r in rows], capsize=3, marker="o", **style,
+                    yerr=[[100 * (r["diff"] - r["ci_low"]) for r in rows], [100 * (r["ci_high"] - r["diff"]) for r in rows]])
+
     fig = Figure(figsize=(10.0, 3.8))
     curve_ax, rounds_ax = fig.subplots(1, 2, gridspec_kw={"width_ratios": [3, 2]})
-    colours = method_colours(list(result["data_efficiency"]))
-    for index, (arm, points) in enumerate(result["data_efficiency"].items()):
-        points = [p for p in points if p["pairs"]]  # a run without its funnel file has no pair count to place it
-        shift = 1.05 ** (index - (len(result["data_efficiency"]) - 1) / 2)  # CIs side by side at equal budgets
-        xs = [p["pairs"] * shift for p in points]
-        ys = [100 * p["diff"] for p in points]
-        errors = [[y - 100 * p["ci_low"] for y, p in zip(ys, points)], [100 * p["ci_high"] - y for y, p in zip(ys, points)]]
-        curve_ax.errorbar(xs, ys, yerr=errors, color=colours[arm], marker="o", capsize=3, label=ARM_LABELS[arm])
-    pairs = sorted({p["pairs"] for points in result["data_efficiency"].values() for p in points if p["pairs"]})
+    # A run without its funnel file has no pair count to place it.
+    curves = {arm: [p for p in points if p["pairs"]] for arm, points in result["data_efficiency"].items()}
+    colours = method_colours(list(curves))
+    for index, (arm, points) in enumerate(curves.items()):
+        shift = 1.05 ** (index - (len(curves) - 1) / 2)  # CIs side by side at equal budgets
+        plot_diffs(curve_ax, [p["pairs"] * shift for p in points], points, color=colours[arm], label=ARM_LABELS[arm])
+    pairs = sorted({p["pairs"] for points in curves.values() for p in points})
     curve_ax.set_xscale("log")
     curve_ax.set_xticks(pairs, [str(n) for n in pairs])
     curve_ax.minorticks_off()
     curve_ax.set_xlabel("preference pairs trained on (log scale; the largest: all seeds' pairs)")
     curve_ax.set_title(f"Data efficiency, seed {result['seeds'][0]}", fontsize=10)
     done = [r for r in result["rounds"] if r["round"] > 0]
-    rounds_ax.errorbar([r["round"] for r in done], [100 * r["diff"] for r in done], capsize=3, marker="o", color=colours.get("step-dpo"),
-                       yerr=[[100 * (r["diff"] - r["ci_low"]) for r in done], [100 * (r["ci_high"] - r["diff"]) for r in done]])
+    plot_diffs(rounds_ax, [r["round"] for r in done], done, color=colours.get("step-dpo"))
     rounds_ax.set_xticks([r["round"] for r in done])
     rounds_ax.set_xlabel("on-policy Step-DPO round")
     rounds_ax.set_title(f"Rounds, seed {result['seeds'][0]}", fontsize=10)

@@ -19,6 +19,7 @@ mkdir -p "$WORK"
 export OMP_NUM_THREADS=1
 PY=${PY:-.venv/bin/python}
 
+MAIN_SEEDS=(1 2 3 4)  # the processes below split these
 # One setting for every method, chosen on the validation split (bench/results/organism_tune_kv1_middle.md).
 SETTING="lr=3e-5 beta=0.4 epochs=2 batch=32"
 experiment() {
@@ -33,26 +34,26 @@ if [ $# -gt 1 ]; then
   started=$(date +%s)
   pids=()
   for seed in "$@"; do
-    experiment --seeds "$seed" --phases arms --rollout-seeds 0 --budgets 100 300 > "$WORK/process-seed$seed.log" 2>&1 &
+    experiment --seeds "$seed" --phases arms --rollout-seeds 0 > "$WORK/process-seed$seed.log" 2>&1 &
     pids+=($!)
   done
   for pid in "${pids[@]}"; do wait "$pid"; done
   echo "seeds $* took $(( $(date +%s) - started )) s" | tee "$WORK/more-seeds-wall.txt"
-  experiment --seeds 1 2 3 4 "$@" --phases analysis --budgets 100 300 --name "organism_$(( 4 + $# ))seeds"
+  experiment --seeds "${MAIN_SEEDS[@]}" "$@" --phases analysis --name "organism_$(( ${#MAIN_SEEDS[@]} + $# ))seeds"
   exit 0
 fi
 
 started=$(date +%s)
 (
-  experiment --seeds 1 --phases arms rollout --budgets 100 300
-  experiment --seeds 4 --phases arms --rollout-seeds 0 --budgets 100 300
+  experiment --seeds 1 --phases arms rollout
+  experiment --seeds 4 --phases arms --rollout-seeds 0
   wait_for_pairs 2; wait_for_pairs 3
-  experiment --seeds 1 2 3 --phases curve --union-methods step-dpo --budgets 100 300
-  experiment --seeds 1 --phases rounds --budgets 100 300
+  experiment --seeds 1 2 3 --phases curve --union-methods step-dpo
+  experiment --seeds 1 --phases rounds
 ) > "$WORK/process-a.log" 2>&1 &
 a=$!
 (
-  experiment --seeds 2 3 --phases arms rollout --rollout-seeds 2 --budgets 100 300
+  experiment --seeds 2 3 --phases arms rollout --rollout-seeds 2
   wait_for_pairs 1
   experiment --seeds 1 2 3 --phases curve --union-methods dpo --budgets
 ) > "$WORK/process-b.log" 2>&1 &
@@ -63,6 +64,6 @@ wait $b || failed=1
 if [ $failed = 1 ]; then echo "a process failed: see $WORK/process-a.log and process-b.log" >&2; exit 1; fi
 ended=$(date +%s)
 # Read by the analysis, which puts it in the result file.
-printf '{"wall_s": %d, "started": "%s", "ended": "%s", "load_average_end": "%s", "cores": %d, "processes": 2, "seeds": [1, 2, 3, 4]}\n' \
-  $((ended - started)) "$(date -d @"$started" -Is)" "$(date -d @"$ended" -Is)" "$(cut -d' ' -f1-3 /proc/loadavg)" "$(nproc --all)" > "$WORK/wall.json"
-experiment --seeds 1 2 3 4 --phases analysis --budgets 100 300
+printf '{"wall_s": %d, "started": "%s", "ended": "%s", "load_average_end": "%s", "cores": %d, "processes": 2, "seeds": [%s]}\n' \
+  $((ended - started)) "$(date -d @"$started" -Is)" "$(date -d @"$ended" -Is)" "$(cut -d' ' -f1-3 /proc/loadavg)" "$(nproc --all)" "$(IFS=,; echo "${MAIN_SEEDS[*]}")" > "$WORK/wall.json"
+experiment --seeds "${MAIN_SEEDS[@]}" --phases analysis
